@@ -1,0 +1,53 @@
+# The host shim's clock for the firmware's `tukar.clock`: MicroPython tick semantics over a
+# clock the simulator can speed up, start near the wrap, or step by hand in tests.
+import time as _time
+
+_PERIOD = 1 << 30
+
+
+class SimClock:
+    """Milliseconds since an arbitrary start, scaled by `speed`, or stepped manually."""
+
+    def __init__(self, speed=1.0, start_ms=0, manual=False):
+        self.speed = speed
+        self.manual = manual
+        self._start_real = _time.monotonic()
+        self._start_ms = start_ms
+        self._manual_ms = start_ms
+
+    def now_ms(self):
+        if self.manual:
+            return self._manual_ms
+        return self._start_ms + int((_time.monotonic() - self._start_real) * 1000 * self.speed)
+
+    def advance(self, ms):
+        """Manual clocks only: move time forward."""
+        self._manual_ms += ms
+
+    def sleep_ms(self, ms):
+        if self.manual:
+            self._manual_ms += ms
+        else:
+            _time.sleep(ms / 1000 / self.speed)
+
+
+_clock = SimClock()
+
+
+def install(clock):
+    """Make `clock` the process-wide time source for the firmware."""
+    global _clock
+    _clock = clock
+    return clock
+
+
+def current():
+    return _clock
+
+
+def ticks_ms():
+    return _clock.now_ms() & (_PERIOD - 1)
+
+
+def sleep_ms(ms):
+    _clock.sleep_ms(ms)
