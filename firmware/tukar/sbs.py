@@ -1,0 +1,298 @@
+# SMBus Smart Battery (SBS 1.1) at 0x0B, one per slot behind a TCA9548A channel.
+# poll() fills the slot's BmsReading in place; after the battery is identified it allocates
+# nothing: fixed buffers, fixed memoryview slices, a PEC table built once.
+#
+# Serial format: "<ManufacturerName>-<YYYYMMDD>-<SerialNumber as 4 hex digits>", for example
+# "TUKAR-20240315-0042". The SBS SerialNumber is one 16-bit word, unique only per maker and
+# batch, so the maker and the ManufactureDate make it a fleet-wide identity.
+# Capacities in 10 mWh (BatteryMode bit 15) are kept in that unit for SoH (a ratio) and
+# converted to mAh at the pack voltage for remaining_mah / full_mah.
+try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+from tukar.inputs import F_OVERCHARGED, F_OVERTEMP
+
+SBS_ADDR = const(0x0B)
+
+_BATTERY_MODE = const(0x03)
+_TEMPERATURE = const(0x08)
+_VOLTAGE = const(0x09)
+_CURRENT = const(0x0A)
+_RSOC = const(0x0D)
+_REMAINING = const(0x0F)
+_FULL = const(0x10)
+_CHARGING_CURRENT = const(0x14)
+_STATUS = const(0x16)
+_CYCLES = const(0x17)
+_DESIGN = const(0x18)
+_SPEC_INFO = const(0x1A)
+_DATE = const(0x1B)
+_SERIAL = const(0x1C)
+_MANUFACTURER = const(0x20)
+_DEVICE_NAME = const(0x21)
+
+# BatteryStatus bits
+OVER_CHARGED_ALARM = const(0x8000)
+TERMINATE_CHARGE_ALARM = const(0x4000)
+OVER_TEMP_ALARM = const(0x1000)
+TERMINATE_DISCHARGE_ALARM = const(0x0800)
+FULLY_CHARGED = const(0x0020)
+
+CAPACITY_MODE = const(0x8000)  # BatteryMode: capacities in 10 mWh
+LINK_FAILS = const(3)  # failed polls in a row that make a link fault
+_ZERO_C_DK = const(2731)  # 0 degC in 0.1 K
+_NO_REQUEST = const(0xFFFF)
+_MAX_BLOCK = const(32)
+
+
+def _make_table():
+    t = bytearray(256)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        t[i] = c
+    return t
+
+
+_CRC = _make_table()
+
+
+def crc8(data, crc=0):
+    """SMBus PEC: CRC-8, polynomial 0x07, initial 0; crc chains calls."""
+    t = _CRC
+    for b in data:
+        crc = t[crc ^ b]
+    return crc
+
+
+def pec_ok(addr, cmd, buf, n):
+    """True if buf[n] is the PEC of a read of n bytes buf[:n] from command cmd at addr."""
+    t = _CRC
+    crc = t[addr << 1]
+    crc = t[crc ^ cmd]
+    crc = t[crc ^ ((addr << 1) | 1)]
+    for i in range(n):
+        crc = t[crc ^ buf[i]]
+    return crc == buf[n]
+
+
+def temp_dc(raw):
+    """Temperature word (0.1 K) to 0.1 degC."""
+    return raw - _ZERO_C_DK
+
+
+def signed16(raw):
+    return raw - 0x10000 if raw & 0x8000 else raw
+
+
+def soc_pm(raw):
+    """RelativeStateOfCharge (%, may exceed 100) to per mille, clamped 0..1000."""
+    return (raw if raw < 100 else 100) * 10
+
+
+def soh_pct(full, design):
+    """FullChargeCapacity / DesignCapacity x 100, clamped 0..100 (both in the same unit)."""
+    if design <= 0:
+        return 0
+    v = full * 100 // design
+    return v if v < 100 else 100
+
+
+def status_faults(status):
+    """BatteryStatus to BATTERY_FAULTS bits; the 3:0 error code is not a battery fault."""
+    f = 0
+    if status & OVER_CHARGED_ALARM:
+        f |= F_OVERCHARGED
+    if status & OVER_TEMP_ALARM:
+        f |= F_OVERTEMP
+    return f
+
+
+def status_full(status):
+    return bool(status & (TERMINATE_CHARGE_ALARM | FULLY_CHARGED))
+
+
+def charging_current(raw):
+    """ChargingCurrent to mA; 0xFFFF (no specific request) to -1."""
+    return -1 if raw == _NO_REQUEST else raw
+
+
+def capacity_mah(raw, mode, voltage_mv):
+    """A capacity word to mAh: as is, or from 10 mWh at the pack voltage (BatteryMode bit 15)."""
+    if not mode & CAPACITY_MODE:
+        return raw
+    if voltage_mv <= 0:
+        return 0
+    return raw * 10000 // voltage_mv
+
+
+def manufacture_date(raw):
+    """ManufactureDate word to (year, month, day)."""
+    return ((raw >> 9) + 1980, (raw >> 5) & 0x0F, raw & 0x1F)
+
+
+def pec_enabled(spec_info):
+    """SpecificationInfo bits 7:4 = 3: SBS 1.1 with PEC."""
+    return (spec_info >> 4) & 0x0F == 3
+
+
+def serial_string(manufacturer, date_raw, serial):
+    y, m, d = manufacture_date(date_raw)
+    return "%s-%04d%02d%02d-%04X" % (manufacturer, y, m, d, serial)
+
+
+def _text(buf, start, n):
+    return "".join(chr(c) if 32 <= c < 127 else "?" for c in buf[start:start + n])
+
+
+class SmartBattery:
+    """One slot's SBS battery, reached through `mux` channel `channel` when a mux is given.
+
+    profiles maps DeviceName to a profile name; without an entry the DeviceName is the profile.
+    """
+
+    def __init__(self, i2c, mux=None, channel=0, addr=SBS_ADDR, profiles=None):
+        self.i2c = i2c
+        self.mux = mux
+        self.channel = channel
+        self.addr = addr
+        self.profiles = profiles
+        self.pec = False
+        self.mode = 0  # BatteryMode, read when identifying
+        self.design = 0
+        self.remaining_mah = 0
+        self.full_mah = 0
+        self.fails = 0  # failed polls in a row
+        self.identified = False
+        self._buf = bytearray(2 + _MAX_BLOCK)
+        mv = memoryview(self._buf)
+        self._w2 = mv[:2]
+        self._w3 = mv[:3]
+        self._b1 = mv[:1]
+
+    def forget(self):
+        """A different battery may be in the slot: identify again at the next poll."""
+        self.identified = False
+        self.fails = 0
+
+    def _word(self, cmd):
+        """One word command, PEC checked when the battery uses PEC; -1 on NACK or bad PEC."""
+        pec = self.pec
+        try:
+            self.i2c.readfrom_mem_into(self.addr, cmd, self._w3 if pec else self._w2)
+        except OSError:
+            return -1
+        b = self._buf
+        if pec and not pec_ok(self.addr, cmd, b, 2):
+            return -1
+        return b[0] | (b[1] << 8)
+
+    def _block(self, cmd):
+        """A block read (count byte first) as text, or None."""
+        try:
+            self.i2c.readfrom_mem_into(self.addr, cmd, self._b1)
+            n = self._buf[0]
+            if n > _MAX_BLOCK:
+                return None
+            self.i2c.readfrom_mem_into(self.addr, cmd, memoryview(self._buf)[:n + 1 + self.pec])
+        except OSError:
+            return None
+        b = self._buf
+        if b[0] != n or (self.pec and not pec_ok(self.addr, cmd, b, n + 1)):
+            return None
+        return _text(b, 1, n)
+
+    def _identify(self, reading):
+        # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
+        try:
+            self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, self._w3)
+        except OSError:
+            return False
+        b = self._buf
+        spec = b[0] | (b[1] << 8)
+        pec = pec_enabled(spec)
+        if pec and not pec_ok(self.addr, _SPEC_INFO, b, 2):
+            return False
+        self.pec = pec
+        mode = self._word(_BATTERY_MODE)
+        design = self._word(_DESIGN)
+        date = self._word(_DATE)
+        serial = self._word(_SERIAL)
+        if mode < 0 or design < 0 or date < 0 or serial < 0:
+            return False
+        maker = self._block(_MANUFACTURER)
+        name = self._block(_DEVICE_NAME)
+        if maker is None or name is None:
+            return False
+        self.mode = mode
+        self.design = design
+        reading.serial = serial_string(maker, date, serial)
+        p = self.profiles.get(name) if self.profiles else None
+        reading.profile = p if p is not None else name
+        self.identified = True
+        return True
+
+    def _fail(self, reading):
+        self.fails += 1
+        if self.fails >= LINK_FAILS:
+            reading.link_fault = True
+            self.identified = False  # the pack may have changed while we could not see it
+        return False
+
+    def poll(self, reading, now_ms):
+        """Read the battery into reading. False (reading untouched) on NACK or a bad PEC."""
+        if self.mux is not None:
+            try:
+                self.mux.select(self.channel)
+            except OSError:
+                return self._fail(reading)
+        if not (self.identified and reading.valid):
+            if not self._identify(reading):
+                return self._fail(reading)
+        temp = self._word(_TEMPERATURE)
+        if temp < 0:
+            return self._fail(reading)
+        volt = self._word(_VOLTAGE)
+        if volt < 0:
+            return self._fail(reading)
+        cur = self._word(_CURRENT)
+        if cur < 0:
+            return self._fail(reading)
+        rsoc = self._word(_RSOC)
+        if rsoc < 0:
+            return self._fail(reading)
+        rem = self._word(_REMAINING)
+        if rem < 0:
+            return self._fail(reading)
+        full = self._word(_FULL)
+        if full < 0:
+            return self._fail(reading)
+        req = self._word(_CHARGING_CURRENT)
+        if req < 0:
+            return self._fail(reading)
+        status = self._word(_STATUS)
+        if status < 0:
+            return self._fail(reading)
+        cycles = self._word(_CYCLES)
+        if cycles < 0:
+            return self._fail(reading)
+        reading.temp_dc = temp_dc(temp)
+        reading.voltage_mv = volt
+        reading.current_ma = signed16(cur)
+        reading.soc_pm = soc_pm(rsoc)
+        reading.soh_pct = soh_pct(full, self.design)
+        reading.req_current_ma = charging_current(req)
+        reading.faults = status_faults(status)
+        reading.full = status_full(status)
+        reading.cycles = cycles
+        self.remaining_mah = capacity_mah(rem, self.mode, volt)
+        self.full_mah = capacity_mah(full, self.mode, volt)
+        reading.t_ms = now_ms
+        reading.valid = True
+        reading.link_fault = False
+        self.fails = 0
+        return True
