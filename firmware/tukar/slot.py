@@ -1,0 +1,279 @@
+# One slot of the cabinet: its control phase, lock supervision (rule 8), sensor checks (rule 5),
+# charge conditions (rules 1-3), dispensability (rule 6) and the published state it derives.
+# The cabinet core (core.py) drives the phases; this module holds what is local to one slot.
+# Nothing here allocates in steady state: all per-tick work is integer arithmetic on attributes.
+from tukar import config as cf
+from tukar.clock import wrap_diff
+from tukar.inputs import fault_names
+
+# Published slot states (mqtt.md).
+EMPTY = "empty"
+AWAITING = "awaiting_battery"
+IDENTIFYING = "identifying"
+CHARGING = "charging"
+PAUSED = "charge_paused"
+READY = "ready"
+DISPENSING = "dispensing"
+REJECTED = "rejected"
+QUARANTINED = "quarantined"
+FAULT = "fault"
+MAINT_OPEN = "maintenance_open"
+
+# Control phases. STORED: an accepted battery behind a locked door (charging, paused or ready).
+P_EMPTY = 0
+P_AWAITING = 1
+P_IDENTIFYING = 2
+P_STORED = 3
+P_DISPENSING = 4
+P_REJECTED = 5
+P_MAINT_OPEN = 6
+P_HELD = 7  # a battery behind a locked door that is not accepted (shown quarantined)
+
+_PHASE_STATE = (EMPTY, AWAITING, IDENTIFYING, None, DISPENSING, REJECTED, MAINT_OPEN, QUARANTINED)
+
+# Slot fault bits and their published codes.
+LOCK_JAM = 1
+SENSOR_OPEN = 2
+SENSOR_SHORT = 4
+TEMP_MISMATCH = 8
+BMS_LINK = 16
+FAULT_CODES = ("lock_jam", "temp_sensor_open", "temp_sensor_short", "temp_mismatch", "bms_link")
+FAULT_SEVERITY = ("error", "error", "error", "warning", "warning")
+
+def fault_list(bits):
+    out = []
+    for i in range(len(FAULT_CODES)):
+        if bits & (1 << i):
+            out.append(FAULT_CODES[i])
+    return out
+
+
+class Slot:
+    def __init__(self, n, inputs, limit_ma):
+        self.n = n  # 1-based slot number
+        self.inp = inputs  # SlotInputs, filled in place by the drivers
+        self.limit_ma = limit_ma  # slot hardware current limit (rule 3)
+        self.phase = P_EMPTY
+        self.state = EMPTY  # published state
+        # Battery bookkeeping (persisted as inventory).
+        self.serial = None
+        self.profile = None  # Profile of the accepted battery
+        self.accepted = False
+        self.quarantine = None  # reason string while quarantined
+        self.faults = 0
+        # Lock: the commanded level, when it was commanded and the retry state (rule 8).
+        self.lock_cmd = True
+        self.lock_pulse = 0
+        self.lock_t = 0
+        self.lock_tries = 0
+        self.lock_pending = False
+        # Door edge detection for break-ins.
+        self.door_was_closed = True
+        self.forced = False
+        # Charging.
+        self.charge_ma = 0
+        self.temp_hold = False
+        self.full_hold = False
+        self.reason = None  # why the charger is off while the battery waits
+        self.energy_mwh = 0
+        self.energy_acc = 0  # sub-mWh remainder in 0.1 W x ms
+        self.dispensable = False
+        self.ident_t = 0  # when identification began
+        self.opened = False  # maintenance_open: the door has been opened since the unlock
+        # What was last published, to publish on change only.
+        self.pub_door = None
+        self.pub_locked = None
+        self.pub_ma = -1
+        self.pub_disp = None
+        self.pub_faults = -1
+        self.pub_bfaults = -1
+        self.pub_reason = None
+
+    # -- lock supervision (rule 8) ---------------------------------------------------------
+    def command_lock(self, locked, now):
+        if self.lock_cmd != locked or not self.lock_pending and self.inp.locked != locked:
+            self.lock_cmd = locked
+            self.lock_t = now
+            self.lock_tries = 0
+            self.lock_pending = True
+
+    def lock_confirmed(self):
+        """The lock is where it was told to be, and the feedback says so."""
+        return not self.lock_pending and self.inp.locked == self.lock_cmd
+
+    def supervise_lock(self, now):
+        """Returns 1 when a jam was just declared, -1 when a jam cleared, else 0."""
+        inp = self.inp
+        if inp.locked == self.lock_cmd:
+            self.lock_pending = False
+            if self.faults & LOCK_JAM:
+                self.faults &= ~LOCK_JAM
+                return -1
+            return 0
+        if not self.lock_pending:
+            if self.faults & LOCK_JAM:
+                return 0
+            # Feedback drifted away from the command: supervise it like a fresh command.
+            self.lock_pending = True
+            self.lock_t = now
+            self.lock_tries = 0
+            return 0
+        if wrap_diff(now, self.lock_t) < cf.LOCK_TIMEOUT_MS:
+            return 0
+        if self.lock_tries == 0:
+            self.lock_tries = 1
+            self.lock_pulse += 1  # the driver re-issues the command
+            self.lock_t = now
+            return 0
+        self.lock_pending = False
+        self.faults |= LOCK_JAM
+        return 1
+
+    # -- sensors (rule 5) -------------------------------------------------------------------
+    def sensor_faults(self, now, fresh_ms):
+        """Recompute the temperature-sensor fault bits; return the new bits (without lock/BMS bits)."""
+        inp = self.inp
+        bits = 0
+        if inp.sensor == 1:
+            bits = SENSOR_OPEN
+        elif inp.sensor == 2:
+            bits = SENSOR_SHORT
+        elif inp.present and self.bms_fresh(now, fresh_ms):
+            d = inp.temp_dc - inp.bms.temp_dc
+            if d > cf.SENSOR_MISMATCH_DC or d < -cf.SENSOR_MISMATCH_DC:
+                bits = TEMP_MISMATCH
+        return bits
+
+    def bms_fresh(self, now, fresh_ms):
+        b = self.inp.bms
+        return b.valid and not b.link_fault and wrap_diff(now, b.t_ms) < fresh_ms
+
+    def bms_since(self, t):
+        """A reading arrived at or after ticks t (so it belongs to the battery inserted since)."""
+        b = self.inp.bms
+        return b.valid and wrap_diff(b.t_ms, t) >= 0
+
+    def hottest_dc(self, now, fresh_ms):
+        """The highest trustworthy temperature of this slot: sensor and fresh BMS reading."""
+        t = -1000
+        if self.inp.sensor == 0:
+            t = self.inp.temp_dc
+        if self.inp.present and self.bms_fresh(now, fresh_ms) and self.inp.bms.temp_dc > t:
+            t = self.inp.bms.temp_dc
+        return t
+
+    # -- charging (rules 1 to 3) ------------------------------------------------------------
+    def charge_decision(self, now, lim, emergency, cabinet_dc):
+        """Rule 1: the setpoint in mA when every condition holds, else 0 with self.reason set."""
+        inp = self.inp
+        b = inp.bms
+        # Rule 1's temperature window: the hard 0..45 degC narrowed by config and profile.
+        lo = lim.charge_lo_dc
+        hi = lim.charge_hi_dc
+        p = self.profile
+        if p is not None:
+            lo = max(lo, p.charge_min_dc)
+            hi = min(hi, p.charge_max_dc)
+        # Hysteresis and full latches update on every fresh reading, charging or not.
+        fresh = self.bms_fresh(now, lim.fresh_ms)
+        if fresh:
+            t = b.temp_dc
+            if t < lo or t > hi:
+                self.temp_hold = True
+            elif self.temp_hold and t >= lo + cf.HYSTERESIS_DC and t <= hi - cf.HYSTERESIS_DC:
+                self.temp_hold = False
+            if b.full or b.soc_pm >= cf.FULL_SOC_PM:
+                self.full_hold = True
+            elif self.full_hold and b.soc_pm < cf.RESUME_SOC_PM:
+                self.full_hold = False
+        if emergency:
+            self.reason = "emergency"
+        elif self.quarantine is not None:
+            self.reason = "quarantine"
+        elif self.faults:
+            self.reason = "fault"
+        elif not inp.present:
+            self.reason = "no_battery"
+        elif self.phase != P_STORED or not self.accepted:
+            self.reason = "door" if not self.lock_cmd else "not_accepted"
+        elif not inp.door_closed or not self.lock_cmd or not inp.locked:
+            self.reason = "door"
+        elif not fresh:
+            self.reason = "bms_stale"
+        elif b.faults:
+            self.reason = "battery_fault"
+        elif self.temp_hold:
+            self.reason = "temperature"
+        elif cabinet_dc > lim.cabinet_max_dc:
+            self.reason = "cabinet_temperature"
+        elif self.full_hold:
+            self.reason = "full"
+        else:
+            ma = self.limit_ma
+            if p is not None and p.max_charge_ma < ma:
+                ma = p.max_charge_ma
+            if b.req_current_ma >= 0 and b.req_current_ma < ma:
+                ma = b.req_current_ma
+            if ma > 0:
+                self.reason = None
+                return ma
+            self.reason = "battery_request"
+        return 0
+
+    def add_energy(self, dt_ms):
+        """Integrate charging energy from the BMS's voltage and current (integer arithmetic only)."""
+        b = self.inp.bms
+        ma = b.current_ma if b.current_ma > 0 else 0
+        dw = (b.voltage_mv // 10) * (ma // 10) // 1000  # 0.1 W
+        acc = self.energy_acc + dw * dt_ms
+        self.energy_mwh += acc // 36000  # 1 mWh = 3.6 J = 36,000 x (0.1 W x 1 ms)
+        self.energy_acc = acc % 36000
+
+    # -- dispensability (rule 6) ------------------------------------------------------------
+    def check_dispensable(self, now, lim):
+        inp = self.inp
+        b = inp.bms
+        ok = (self.phase == P_STORED and self.accepted and self.quarantine is None
+              and not self.faults and inp.present and inp.door_closed and self.lock_cmd
+              and inp.locked and self.bms_fresh(now, lim.fresh_ms) and not b.faults
+              and b.soc_pm >= lim.min_soc_pm
+              and b.temp_dc >= cf.HANDLING_MIN_DC and b.temp_dc <= cf.HANDLING_MAX_DC)
+        self.dispensable = ok
+        return ok
+
+    def derive_state(self):
+        """The published state for the current phase and conditions."""
+        ph = self.phase
+        if ph == P_STORED or ph == P_EMPTY:
+            if self.quarantine is not None:
+                return QUARANTINED
+            if self.faults:
+                return FAULT
+            if ph == P_EMPTY:
+                return EMPTY
+            if self.charge_ma > 0:
+                return CHARGING
+            return READY if self.dispensable else PAUSED
+        return _PHASE_STATE[ph]
+
+    def is_free(self):
+        """An empty slot that a swap may open for the rider's battery."""
+        inp = self.inp
+        return (self.phase == P_EMPTY and self.quarantine is None and not self.faults
+                and not inp.present and inp.door_closed and self.lock_confirmed())
+
+    def battery_view(self):
+        """The `battery` object of the slot state (None without a battery)."""
+        if not self.inp.present and self.serial is None:
+            return None
+        b = self.inp.bms
+        if not b.valid:
+            return {"serial": self.serial, "profile": self.profile.name if self.profile else None,
+                    "soc": None, "soh": None, "temp_c": None, "voltage_v": None,
+                    "current_a": None, "cycles": None, "faults": []}
+        return {"serial": b.serial if b.serial is not None else self.serial,
+                "profile": b.profile if b.profile is not None else (
+                    self.profile.name if self.profile else None),
+                "soc": b.soc_pm / 10, "soh": b.soh_pct, "temp_c": b.temp_dc / 10,
+                "voltage_v": b.voltage_mv / 1000, "current_a": b.current_ma / 1000,
+                "cycles": b.cycles, "faults": fault_names(b.faults)}
