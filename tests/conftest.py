@@ -1,0 +1,17 @@
+# Test setup: firmware/ (the device's code), tests/ (world models) and the host shim (as `machine`,
+# `hosttime`) on sys.path, the way the simulator runs the unmodified firmware.
+import os
+import pathlib
+import sys
+
+from hypothesis import settings
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+for p in (ROOT / "firmware", ROOT / "tests", ROOT / "tools" / "tukar_tools" / "shim"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+# CI runs more examples; a laptop run stays quick. Both are deterministic per test.
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=60, deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
