@@ -12,6 +12,6 @@ for p in (ROOT / "firmware", ROOT / "tests", ROOT / "tools" / "tukar_tools" / "s
         sys.path.insert(0, str(p))
 
 # CI runs more examples; a laptop run stays quick. Both are deterministic per test.
-settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=60, deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -187,3 +187,41 @@ class Rig:
 
     def of(self, etype):
         return [e for e in self.events if e["type"] == etype]
+
+
+def stocked_rig(slots=12, full=3, half=3, start_ms=0, config=None, journal=None, profiles=None):
+    """A cabinet with `full` batteries at 95 % in slots 1.. and `half` at 60 % after them,
+    booted and settled (identified, charging)."""
+    from tukar.core import Core
+    core = Core("cab-1", slots, profiles=profiles, config=config, journal=journal)
+    rig = Rig(core, start_ms)
+    n = 1
+    for i in range(full):
+        rig.world.place(n, Battery("F-%02d" % n, soc=95, cycles=100 + n))
+        n += 1
+    for i in range(half):
+        rig.world.place(n, Battery("H-%02d" % n, soc=60, cycles=n))
+        n += 1
+    rig.run(1000)
+    return rig
+
+
+def rider_inserts(rig, battery, wait_ms=500):
+    """The rider opens the door the cabinet unlocked, pushes the battery in and shuts it."""
+    n = rig.core.session.slot_in
+    rig.run(300)  # lock travel
+    assert rig.world.open_door(n)
+    assert rig.world.insert(n, battery)
+    rig.world.close_door(n)
+    rig.run(wait_ms)
+    return n
+
+
+def rider_takes(rig, wait_ms=300):
+    n = rig.core.session.slot_out
+    rig.run(300)
+    assert rig.world.open_door(n)
+    b = rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(wait_ms)
+    return n, b
