@@ -159,6 +159,8 @@ class I2CBusModel:
     def attach(self, device):
         if not hasattr(device, "faults"):
             device.faults = {}
+        if hasattr(device, "routed_buses"):
+            device.upstream = self
         self.devices.append(device)
         return device
 
@@ -198,9 +200,14 @@ class I2CBusModel:
         return any(b.stuck_pulses for b in self.routed())
 
     def root(self):
+        """The bus the MCU drives; a mux's channel bus has the mux as parent."""
         b = self
         while b.parent is not None:
-            b = b.parent
+            p = b.parent
+            up = p if isinstance(p, I2CBusModel) else getattr(p, "upstream", None)
+            if up is None:
+                break
+            b = up
         return b
 
     def _refresh_sda(self):

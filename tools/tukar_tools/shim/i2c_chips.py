@@ -27,7 +27,7 @@ class TCA9548A(I2CDevice):
         self.control = 0
         self.writes = 0
         self._buses = [None] * 8
-        self.parent = None
+        self.upstream = None  # the bus it is attached to
         if reset_pin is not None:
             hw.pin(reset_pin).listeners.append(self._on_reset)
 
@@ -132,7 +132,7 @@ class BatteryState:
             return self.spec_info
         if cmd == 0x1B:
             y, m, d = self.manufacture_date
-            return ((y - 1980) << 9) | (m << 5) | d
+            return (((y - 1980) << 9) | (m << 5) | d) & 0xFFFF
         if cmd == 0x1C:
             return self.serial
         return None
