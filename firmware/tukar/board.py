@@ -535,6 +535,14 @@ class Board:
 
         # SBS batteries: one SmartBattery per slot, behind its mux channel; polled round-robin.
         self.sbs = [None] * n
+        self._sbs_mux = [-1] * n
+        # Every battery answers at 0x0B: before a mux routes a channel, the other muxes on its
+        # bus must route none.
+        self._mux_others = []
+        muxes = cfg.get("muxes", [])
+        for i, m in enumerate(muxes):
+            self._mux_others.append([self.muxes[j] for j in range(len(muxes))
+                                     if j != i and muxes[j]["bus"] == m["bus"]])
         self._sbs_slots = []
         self._sbs_next = 0
         for i, s in enumerate(cfg["slots"]):
@@ -542,6 +550,7 @@ class Board:
             if sb is not None:
                 from tukar.sbs import SmartBattery
                 self.sbs[i] = SmartBattery(self._mux_bus(sb["mux"]), self.muxes[sb["mux"]], sb["channel"])
+                self._sbs_mux[i] = sb["mux"]
                 self._sbs_slots.append(i)
         self.can_nodes = [-1] * n
         for i, s in enumerate(cfg["slots"]):
@@ -616,9 +625,8 @@ class Board:
         for x in self.expanders:
             x.written = -1
             try:
-                x.dev.write(x.word())
-                x.dev.configure()
-                x.dev.write(x.word())
+                x.dev.write(x.word())  # the latch first, while every pin is still an input
+                x.dev.configure()  # rewrites the latch, then the directions
                 x.written = x.word()
                 x.ok = True
             except OSError:
@@ -682,6 +690,11 @@ class Board:
             i = self._sbs_slots[self._sbs_next]
             self._sbs_next = (self._sbs_next + 1) % k
             if slot_inputs[i].present:
+                for other in self._mux_others[self._sbs_mux[i]]:
+                    try:
+                        other.deselect()
+                    except OSError:
+                        pass  # the poll below fails on a collision and counts towards link_fault
                 self.sbs[i].poll(slot_inputs[i].bms, now_ms)
                 break
 
