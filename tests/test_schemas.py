@@ -356,3 +356,18 @@ def test_unknown_topic_is_refused():
 def test_errors_lists_problems_readably():
     assert schemas.errors("state", STATE) == []
     assert any("seq" in line for line in schemas.errors("state", dict(STATE, seq=-1)))
+
+
+def test_battery_whose_bms_cannot_be_read_validates_with_null_measurements():
+    unread = {k: None for k in BATTERY}
+    unread["faults"] = []
+    schemas.validate("slot/3/state", dict(SLOT, state="identifying", battery=unread))
+
+
+def test_swap_completed_may_name_its_batteries_by_serial():
+    schemas.validate("event", event("SwapCompleted", battery_in="R-1", battery_out="F-01"))
+
+
+def test_simulated_battery_without_soc_fails():
+    fails("sim/cmd", {"action": "insert", "slot": 1,
+                      "battery": {"serial": "B-1", "soc": None, "soh": 90, "temp_c": 25}})
