@@ -97,8 +97,8 @@ class Gate:
         self._n_times = 0
         self._t_next = 0
         self._memory = memory
-        self._ids = [None] * memory  # req_ids, a ring, with the ack each got (JSON text)
-        self._acks = [None] * memory
+        self._ids: list = [None] * memory  # req_ids, a ring, with the ack each got (JSON text)
+        self._acks: list = [None] * memory
         self._next = 0
 
     # --- rate limit -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -57,7 +58,7 @@ def schema_for(topic: str) -> tuple[str, re.Match]:
     raise ValueError("no schema for topic %r" % topic)
 
 
-def validate(topic_suffix: str, payload) -> None:
+def validate(topic_suffix: str, payload: Any) -> None:
     """Raise jsonschema.ValidationError (or ValueError) unless payload fits the topic's schema.
 
     payload: a dict (or `online`/`offline` for status); bytes or str JSON are parsed first.
@@ -75,7 +76,7 @@ def validate(topic_suffix: str, payload) -> None:
         validator("cmd-body.json").validate(json.loads(payload["body"]))
 
 
-def errors(topic_suffix: str, payload) -> list[str]:
+def errors(topic_suffix: str, payload: Any) -> list[str]:
     """Every problem found, as readable lines; empty when the payload is valid."""
     try:
         validate(topic_suffix, payload)
