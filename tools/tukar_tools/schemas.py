@@ -65,15 +65,16 @@ def validate(topic_suffix: str, payload: Any) -> None:
     The slot in slot/N/state must equal N; a command's body is checked inside its envelope.
     """
     name, m = schema_for(topic_suffix)
-    if isinstance(payload, (bytes, bytearray)):
-        payload = payload.decode("utf-8")
-    if isinstance(payload, str) and name != "status.json":
-        payload = json.loads(payload)
-    validator(name).validate(payload)
-    if name == "slot-state.json" and payload["slot"] != int(m.group(1)):
-        raise ValueError("slot %r published on the topic of slot %s" % (payload["slot"], m.group(1)))
+    data: Any = payload
+    if isinstance(data, (bytes, bytearray)):
+        data = data.decode("utf-8")
+    if isinstance(data, str) and name != "status.json":
+        data = json.loads(data)
+    validator(name).validate(data)
+    if name == "slot-state.json" and data["slot"] != int(m.group(1)):
+        raise ValueError("slot %r published on the topic of slot %s" % (data["slot"], m.group(1)))
     if name == "cmd-envelope.json":
-        validator("cmd-body.json").validate(json.loads(payload["body"]))
+        validator("cmd-body.json").validate(json.loads(data["body"]))
 
 
 def errors(topic_suffix: str, payload: Any) -> list[str]:
