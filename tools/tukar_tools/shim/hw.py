@@ -8,6 +8,7 @@ _SHIM_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SHIM_DIR not in sys.path:
     sys.path.append(_SHIM_DIR)
 import hosttime  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 if __name__ != "tukar_tools.shim.hw":  # imported as top-level `hw`: use the one canonical module
     import importlib
@@ -36,16 +37,16 @@ class PinModel:
     def __init__(self, hw, n):
         self.hw = hw
         self.id = n
-        self.mode = None  # 'in', 'out' or None (unconfigured, or owned by a peripheral)
+        self.mode: "str | None" = None  # 'in', 'out' or None (unconfigured, or owned by a peripheral)
         self.open_drain = False
-        self.pull = None  # 'up', 'down' or None
+        self.pull: "str | None" = None  # 'up', 'down' or None
         self.external_pullup = False  # a resistor on the board (I2C lines)
         self.driven = 0  # level the MCU drives while an output
-        self.world = None  # level the world drives on the wire; None = not driven
+        self.world: "int | None" = None  # level the world drives on the wire; None = not driven
         self.listeners = []  # callables(pin_model, level), called on every change of .value
-        self.irq_handler = None
+        self.irq_handler: "Callable[[Any], Any] | None" = None
         self.irq_trigger = 0
-        self.irq_pin = None  # the machine.Pin handed to the handler
+        self.irq_pin: Any = None  # the machine.Pin handed to the handler
         self._last = self._level()
 
     def _level(self):
@@ -128,16 +129,16 @@ class I2CDevice:
         self.address = address
         self.faults = {}
 
-    def i2c_start(self, read):
+    def i2c_start(self, read: bool) -> bool:
         return True
 
-    def i2c_write(self, byte):
+    def i2c_write(self, byte: int) -> bool:
         return True
 
-    def i2c_read(self, ack):
+    def i2c_read(self, ack: bool) -> int:
         return 0xFF
 
-    def i2c_stop(self):
+    def i2c_stop(self) -> None:
         pass
 
 
@@ -355,11 +356,11 @@ class WdtModel:
     def __init__(self):
         self.started = False
         self.timeout_ms = 0
-        self.last_feed_ms = None  # hosttime clock, not wrapped
+        self.last_feed_ms: "int | None" = None  # hosttime clock, not wrapped
         self.feeds = 0
 
     def starved(self, now_ms=None):
-        if not self.started:
+        if not self.started or self.last_feed_ms is None:
             return False
         if now_ms is None:
             now_ms = hosttime.current().now_ms()

@@ -26,7 +26,7 @@ class TCA9548A(I2CDevice):
         self.hw = hw
         self.control = 0
         self.writes = 0
-        self._buses = [None] * 8
+        self._buses: "list[I2CBusModel | None]" = [None] * 8
         self.upstream = None  # the bus it is attached to
         if reset_pin is not None:
             hw.pin(reset_pin).listeners.append(self._on_reset)
@@ -177,7 +177,7 @@ class SmartBattery(I2CDevice):
         if w is not None:
             data = bytes((w & 0xFF, (w >> 8) & 0xFF))
         else:
-            blk = st.block(self._cmd)
+            blk = st.block(self._cmd) or b""
             data = bytes((len(blk),)) + blk
         if st.pec:
             pec = smbus_crc8(bytes(self._wire) + data)
@@ -234,7 +234,7 @@ class MCP23017(I2CDevice):
         super().__init__(address)
         self.regs = bytearray(_NREG)
         self.regs[0x00] = self.regs[0x01] = 0xFF  # IODIR: all inputs after reset
-        self.world = [None] * 16
+        self.world: "list[int | None]" = [None] * 16
         self._ptr = 0
         self._have_ptr = False
 
