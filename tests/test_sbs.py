@@ -379,3 +379,10 @@ def test_micropython_poll_decodes_and_allocates_nothing_per_poll():
     res = _vm_poll(50)
     assert res.stderr == ""
     assert res.stdout.split() == ["250", "800", "TUKAR-20240315-0042", "ref48v", "0"]
+
+
+def test_model_nacks_a_command_the_battery_does_not_know(cab):
+    cab.mux.select(SLOT_CH)
+    with pytest.raises(OSError) as e:
+        cab.i2c.readfrom_mem(0x0B, 0x3C, 3)
+    assert e.value.errno == 19

@@ -223,3 +223,18 @@ def test_objects_bind_to_the_hardware_current_at_construction():
     machine.Pin(5, machine.Pin.OUT, value=0)
     pa.value(1)
     assert (a.output(5), b.output(5)) == (1, 0)
+
+
+def test_absent_spi_device_leaves_miso_high(hw):
+    spy = Spy()
+    hw.spi_bus(1).attach(5, spy)
+    hw.fault(spy, True, "absent")
+    cs = machine.Pin(5, machine.Pin.OUT, value=0)
+    assert machine.SPI(1).read(2, 0x03) == b"\xff\xff"
+    cs(1)
+
+
+def test_soft_i2c_on_the_pins_of_a_hardware_bus_shares_its_devices(hw):
+    machine.I2C(0, scl=22, sda=21)
+    hw.i2c_bus(0).attach(Echo(0x27))
+    assert machine.SoftI2C(scl=machine.Pin(22), sda=machine.Pin(21)).scan() == [0x27]
