@@ -33,7 +33,7 @@ class WorldSlot:
         self.bms_dead = False
         self.bms_link_fault = False
         self.sensor = 0
-        self.slot_temp_dc = 250
+        self.slot_temp_dc = None  # None: the sensor sees the battery's temperature (ambient when empty)
         self.last_bms = None
         self.charger_ma = 0
 
@@ -117,7 +117,10 @@ class World:
         inp.door_closed = ws.door_closed
         inp.present = ws.battery is not None
         inp.locked = ws.locked
-        inp.temp_dc = ws.slot_temp_dc
+        if ws.slot_temp_dc is not None:
+            inp.temp_dc = ws.slot_temp_dc
+        else:
+            inp.temp_dc = ws.battery.temp_dc if ws.battery is not None else self.cab_temp_dc
         inp.sensor = ws.sensor
         bms = inp.bms
         b = ws.battery

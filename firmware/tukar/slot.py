@@ -67,6 +67,7 @@ class Slot:
         self.lock_t = 0
         self.lock_tries = 0
         self.lock_pending = False
+        self.lock_from = True  # feedback when the command was given: did the bolt move since?
         # Door edge detection for break-ins.
         self.door_was_closed = True
         self.forced = False
@@ -93,6 +94,7 @@ class Slot:
     def command_lock(self, locked, now):
         if self.lock_cmd != locked or not self.lock_pending and self.inp.locked != locked:
             self.lock_cmd = locked
+            self.lock_from = self.inp.locked
             self.lock_t = now
             self.lock_tries = 0
             self.lock_pending = True
@@ -105,9 +107,10 @@ class Slot:
         """Returns 1 when a jam was just declared, -1 when a jam cleared, else 0."""
         inp = self.inp
         if inp.locked == self.lock_cmd:
+            moved = self.lock_pending and self.lock_from != self.lock_cmd
             self.lock_pending = False
-            if self.faults & LOCK_JAM:
-                self.faults &= ~LOCK_JAM
+            if moved and self.faults & LOCK_JAM:
+                self.faults &= ~LOCK_JAM  # the bolt moved on command again: the jam is gone
                 return -1
             return 0
         if not self.lock_pending:
@@ -115,6 +118,7 @@ class Slot:
                 return 0
             # Feedback drifted away from the command: supervise it like a fresh command.
             self.lock_pending = True
+            self.lock_from = inp.locked
             self.lock_t = now
             self.lock_tries = 0
             return 0
@@ -244,13 +248,15 @@ class Slot:
     def derive_state(self):
         """The published state for the current phase and conditions."""
         ph = self.phase
-        if ph == P_STORED or ph == P_EMPTY:
+        if ph == P_STORED or ph == P_EMPTY or ph == P_IDENTIFYING:
             if self.quarantine is not None:
                 return QUARANTINED
             if self.faults:
                 return FAULT
             if ph == P_EMPTY:
                 return EMPTY
+            if ph == P_IDENTIFYING:
+                return IDENTIFYING
             if self.charge_ma > 0:
                 return CHARGING
             return READY if self.dispensable else PAUSED
