@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench check clean
+.PHONY: test sim bench check clean typings
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,19 @@ $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+## typings: the ESP32 MicroPython stubs that pyright checks firmware/ against (pyrightconfig.json)
+STUBS_VERSION := 1.29.0.post1
+TYPINGS_STAMP := typings/.installed-$(STUBS_VERSION)
+
+$(TYPINGS_STAMP): $(STAMP)
+	rm -rf typings
+	$(PY) -m pip install --quiet --disable-pip-version-check --target typings micropython-esp32-stubs==$(STUBS_VERSION)
+	@touch $@
+
+typings: $(TYPINGS_STAMP)
+
 ## test: every test: firmware compiled by mpy-cross, core under CPython and the MicroPython VM
-test: $(STAMP)
+test: $(STAMP) $(TYPINGS_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## sim: a simulated cabinet you can watch and drive
@@ -25,4 +36,4 @@ bench: $(STAMP)
 	$(PY) -m tukar_tools.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis typings

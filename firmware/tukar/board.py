@@ -360,10 +360,8 @@ class _GpioOut:
 class _Expander:
     """One MCP23017: the inputs latched by one read per scan, the outputs as a shadow word."""
 
-    def __init__(self, i2c, addr):
-        self.i2c = i2c
-        self.addr = addr
-        self.dev = None  # the MCP23017 driver, built once every pin's direction is known
+    def __init__(self, dev):
+        self.dev = dev  # the MCP23017 driver; its masks are set once every pin is known
         self.inputs = 0xFFFF  # direction mask; output bits are cleared as outputs are attached
         self.pullups = 0
         self.invert = 0  # inputs inverted by the chip (IPOL)
@@ -448,8 +446,10 @@ class Board:
             self.i2c[b["id"]] = machine.I2C(b["id"], scl=Pin(b["scl"]), sda=Pin(b["sda"]), freq=b["freq"])
 
         self.expanders = []
-        for x in cfg.get("expanders", []):
-            self.expanders.append(_Expander(self.i2c[x["bus"]], _int(x["addr"], "", 0, 127)))
+        if cfg.get("expanders"):
+            from tukar.mcp23017 import MCP23017
+            for x in cfg["expanders"]:
+                self.expanders.append(_Expander(MCP23017(self.i2c[x["bus"]], _int(x["addr"], "", 0, 127))))
 
         self.muxes = []
         if cfg.get("muxes"):
@@ -526,12 +526,12 @@ class Board:
                 if t[ch] >= 0:
                     self._steps.append(ch)
                     break
-        if self.expanders:
-            from tukar.mcp23017 import MCP23017
-            for x in self.expanders:
-                x.pullups &= x.inputs
-                x.invert &= x.inputs
-                x.dev = MCP23017(x.i2c, x.addr, inputs=x.inputs, pullups=x.pullups, invert=x.invert)
+        for x in self.expanders:
+            x.pullups &= x.inputs
+            x.invert &= x.inputs
+            x.dev.inputs = x.inputs
+            x.dev.pullups = x.pullups
+            x.dev.invert = x.invert
 
         # SBS batteries: one SmartBattery per slot, behind its mux channel; polled round-robin.
         self.sbs = [None] * n
@@ -567,8 +567,11 @@ class Board:
         r = _ref(v, role)
         if r[0] == "gpio":
             Pin = self._m.Pin
-            pull = {"up": Pin.PULL_UP, "down": Pin.PULL_DOWN}.get(r[4] or "none")
-            return _GpioIn(Pin(r[1], Pin.IN, pull), r[3])
+            if r[4] == "up":
+                return _GpioIn(Pin(r[1], Pin.IN, Pin.PULL_UP), r[3])
+            if r[4] == "down":
+                return _GpioIn(Pin(r[1], Pin.IN, Pin.PULL_DOWN), r[3])
+            return _GpioIn(Pin(r[1], Pin.IN), r[3])
         x = self.expanders[r[1]]
         bit = 1 << r[2]
         if r[4] != "none":
