@@ -472,3 +472,11 @@ print(b - a)
     out = run_vm(code).stdout.split()
     assert out[:2] == ["bad_json", "bad_json"]
     assert int(out[2]) < 1024  # ten times more commands, the same 64 entries
+
+
+def test_duplicate_of_a_plain_success_is_the_same_ack_marked_duplicate():
+    g = Gate(KEY)
+    g.admit(cmd(), False, 0, NOW)
+    g.remember("r-9", make_ack("r-9"))
+    assert g.admit(cmd(), False, 1, NOW)[1] == {"req_id": "r-9", "ok": True, "error": None,
+                                                "detail": "", "duplicate": True}

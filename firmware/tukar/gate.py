@@ -49,8 +49,10 @@ def make_ack(req_id, error=None, detail="", result=None):
 
 def utf8_ok(buf):
     """Strict UTF-8 check (as CPython's decoder): MicroPython's bytes.decode does not validate."""
-    i = 0
     n = len(buf)
+    if n == 0 or max(buf) < 0x80:  # all ASCII: max() runs in C, the loop below does not
+        return True
+    i = 0
     while i < n:
         b = buf[i]
         i += 1
@@ -128,7 +130,8 @@ class Gate:
         """Store the executor's ack for req_id; a later duplicate gets it again."""
         if req_id is None:
             return
-        text = json.dumps(ack)
+        # a plain success (most commands) is stored as 1, not as text: 64 of them cost no heap
+        text = 1 if ack == make_ack(req_id) else json.dumps(ack)
         i = self._find(req_id)
         if i < 0:
             i = self._next
@@ -146,6 +149,8 @@ class Gate:
         text = self._acks[i]
         if text is None:
             ack = make_ack(req_id, errors.BUSY, "command still executing")
+        elif text == 1:
+            ack = make_ack(req_id)
         else:
             ack = json.loads(text)
         ack["duplicate"] = True
