@@ -62,6 +62,9 @@ class CanBus:
         self.bits = 0
         self.log = None  # a list to record (now_ms, frame) into, when set
         self.now_ms = 0
+        # Called after each frame: the receiving MCU's chance to drain the chip's two RX buffers,
+        # as its INT-driven task does while the next frame is still on the wire (~230 us at 500k).
+        self.between_frames = None
 
     def attach(self, node):
         """A simulated node: step(now_ms) -> frames to send; receive(frame) for frames it hears."""
@@ -94,6 +97,8 @@ class CanBus:
         for node in self.nodes:
             for frame in node.step(now_ms):
                 self.transmit(frame, node)
+                if self.between_frames is not None:
+                    self.between_frames()
         for c in self.controllers:
             c.tick(now_ms, self.bitrate)
 
