@@ -108,9 +108,8 @@ def test_schema_is_valid_json_schema_2020_12(name):
 def test_every_ref_between_schema_files_resolves():
     reg = schemas.registry()
     for name in SCHEMA_FILES:
+        resolver = reg.resolver(base_uri=name)
         for ref in refs(json.loads((DOCS / "schemas" / name).read_text())):
-            target, _, pointer = ref.partition("#")
-            resolver = reg.resolver(base_uri=name)
             assert resolver.lookup(ref).contents is not None, (name, ref)
 
 

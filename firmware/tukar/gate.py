@@ -9,7 +9,7 @@
 # - Rate: a sliding window, at most `rate_per_s` messages admitted in any 1000 ms; messages
 #   over it get `rate_limited` and do not count.
 # - Payloads over MAX_PAYLOAD bytes, invalid UTF-8, or an envelope that is not an object
-#   holding exactly a string `body` and a string `sig` (other keys are tolerated): `bad_json`.
+#   holding a string `body` and a string `sig` (other keys are ignored): `bad_json`.
 #   A `sig` string that is not 64 hex digits simply fails: `bad_signature`.
 # - A body that is not a JSON object: `bad_json`. An object whose `req_id` is not a non-empty
 #   string of at most 64 characters, whose `ts` is not an integer, or whose `cmd` is not a
@@ -99,7 +99,8 @@ class Gate:
         self._n_times = 0
         self._t_next = 0
         self._memory = memory
-        self._ids: list = [None] * memory  # req_ids, a ring, with the ack each got (JSON text)
+        self._ids: list = [None] * memory  # req_ids, a ring; beside each its ack as JSON text,
+        # 1 for a plain success, None while the executor has not acked yet
         self._acks: list = [None] * memory
         self._next = 0
 
