@@ -350,3 +350,22 @@ def test_poll_bms_never_routes_two_muxes_at_once(wroom):
         b.poll_bms(slots, 100 * t)
     assert slots[0].bms.soc_pm == 300 and slots[8].bms.soc_pm == 380
     assert not slots[0].bms.link_fault and not slots[8].bms.link_fault
+
+
+def test_poll_bms_drains_can_frames_into_the_slot_readings(wroom):
+    from tukar_tools import canprofile
+    from tukar_tools.shim.bms_node import BmsNode
+    from tukar_tools.shim.canbus import CanBus
+
+    b, world, hw, slots, cab = wroom
+    bus = CanBus(500_000)
+    bus.attach_controller(world.mcp2515)
+    profile = canprofile.load("ref48v")
+    bus.attach(BmsNode(profile, 3))
+    assert b.attach_can_bms([profile], slots) is not None
+    bus.step(0)
+    b.poll_bms(slots, 10)
+    r = slots[3].bms
+    assert r.valid and r.profile == "ref48v"
+    assert r.soc_pm == 800 and r.voltage_mv == 51800
+    assert not slots[2].bms.valid

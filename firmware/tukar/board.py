@@ -9,6 +9,7 @@ from tukar.lock import Lock
 from tukar.ntc import NtcTable
 
 CHIPS = ("esp32", "esp32s3")
+_CAN_DRAIN_MAX = 32  # frames per poll_bms: 24 packs at 10 Hz send about 12 frames per 50 ms tick
 
 
 class BoardError(ValueError):
@@ -557,6 +558,8 @@ class Board:
             cb = s["battery"].get("can")
             if cb is not None:
                 self.can_nodes[i] = cb["node"]
+        self.canbms = None
+        self._rx = bytearray(13)  # one received frame: SIDH SIDL EID8 EID0 DLC D0..D7
         self.plan = p
 
     # -- construction helpers ----------------------------------------------------------------------
@@ -686,6 +689,15 @@ class Board:
             cabinet.temp_dc = ntc.temp_dc(code)
             self.cabinet_sensor = ntc.status(code)
 
+    def attach_can_bms(self, profiles, slot_inputs):
+        """Decode CAN battery frames (tukar.canbms, one decoder for every profile) into
+        slot_inputs[i].bms. Without this call poll_bms reads SBS batteries only."""
+        if self.can is None:
+            return None
+        from tukar.canbms import CanBms
+        self.canbms = CanBms(profiles, [s.bms for s in slot_inputs])
+        return self.canbms
+
     def poll_bms(self, slot_inputs, now_ms):
         """One SBS slot per call (round-robin over slots holding a battery); drain CAN frames."""
         k = len(self._sbs_slots)
@@ -700,6 +712,17 @@ class Board:
                         pass  # the poll below fails on a collision and counts towards link_fault
                 self.sbs[i].poll(slot_inputs[i].bms, now_ms)
                 break
+        if self.canbms is not None:
+            rx = self._rx
+            for _ in range(_CAN_DRAIN_MAX):  # bounded: a babbling node cannot stall the tick
+                try:
+                    fid = self.can.recv_into(rx)
+                except OSError:
+                    break
+                if fid < 0:
+                    break
+                dlc = rx[4] & 0x0F
+                self.canbms.feed(fid, rx, 5, dlc if dlc < 8 else 8, now_ms)
 
     # -- outputs -------------------------------------------------------------------------------------
     def _flush(self):
