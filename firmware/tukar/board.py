@@ -712,11 +712,12 @@ class Board:
                         pass  # the poll below fails on a collision and counts towards link_fault
                 self.sbs[i].poll(slot_inputs[i].bms, now_ms)
                 break
-        if self.canbms is not None:
+        can = self.can
+        if self.canbms is not None and can is not None:
             rx = self._rx
             for _ in range(_CAN_DRAIN_MAX):  # bounded: a babbling node cannot stall the tick
                 try:
-                    fid = self.can.recv_into(rx)
+                    fid = can.recv_into(rx)
                 except OSError:
                     break
                 if fid < 0:
