@@ -136,7 +136,8 @@ BROKEN = [
     (S3, "cabinet.fan", 46, "cabinet.fan: pin 46 is a strapping pin on esp32s3"),
     (S3, "cabinet.temp", 11, "cabinet.temp: pin 11 is not an ADC1 pin on esp32s3"),
     (S3, "amux[1].select[0]", 47, "amux[1].select[0]: every analog mux shares amux[0]'s select lines"),
-    (S3, "slots[7].charger.node", 0x40, "slots[7].charger.node: 64 already used by slots[0]"),
+    (S3, "slots[7].charger.node", 0xE5, "slots[7].charger.node: 229 already used by slots[0]"),
+    (S3, "slots[7].charger.node", 0x10, "slots[7].charger.node: 236 required"),
 ]
 
 
@@ -369,3 +370,21 @@ def test_poll_bms_drains_can_frames_into_the_slot_readings(wroom):
     assert r.valid and r.profile == "ref48v"
     assert r.soc_pm == 800 and r.voltage_mv == 51800
     assert not slots[2].bms.valid
+
+
+def test_can_charger_gets_its_setpoint_after_the_lock_is_closed():
+    from tukar_tools.shim.canbus import CanBus
+
+    b, world, hw, slots, cab = build(S3, input_only=())
+    bus = CanBus(500_000)
+    bus.attach_controller(world.mcp2515)
+    b.charge_voltage_mv[0] = 54600
+    charge = [0] * 24
+    charge[0] = 20000  # asks above the slot's 15 A limit
+    assert _apply(b, [True] * 24, charge)
+    bus.step(10)
+    sent = [f for f in world.mcp2515.transmitted if f.id == 0x1806E5F4]
+    assert len(sent) >= 1
+    d = bytes(sent[-1].data)
+    assert (d[0] << 8 | d[1], d[2] << 8 | d[3], d[4]) == (546, 150, 0)  # 54.6 V, 15.0 A, on
+    assert world.output(world.slot(0)["charger"]["enable"]) == 1

@@ -33,7 +33,7 @@ def test_wiring_table_routes_each_battery_through_its_mux_channel():
 
 def test_wiring_table_of_the_24_slot_board_shows_can_chargers_and_two_analog_muxes():
     md = wiring.markdown(load("tukar-24-s3"))
-    assert "| slot 24 charger | CAN | node 87 |  |" in md
+    assert "| slot 24 charger | CAN | node 252 |  |" in md
     assert "| slot 24 NTC | analog | CD74HC4067 #1 channel 7 -> GPIO2 (ADC1) |  |" in md
     assert "| cabinet NTC | analog | CD74HC4067 #1 channel 8 -> GPIO2 (ADC1) |  |" in md
 

@@ -4,6 +4,7 @@
 import json
 
 from tukar.charger import Charger
+from tukar.clock import ticks_diff
 from tukar.inputs import SENSOR_OK
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
@@ -267,6 +268,7 @@ def validate(cfg):
     muxes = cfg.get("muxes", [])
     can_nodes = {}
     charger_nodes = {}
+    charger_first = None
     for i, s in enumerate(slots):
         w = "slots[%d]" % i
         _obj(s, w, _SLOT, _SLOT)
@@ -287,6 +289,11 @@ def validate(cfg):
             if node in charger_nodes:
                 raise BoardError("%s.charger.node: %d already used by %s" % (w, node, charger_nodes[node]))
             charger_nodes[node] = w + ".charger.node"
+            if charger_first is None:
+                charger_first = node - i
+            elif node != charger_first + i:  # tukar.cancharger addresses slot i's charger at first + i
+                raise BoardError("%s.charger.node: %d required (node of the first CAN charger + slot index)"
+                                 % (w, charger_first + i))
         else:
             raise BoardError("%s.charger.kind: 'enable' or 'can' required" % w)
         if "enable" in c:
@@ -428,6 +435,27 @@ class _XOut:
 _FAIL_LEVEL = {"door": 0, "presence": 1, "lock_feedback": 0, "smoke": 1, "estop": 1}
 
 
+class _CanChargerLink:
+    """One slot's CAN charger, as tukar.charger.Charger drives it: a command on every change."""
+
+    def __init__(self, board, slot):
+        self._board = board
+        self._slot = slot
+        self.ma = 0
+
+    def set_current(self, ma):
+        if ma != self.ma:
+            self.ma = ma
+            self.send()
+
+    def send(self):
+        b = self._board
+        can = b.can
+        bank = b.can_charger_bank
+        if can is not None and bank is not None:
+            bank.send(can, self._slot, b.charge_voltage_mv[self._slot], self.ma)
+
+
 class Board:
     """Every driver of one controller board, built from a checked board dict."""
 
@@ -502,6 +530,9 @@ class Board:
         self.chargers = []
         self.limits = []
         self.can_chargers = []
+        self.can_charger_bank = None  # tukar.cancharger.CanChargers, when a slot has a CAN charger
+        self.charge_voltage_mv = [0] * n  # CAN chargers' voltage ceiling per slot; 0 keeps them off
+        self._cmd_t = None
         for i, s in enumerate(cfg["slots"]):
             self.doors.append(self._input(s["door"], "door"))
             self.presence.append(self._input(s["presence"], "presence"))
@@ -510,7 +541,7 @@ class Board:
             en = self._output(c["enable"], 0) if "enable" in c else None
             link = None
             if c["kind"] == "can":
-                link = self._can_charger(c["node"], s["current_limit_ma"])
+                link = self._can_charger(i, c["node"])
                 self.can_chargers.append(link)
             self.chargers.append(Charger(en, link, s["current_limit_ma"]))
             self.limits.append(s["current_limit_ma"])
@@ -608,9 +639,23 @@ class Board:
         else:
             self._direct.append((self._m.ADC(self._m.Pin(r[1]), atten=self._m.ADC.ATTN_11DB), target))
 
-    def _can_charger(self, node, limit_ma):
-        from tukar.cancharger import CanCharger  # type: ignore[import-not-found]
-        return CanCharger(self.can, node, limit_ma)
+    def _can_charger(self, slot, node):
+        if self.can_charger_bank is None:
+            from tukar.cancharger import CanChargers
+            self.can_charger_bank = CanChargers(self.slot_count, node - slot)
+        return _CanChargerLink(self, slot)
+
+    def repeat_charger_commands(self, now_ms):
+        """CAN chargers stop by themselves without a command for 5 s: repeat each once a second."""
+        bank = self.can_charger_bank
+        if bank is None or self.can is None:
+            return
+        from tukar.cancharger import COMMAND_PERIOD_MS
+        if self._cmd_t is not None and ticks_diff(now_ms, self._cmd_t) < COMMAND_PERIOD_MS:
+            return
+        self._cmd_t = now_ms
+        for link in self.can_chargers:
+            link.send()
 
     # -- rule 9 --------------------------------------------------------------------------------------
     def safe_outputs(self):
@@ -723,7 +768,10 @@ class Board:
                 if fid < 0:
                     break
                 dlc = rx[4] & 0x0F
-                self.canbms.feed(fid, rx, 5, dlc if dlc < 8 else 8, now_ms)
+                if dlc > 8:
+                    dlc = 8
+                if self.canbms.feed(fid, rx, 5, dlc, now_ms) < 0 and self.can_charger_bank is not None:
+                    self.can_charger_bank.feed(fid, rx, 5, dlc, now_ms)
 
     # -- outputs -------------------------------------------------------------------------------------
     def _flush(self):
