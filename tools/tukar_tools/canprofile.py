@@ -9,7 +9,7 @@ import json
 import pathlib
 import sys
 
-PROFILES = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "profiles"
+PROFILES = pathlib.Path(__file__).resolve().parent.parent.parent / "firmware" / "profiles"
 SERIAL_CHARS = 7
 
 
@@ -17,7 +17,8 @@ def load(name_or_path):
     p = pathlib.Path(name_or_path)
     if not p.suffix:
         p = PROFILES / (str(name_or_path) + ".json")
-    return json.loads(p.read_text())
+    with open(p) as f:
+        return json.load(f)
 
 
 def frame_id(frame):
@@ -133,7 +134,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     for path in argv:
         p = pathlib.Path(path)
-        p.with_suffix(".dbc").write_text(to_dbc(json.loads(p.read_text())))
+        with open(p) as f:
+            text = to_dbc(json.load(f))
+        with open(p.with_suffix(".dbc"), "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":

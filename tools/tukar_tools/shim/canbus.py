@@ -5,9 +5,15 @@ participant, and lets controllers count idle bus time (bus-off recovery). Counts
 (with stuff bits) for bus-load figures.
 """
 
-from collections import namedtuple
+from typing import NamedTuple
 
-Frame = namedtuple("Frame", "id data extended rtr", defaults=(False, False))
+
+class Frame(NamedTuple):
+    id: int
+    data: bytes
+    extended: bool = False
+    rtr: bool = False
+
 
 _CRC15_POLY = 0x4599
 
