@@ -70,6 +70,10 @@ def _text(v):
     return isinstance(v, str) and 0 < len(v) <= _MAX_TEXT
 
 
+def _serial_of(view):
+    return view.get("serial") if isinstance(view, dict) else None
+
+
 class CommandError(Exception):
     def __init__(self, code, detail):
         Exception.__init__(self, detail)
@@ -420,8 +424,7 @@ class Core:
         self._emit("SwapCompleted", {
             "session": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
             "slot_in": ss.slot_in, "slot_out": ss.slot_out,
-            "battery_in": ss.battery_in["serial"] if ss.battery_in else None,
-            "battery_out": ss.battery_out["serial"] if ss.battery_out else None,
+            "battery_in": _serial_of(ss.battery_in), "battery_out": _serial_of(ss.battery_out),
             "duration_ms": wrap_diff(now, ss.t_start)})
         self._clear_battery(s_out)
         s_out.phase = sl.P_EMPTY
@@ -895,8 +898,12 @@ class Core:
     def _resume_session(self, sj, now):
         n_in = sj.get("slot_in")
         n_out = sj.get("slot_out")
-        ss = Session(sj.get("id"), sj.get("request_id"), sj.get("id_token"), n_in, now)
-        ss.slot_out = n_out
+        valid_in = isinstance(n_in, int) and 1 <= n_in <= self.n_slots
+        valid_out = isinstance(n_out, int) and 1 <= n_out <= self.n_slots
+        sid = sj.get("id")
+        ss = Session(sid if isinstance(sid, str) else "s-?", sj.get("request_id"),
+                     sj.get("id_token"), n_in if valid_in else None, now)
+        ss.slot_out = n_out if valid_out else None
         ss.battery_in = sj.get("battery_in")
         ss.battery_out = sj.get("battery_out")
         ss.in_recorded = sj.get("in_recorded") is True
@@ -904,13 +911,11 @@ class Core:
         if isinstance(age, int):
             ss.t_start = now - age
         self.session = ss
-        valid_out = isinstance(n_out, int) and 1 <= n_out <= self.n_slots
-        if not ss.in_recorded or not valid_out or not (1 <= n_in <= self.n_slots):
+        if not ss.in_recorded or not valid_out or not valid_in:
             ss.slot_out = None
             self._abort_session("power_loss", now)
             return
         s_out = self.slots[n_out - 1]
-        s_in = self.slots[n_in - 1]
         if not s_out.inp.present:
             self._complete(ss, s_out, now)  # taken just before the power went
         elif self.mode != IN_SERVICE or s_out.quarantine is not None:

@@ -1,0 +1,250 @@
+"""Persistence and boot-time reconciliation (cabinet.md): what the journal holds, and a power cut
+at every tick of a swap reconciling to a safe state that loses no event and dispenses nothing twice."""
+import json
+
+import pytest
+from coreworld import Battery, Rig, stocked_rig
+from invariants import check_history, check_tick
+
+from tukar.core import Core
+
+
+def reboot(rig, reason="power_loss"):
+    journal = json.loads(json.dumps(rig.core.journal()))  # what LittleFS would hold
+    for ws in rig.world.slots:  # fail-secure locks drop into the locked position without power
+        ws.locked = True
+        ws.lock_target = True
+    core = Core(rig.core.id, rig.core.n_slots, journal=journal, boot_reason=reason)
+    core.now = rig.now
+    rig.core = core
+    rig.world.core = core
+    return core
+
+
+def swap_script(rig):
+    """A rider's whole swap as one step per control tick, so a power cut can fall on any of them."""
+    a = rig.cmd("start_swap", id_token="rider-1", request_id="req-1")
+    assert a["ok"]
+    n_in = a["slot"]
+    yield
+    for _ in range(6):
+        yield
+    rig.world.open_door(n_in)
+    rig.world.insert(n_in, Battery("R-1", soc=12))
+    yield
+    rig.world.close_door(n_in)
+    yield
+    while rig.core.session is not None and rig.core.session.phase != "dispensing":
+        yield
+    for _ in range(6):
+        yield
+    n_out = rig.core.session.slot_out
+    rig.world.open_door(n_out)
+    yield
+    rig.world.take(n_out)
+    yield
+    rig.world.close_door(n_out)
+    for _ in range(6):
+        yield
+
+
+def full_swap_ticks():
+    rig = stocked_rig(slots=6, full=2, half=2)
+    n = 0
+    for _ in swap_script(rig):
+        rig.tick()
+        n += 1
+    assert rig.of("SwapCompleted")
+    return n
+
+
+def test_journal_holds_inventory_session_counters_mode_and_config():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("set_config", take_timeout_s=45)
+    rig.cmd("quarantine", slot=3, reason="inspection")
+    rig.cmd("start_swap", id_token="t", request_id="q-1")
+    rig.tick()
+    j = json.loads(json.dumps(rig.core.journal()))
+    assert j["inventory"][0][:3] == ["F-01", "ref48v", True]
+    assert j["inventory"][2][3] == "inspection"
+    assert j["session"]["id"] == rig.core.session.id and j["session"]["phase"] == "awaiting_battery"
+    assert j["counters"]["boot"] == 1 and j["counters"]["event"] == rig.core.event_n
+    assert j["config"]["take_timeout_s"] == 45 and j["mode"] == "in_service"
+
+
+def test_boot_count_and_event_ids_continue_across_reboots():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    first = {e["id"] for e in rig.events}
+    reboot(rig)
+    rig.run(500)
+    boot = rig.of("Boot")[-1]
+    assert boot["id"].startswith("cab-1-2-")
+    assert boot["reason"] == "power_loss"
+    assert not first & {e["id"] for e in rig.events if e not in rig.events[:len(first)]}
+    assert len({e["id"] for e in rig.events}) == len(rig.events)
+
+
+def test_battery_listed_in_the_journal_but_not_seen_is_battery_missing():
+    rig = stocked_rig(slots=6, full=2, half=0)
+    rig.world.slots[1].battery = None  # taken while the cabinet had no power
+    reboot(rig)
+    rig.run(500)
+    miss = rig.of("BatteryMissing")[-1]
+    assert (miss["slot"], miss["serial"]) == (2, "F-02")
+    assert rig.of("Boot")[-1]["recovered"]["missing"] == [2]
+    assert rig.core.slot_state(2)["state"] == "empty"
+
+
+def test_unknown_battery_found_at_boot_is_identified_again():
+    rig = stocked_rig(slots=6, full=1, half=0)
+    rig.world.slots[4].battery = Battery("NEW-5", soc=70)
+    reboot(rig)
+    rig.run(500)
+    assert rig.of("Boot")[-1]["recovered"]["found"] == [5]
+    assert rig.core.slot_state(5)["battery"]["serial"] == "NEW-5"
+    assert rig.core.slot_state(5)["state"] == "charging"
+
+
+def test_battery_changed_while_unpowered_is_missing_then_identified():
+    rig = stocked_rig(slots=6, full=1, half=0)
+    rig.world.slots[0].battery = Battery("OTHER", soc=95)
+    reboot(rig)
+    rig.run(500)
+    assert rig.of("BatteryMissing")[-1]["serial"] == "F-01"
+    assert rig.core.slots[0].serial == "OTHER"
+
+
+def test_quarantine_survives_a_power_cut():
+    rig = stocked_rig(slots=6, full=3, half=1)
+    rig.cmd("quarantine", slot=1, reason="swollen")
+    reboot(rig)
+    rig.run(1000)
+    assert rig.core.slot_state(1)["state"] == "quarantined"
+    assert rig.cmd("start_swap", id_token="t")["ok"]
+    assert rig.core.session is not None
+
+
+def test_session_interrupted_before_battery_in_ends_with_power_loss():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t", request_id="q-7")
+    rig.run(300)
+    reboot(rig)
+    rig.run(500)
+    ab = rig.of("SwapAborted")[-1]
+    assert (ab["reason"], ab["request_id"]) == ("power_loss", "q-7")
+    assert all(rig.core.lock_cmd)
+
+
+def test_session_with_battery_in_recorded_still_completes_after_a_power_cut():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=10))
+    rig.world.close_door(n)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    out = rig.core.session.slot_out
+    reboot(rig)
+    rig.run(400)
+    assert rig.core.session is not None and rig.core.session.phase == "dispensing"
+    assert rig.core.lock_cmd[out - 1] is False
+    rig.world.open_door(out)
+    rig.world.take(out)
+    rig.world.close_door(out)
+    rig.run(300)
+    assert rig.of("SwapCompleted")[-1]["battery_in"] == "R-1"
+    assert not [e for e in rig.of("SwapAborted") if e["reason"] == "power_loss"]
+
+
+def test_battery_taken_just_before_the_power_cut_completes_at_boot():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=10))
+    rig.world.close_door(n)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    out = rig.core.session.slot_out
+    rig.run(300)
+    rig.world.open_door(out)
+    b = rig.world.take(out)
+    reboot(rig)  # the cut falls before the tick that would have seen the battery go
+    rig.run(100)
+    done = rig.of("SwapCompleted")[-1]
+    assert done["battery_out"] == b.serial
+    assert rig.of("BatteryOut")[-1]["slot"] == out
+
+
+def test_not_taken_after_a_power_cut_is_reported_not_taken():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("set_config", take_timeout_s=20)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=10))
+    rig.world.close_door(n)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    reboot(rig)
+    rig.run(21_000)
+    assert rig.of("SwapAborted")[-1]["reason"] == "not_taken"
+    assert rig.of("BatteryOutTimeout")
+
+
+def test_journal_that_is_garbage_boots_safely():
+    for junk in ({"inventory": "x"}, {"inventory": [[1, 2, 3, 4]] * 6, "session": {"slot_in": 99}},
+                 {"counters": {"boot": "x"}, "mode": "party", "config": {"take_timeout_s": -1}}):
+        core = Core("cab-1", 6, journal=junk)
+        rig = Rig(core)
+        rig.run(500)
+        check_tick(rig)
+        assert core.mode in ("in_service", "maintenance", "out_of_service", "emergency")
+        assert core.session is None
+
+
+TICKS = full_swap_ticks()
+
+
+@pytest.mark.parametrize("cut", range(TICKS))
+def test_power_cut_at_every_tick_of_a_swap(cut):
+    rig = stocked_rig(slots=6, full=2, half=2)
+    script = swap_script(rig)
+    for _ in range(cut):
+        next(script)
+        rig.tick()
+        check_tick(rig)
+    had_battery_in = bool(rig.of("BatteryIn"))
+    before = list(rig.events)
+    reboot(rig)
+    # After the reboot the rider takes a battery if a door opens for one, then leaves.
+    for _ in range(20):
+        rig.tick()
+        check_tick(rig)
+    ss = rig.core.session
+    if ss is not None and ss.phase == "dispensing":
+        rig.world.open_door(ss.slot_out)
+        rig.world.take(ss.slot_out)
+        rig.world.close_door(ss.slot_out)
+    for ws in rig.world.slots:
+        ws.door_closed = True
+    for _ in range(130_000 // rig.tick_ms):
+        rig.tick()
+        check_tick(rig)
+    check_history(rig)
+    assert rig.events[:len(before)] == before  # nothing persisted before the cut is lost
+    ends = [e for e in rig.events if e["type"] in ("SwapCompleted", "SwapAborted")]
+    if rig.of("SwapStarted"):
+        assert len(ends) == 1
+        if had_battery_in:
+            assert ends[0]["type"] == "SwapCompleted" or ends[0]["reason"] == "not_taken"
+        elif not rig.of("SwapCompleted"):
+            assert ends[0]["reason"] in ("power_loss", "timeout")
+    # The rider's battery is either with the rider or in a slot the core knows.
+    inside = [ws.battery.serial for ws in rig.world.slots if ws.battery is not None]
+    known = [s.serial for s in rig.core.slots if s.serial is not None]
+    assert sorted(inside) == sorted(known)
