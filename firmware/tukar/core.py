@@ -53,10 +53,10 @@ class Session:
         self.request_id = request_id
         self.id_token = id_token
         self.phase = S_AWAITING
-        self.slot_in = slot_in
-        self.slot_out = None
-        self.battery_in = None  # battery view at BatteryIn
-        self.battery_out = None  # battery view when its door opened
+        self.slot_in = slot_in  # 0 only for a journal's session that names no valid slot
+        self.slot_out: "int | None" = None
+        self.battery_in: "dict | None" = None  # battery view at BatteryIn
+        self.battery_out: "dict | None" = None  # battery view when its door opened
         self.in_recorded = False  # BatteryIn was emitted: the swap must complete or be not_taken
         self.t_start = now
         self.t_phase = now
@@ -177,8 +177,9 @@ class Core:
         self._cabinet_safety(now)
         for s in self.slots:
             self._slot_watch(s, now)
-        if self.session is not None:
-            self._session_step(now)
+        ss = self.session
+        if ss is not None:
+            self._session_step(ss, now)
         for s in self.slots:
             self._slot_step(s, now)
         self._charge(now, dt)
@@ -329,8 +330,7 @@ class Core:
         self.jdirty |= J_INVENTORY
 
     # == the swap session ==================================================================
-    def _session_step(self, now):
-        ss = self.session
+    def _session_step(self, ss, now):
         lim = self.lim
         s_in = self.slots[ss.slot_in - 1]
         inp = s_in.inp
@@ -387,6 +387,7 @@ class Core:
                     s_in.phase = sl.P_EMPTY
                     self._abort_session("rejected", now)
         elif ss.phase == S_DISPENSING:
+            assert ss.slot_out is not None
             s_out = self.slots[ss.slot_out - 1]
             o = s_out.inp
             if not o.present and o.door_closed:
@@ -432,10 +433,12 @@ class Core:
 
     def _abort_session(self, reason, now):
         ss = self.session
+        if ss is None:
+            return
         self._emit("SwapAborted", {"session": ss.id, "request_id": ss.request_id,
                                    "reason": reason})
         for n in (ss.slot_in, ss.slot_out):
-            if n is not None:
+            if n:
                 s = self.slots[n - 1]
                 if not s.lock_cmd:
                     s.command_lock(True, now)
@@ -902,7 +905,7 @@ class Core:
         valid_out = isinstance(n_out, int) and 1 <= n_out <= self.n_slots
         sid = sj.get("id")
         ss = Session(sid if isinstance(sid, str) else "s-?", sj.get("request_id"),
-                     sj.get("id_token"), n_in if valid_in else None, now)
+                     sj.get("id_token"), n_in if valid_in else 0, now)
         ss.slot_out = n_out if valid_out else None
         ss.battery_in = sj.get("battery_in")
         ss.battery_out = sj.get("battery_out")

@@ -6,6 +6,13 @@ from tukar import config as cf
 from tukar.clock import wrap_diff
 from tukar.inputs import fault_names
 
+try:
+    from typing import TYPE_CHECKING  # device-ok: only for the type checker
+except ImportError:
+    TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tukar.profile import Profile
+
 # Published slot states (mqtt.md).
 EMPTY = "empty"
 AWAITING = "awaiting_battery"
@@ -54,12 +61,12 @@ class Slot:
         self.inp = inputs  # SlotInputs, filled in place by the drivers
         self.limit_ma = limit_ma  # slot hardware current limit (rule 3)
         self.phase = P_EMPTY
-        self.state = EMPTY  # published state
+        self.state: "str | None" = EMPTY  # published state
         # Battery bookkeeping (persisted as inventory).
-        self.serial = None
-        self.profile = None  # Profile of the accepted battery
+        self.serial: "str | None" = None
+        self.profile: "Profile | None" = None  # of the accepted battery
         self.accepted = False
-        self.quarantine = None  # reason string while quarantined
+        self.quarantine: "str | None" = None  # reason while quarantined
         self.faults = 0
         # Lock: the commanded level, when it was commanded and the retry state (rule 8).
         self.lock_cmd = True
@@ -75,20 +82,20 @@ class Slot:
         self.charge_ma = 0
         self.temp_hold = False
         self.full_hold = False
-        self.reason = None  # why the charger is off while the battery waits
+        self.reason: "str | None" = None  # why the charger is off while the battery waits
         self.energy_mwh = 0
         self.energy_acc = 0  # sub-mWh remainder in 0.1 W x ms
         self.dispensable = False
         self.ident_t = 0  # when identification began
         self.opened = False  # maintenance_open: the door has been opened since the unlock
         # What was last published, to publish on change only.
-        self.pub_door = None
-        self.pub_locked = None
+        self.pub_door: "bool | None" = None
+        self.pub_locked: "bool | None" = None
         self.pub_ma = -1
-        self.pub_disp = None
+        self.pub_disp: "bool | None" = None
         self.pub_faults = -1
         self.pub_bfaults = -1
-        self.pub_reason = None
+        self.pub_reason: "str | None" = None
 
     # -- lock supervision (rule 8) ---------------------------------------------------------
     def command_lock(self, locked, now):
