@@ -76,7 +76,7 @@ def _serial_of(view):
 
 class CommandError(Exception):
     def __init__(self, code, detail):
-        Exception.__init__(self, detail)
+        super().__init__(detail)
         self.code = code
         self.detail = detail
 
