@@ -56,3 +56,14 @@ def test_scenarios_exercise_the_whole_session():
             "BatteryRejected", "BatteryOutTimeout", "Quarantined", "Emergency", "EmergencyCleared",
             "ModeChanged", "Fault", "ChargeStarted", "ChargeStopped",
             "QuarantineReleased"} <= seen
+
+
+@pytest.mark.mpy
+@pytest.mark.parametrize("case", ["idle", "swap"])
+def test_control_tick_allocates_nothing_in_steady_state(case):
+    from tukar_tools import bench
+    _, info = bench._measure(case, 100, 2)
+    assert info["events"] == []  # steady state: nothing happened during the measured ticks
+    if case == "swap":
+        assert info["charging"] == 11 and info["session"] == "awaiting_battery"
+    assert info["alloc"] == 0

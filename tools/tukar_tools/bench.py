@@ -1,0 +1,127 @@
+"""`make bench`: the firmware core's figures, measured inside the 32-bit MicroPython VM.
+
+Cost is wasmtime fuel (deterministic: the same code burns the same fuel every run). The cost of
+N control ticks is the fuel of a run with N ticks minus the same run with 0, and the harness's
+own per-tick work (refreshing the BMS timestamps) is measured alone and subtracted. Memory comes
+from `gc.mem_alloc()` around each tick, in a separate run, with the collector disabled."""
+import argparse
+import json
+import pathlib
+import sys
+
+from tukar_tools import mpvm
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WORLD = ROOT / "tests" / "coreworld.py"
+
+# Builds a 12-slot cabinet in a given condition, then runs N ticks of the core alone.
+_VM = """
+import gc, json
+gc.collect()
+base = gc.mem_alloc()
+from tukar.core import Core
+from coreworld import Rig, Battery
+gc.collect()
+imported = gc.mem_alloc()
+core = Core("bench-1", 12)
+gc.collect()
+built = gc.mem_alloc()
+rig = Rig(core)
+CASE = %(case)r
+if CASE == "idle":
+    for n in range(1, 7):
+        rig.world.place(n, Battery("B" + str(n), soc=100))
+else:
+    for n in range(1, 12):
+        rig.world.place(n, Battery("B" + str(n), soc=90))
+rig.run(2000)
+if CASE == "swap":
+    a = rig.cmd("start_swap", id_token="rider")
+    assert a["ok"], a
+    rig.run(200)
+rig.events.clear()
+inputs = core.slot_inputs
+now = rig.now
+N = %(n)d
+TICK = %(tick)d
+
+
+def measure(now):  # locals only: a new global name would grow the module dict mid-run
+    alloc = 0
+    for i in range(N):
+        now = (now + 50) & 0x3FFFFFFF
+        for k in range(12):  # fresh BMS data; lock feedback follows the command
+            inp = inputs[k]
+            inp.bms.t_ms = now
+            inp.locked = core.lock_cmd[k]
+        if TICK == 2:  # allocation run: gc.mem_alloc() itself is too costly for the fuel runs
+            m0 = gc.mem_alloc()
+            core.tick(now)
+            alloc += gc.mem_alloc() - m0
+        elif TICK:
+            core.tick(now)
+    return alloc
+
+
+gc.collect()
+gc.disable()
+alloc = measure(now)
+gc.enable()
+print(json.dumps({"imported": imported - base, "built": built - imported,
+                  "alloc": alloc, "charging": core.counts[2],
+                  "session": core.session.phase if core.session else None,
+                  "events": [e["type"] for e in core.events]}))
+"""
+
+
+def _measure(case, n, tick):
+    res = mpvm.run(_VM % {"case": case, "n": n, "tick": tick}, extra=[WORLD])
+    line = [x for x in res.stdout.splitlines() if x.startswith("{")][-1]
+    return res.fuel_used, json.loads(line)
+
+
+def tick_cost(case, n=200):
+    """Fuel per control tick and bytes allocated per tick for one cabinet condition."""
+    f0, _ = _measure(case, 0, 1)
+    fn, _ = _measure(case, n, 1)
+    _, info = _measure(case, n, 2)
+    h0, _ = _measure(case, 0, 0)
+    hn, _ = _measure(case, n, 0)
+    per_tick = ((fn - f0) - (hn - h0)) / n
+    return {"case": case, "fuel_per_tick": round(per_tick), "bytes_per_tick": info["alloc"] / n,
+            "charging": info["charging"], "session": info["session"], "events": info["events"],
+            "heap_import": info["imported"], "heap_core": info["built"]}
+
+
+def reference_loop_fuel(n=1000):
+    """Fuel of one iteration of `for i in range(n): s += i`, to translate fuel into device time."""
+    code = "def f(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\nf(%d)\n"
+    return round((mpvm.run(code % n).fuel_used - mpvm.run(code % 0).fuel_used) / n)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="tukar bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--ticks", type=int, default=200, help="control ticks per measurement")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args(argv)
+    rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
+    ref = reference_loop_fuel()
+    if args.json:
+        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref}, indent=2))
+        return 0
+    print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
+    print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
+    print("  heap of one Core(12 slots):      %6d bytes" % rows[0]["heap_core"])
+    print("  %-34s %12s %14s" % ("case", "fuel/tick", "bytes/tick"))
+    for r in rows:
+        label = {"idle": "idle (6 full batteries, 6 empty)",
+                 "swap": "swap open, %d slots charging" % r["charging"]}[r["case"]]
+        print("  %-34s %12d %14.1f" % (label, r["fuel_per_tick"], r["bytes_per_tick"]))
+    print("  reference: one iteration of `for i in range(n): s += i` = %d fuel" % ref)
+    for r in rows:
+        print("  %s tick = %.0f such iterations" % (r["case"], r["fuel_per_tick"] / ref))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
