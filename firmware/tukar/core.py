@@ -9,8 +9,10 @@
 #   -> publish cabinet_state() / slot_state(n) for the bits of `dirty`, then clear both.
 # Commands that passed the gate go to command(body) between ticks; it returns the ack.
 from tukar import config as cf
+from tukar import errors as E
 from tukar import slot as sl
 from tukar.clock import wrap_diff
+from tukar.errors import make_ack
 from tukar.inputs import CabinetInputs, SlotInputs
 from tukar.profile import DEFAULT
 
@@ -79,14 +81,6 @@ class CommandError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def ack(req_id, error=None, detail="", result=None):
-    a = {"req_id": req_id, "ok": error is None, "error": error, "detail": detail}
-    if result:
-        for k in result:
-            a[k] = result[k]
-    return a
 
 
 class Core:
@@ -596,54 +590,54 @@ class Core:
         req_id = body.get("req_id") if isinstance(body, dict) else None
         try:
             if not isinstance(body, dict):
-                raise CommandError("bad_args", "command body must be an object")
+                raise CommandError(E.BAD_ARGS, "command body must be an object")
             name = body.get("cmd")
             handler = _HANDLERS.get(name) if isinstance(name, str) else None
             if handler is None:
-                raise CommandError("unknown_cmd", "unknown command %r" % (name,))
+                raise CommandError(E.UNKNOWN_CMD, "unknown command %r" % (name,))
             result = handler(self, body)
-            return ack(req_id, None, "", result)
+            return make_ack(req_id, None, "", result)
         except CommandError as e:
-            return ack(req_id, e.code, e.detail)
+            return make_ack(req_id, e.code, e.detail)
         except Exception as e:  # a bug must not take the cabinet down with it
-            return ack(req_id, "not_allowed", "internal error: %r" % (e,))
+            return make_ack(req_id, E.NOT_ALLOWED, "internal error: %r" % (e,))
 
     def _arg_slot(self, body):
         n = body.get("slot")
         if isinstance(n, bool) or not isinstance(n, int):
-            raise CommandError("bad_args", "slot: an integer is required")
+            raise CommandError(E.BAD_ARGS, "slot: an integer is required")
         if n < 1 or n > self.n_slots:
-            raise CommandError("slot_range", "slot %d is outside 1..%d" % (n, self.n_slots))
+            raise CommandError(E.SLOT_RANGE, "slot %d is outside 1..%d" % (n, self.n_slots))
         return self.slots[n - 1]
 
     def _no_emergency(self):
         if self.mode == EMERGENCY:
-            raise CommandError("emergency", "the cabinet is in emergency")
+            raise CommandError(E.EMERGENCY, "the cabinet is in emergency")
 
     def _cmd_start_swap(self, body):
         token = body.get("id_token")
         if not _text(token):
-            raise CommandError("bad_args", "id_token: a non-empty string of at most 64 characters")
+            raise CommandError(E.BAD_ARGS, "id_token: a non-empty string of at most 64 characters")
         request_id = body.get("request_id", body.get("req_id"))
         if request_id is not None and not _text(request_id):
-            raise CommandError("bad_args", "request_id: a string of at most 64 characters")
+            raise CommandError(E.BAD_ARGS, "request_id: a string of at most 64 characters")
         self._no_emergency()
         if self.mode != IN_SERVICE:
-            raise CommandError("not_in_service", "mode is %s" % self.mode)
+            raise CommandError(E.NOT_IN_SERVICE, "mode is %s" % self.mode)
         if self.session is not None:
-            raise CommandError("busy", "session %s is open" % self.session.id)
+            raise CommandError(E.BUSY, "session %s is open" % self.session.id)
         for s in self.slots:
             if not s.lock_cmd:
-                raise CommandError("busy", "slot %d is unlocked" % s.n)
+                raise CommandError(E.BUSY, "slot %d is unlocked" % s.n)
         if self._choose_dispense() is None:
-            raise CommandError("no_battery_available", "no dispensable battery")
+            raise CommandError(E.NO_BATTERY_AVAILABLE, "no dispensable battery")
         free = None
         for s in self.slots:
             if s.is_free():
                 free = s
                 break
         if free is None:
-            raise CommandError("no_empty_slot", "no empty slot")
+            raise CommandError(E.NO_EMPTY_SLOT, "no empty slot")
         now = self.now
         self.session_n += 1
         self.jdirty |= J_COUNTERS | J_SESSION
@@ -659,14 +653,14 @@ class Core:
     def _cmd_cancel_swap(self, body):
         sid = body.get("session")
         if sid is not None and not _text(sid):
-            raise CommandError("bad_args", "session: a string is required")
+            raise CommandError(E.BAD_ARGS, "session: a string is required")
         ss = self.session
         if ss is None:
-            raise CommandError("not_allowed", "no open session")
+            raise CommandError(E.NOT_ALLOWED, "no open session")
         if sid is not None and sid != ss.id:
-            raise CommandError("bad_args", "session %s is not the open session %s" % (sid, ss.id))
+            raise CommandError(E.BAD_ARGS, "session %s is not the open session %s" % (sid, ss.id))
         if ss.phase != S_AWAITING:
-            raise CommandError("not_allowed", "session %s is %s" % (ss.id, ss.phase))
+            raise CommandError(E.NOT_ALLOWED, "session %s is %s" % (ss.id, ss.phase))
         s = self.slots[ss.slot_in - 1]
         s.command_lock(True, self.now)
         self._after_relock(s, self.now)
@@ -676,15 +670,15 @@ class Core:
     def _cmd_set_mode(self, body):
         mode = body.get("mode")
         if mode not in SETTABLE_MODES:
-            raise CommandError("bad_args", "mode: one of in_service, maintenance, out_of_service")
+            raise CommandError(E.BAD_ARGS, "mode: one of in_service, maintenance, out_of_service")
         self._no_emergency()
         if mode == self.mode:
             return {"mode": mode}
         if self.session is not None:
-            raise CommandError("busy", "session %s is open" % self.session.id)
+            raise CommandError(E.BUSY, "session %s is open" % self.session.id)
         for s in self.slots:
             if s.phase == sl.P_MAINT_OPEN:
-                raise CommandError("busy", "slot %d is open for maintenance" % s.n)
+                raise CommandError(E.BUSY, "slot %d is open for maintenance" % s.n)
         self.mode = mode
         self.jdirty |= J_MODE
         self.dirty |= 1
@@ -695,7 +689,7 @@ class Core:
         s = self._arg_slot(body)
         self._no_emergency()
         if self.mode != MAINTENANCE:
-            raise CommandError("wrong_mode", "open_slot needs maintenance mode")
+            raise CommandError(E.WRONG_MODE, "open_slot needs maintenance mode")
         if s.phase != sl.P_MAINT_OPEN:
             s.phase = sl.P_MAINT_OPEN
             s.opened = False
@@ -706,7 +700,7 @@ class Core:
         s = self._arg_slot(body)
         reason = body.get("reason")
         if not _text(reason):
-            raise CommandError("bad_args", "reason: a non-empty string of at most 64 characters")
+            raise CommandError(E.BAD_ARGS, "reason: a non-empty string of at most 64 characters")
         self._quarantine(s, reason, self.now)
         return {"slot": s.n}
 
@@ -714,9 +708,9 @@ class Core:
         s = self._arg_slot(body)
         self._no_emergency()
         if self.mode != MAINTENANCE:
-            raise CommandError("wrong_mode", "release needs maintenance mode")
+            raise CommandError(E.WRONG_MODE, "release needs maintenance mode")
         if s.quarantine is None:
-            raise CommandError("not_allowed", "slot %d is not quarantined" % s.n)
+            raise CommandError(E.NOT_ALLOWED, "slot %d is not quarantined" % s.n)
         reason = s.quarantine
         s.quarantine = None
         self.jdirty |= J_INVENTORY
@@ -729,11 +723,11 @@ class Core:
 
     def _cmd_reset_emergency(self, body):
         if self.mode != EMERGENCY:
-            raise CommandError("wrong_mode", "the cabinet is not in emergency")
+            raise CommandError(E.WRONG_MODE, "the cabinet is not in emergency")
         still = self.present_causes
         if still:
             names = [ALARMS[i] for i in range(3) if still & (1 << i)]
-            raise CommandError("emergency", "causes still present: %s" % ",".join(names))
+            raise CommandError(E.EMERGENCY, "causes still present: %s" % ",".join(names))
         for i in range(3):
             if self.causes & (1 << i):
                 self._emit("EmergencyCleared", {"cause": ALARMS[i]})
@@ -757,7 +751,7 @@ class Core:
         try:
             merged = cf.validate_update(self.cfg, changes)
         except cf.ConfigError as e:
-            raise CommandError("bad_args", str(e))
+            raise CommandError(E.BAD_ARGS, str(e))
         self.cfg = merged
         self.lim = cf.Limits(merged)
         self.jdirty |= J_CONFIG
@@ -765,7 +759,7 @@ class Core:
 
     def _cmd_reboot(self, body):
         if self.session is not None:
-            raise CommandError("busy", "session %s is open" % self.session.id)
+            raise CommandError(E.BUSY, "session %s is open" % self.session.id)
         self.reboot = True
         return None
 

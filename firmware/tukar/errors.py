@@ -19,3 +19,16 @@ ALL = (
     NOT_IN_SERVICE, NO_BATTERY_AVAILABLE, NO_EMPTY_SLOT, SLOT_RANGE, EMERGENCY,
     RATE_LIMITED, NOT_ALLOWED,
 )
+
+
+def make_ack(req_id, error=None, detail="", result=None):
+    """An ack with exactly the contract's keys; result keys are added but never replace them."""
+    ack = {}
+    if result:
+        for k in result:
+            ack[k] = result[k]
+    ack["req_id"] = req_id
+    ack["ok"] = error is None
+    ack["error"] = error
+    ack["detail"] = detail
+    return ack

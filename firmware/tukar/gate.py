@@ -19,6 +19,7 @@
 import json
 
 from tukar import errors
+from tukar.errors import make_ack
 from tukar.clock import wrap_diff
 from tukar.sign import Signer
 
@@ -32,19 +33,6 @@ MAX_PAYLOAD = const(2048)  # bytes of the whole envelope; a command body needs a
 MAX_REQ_ID = const(64)  # characters
 STALE_S = const(300)
 WINDOW_MS = const(1000)
-
-
-def make_ack(req_id, error=None, detail="", result=None):
-    """An ack with exactly the contract's keys; result keys are added but never replace them."""
-    ack = {}
-    if result:
-        for k in result:
-            ack[k] = result[k]
-    ack["req_id"] = req_id
-    ack["ok"] = error is None
-    ack["error"] = error
-    ack["detail"] = detail
-    return ack
 
 
 def utf8_ok(buf):
