@@ -99,11 +99,18 @@ def reference_loop_fuel(n=1000):
     return round((mpvm.run(code % n).fuel_used - mpvm.run(code % 0).fuel_used) / n)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="tukar bench", description=__doc__.splitlines()[0])
+def add_arguments(ap):
     ap.add_argument("--ticks", type=int, default=200, help="control ticks per measurement")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = ap.parse_args(argv)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="tukar bench", description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args):
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
     if args.json:
