@@ -51,3 +51,15 @@ def ticks_ms():
 
 def sleep_ms(ms):
     _clock.sleep_ms(ms)
+
+
+def asleep_ms(ms):
+    """asyncio sleep of `ms` simulated milliseconds."""
+    import asyncio
+    return asyncio.sleep(ms / 1000 / _clock.speed)
+
+
+def wall_s():
+    """Unix time as the simulated device sees it (its clock counts as synced)."""
+    c = _clock
+    return int(_time.time() - _time.monotonic() + c._start_real + (c.now_ms() - c._start_ms) / 1000)

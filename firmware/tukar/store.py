@@ -1,0 +1,88 @@
+# Persistence on the device's LittleFS: each key is one JSON file, written to a temporary file,
+# closed (LittleFS commits on close) and renamed over the old one (atomic across power loss).
+# Writes happen on change only; a key that changes often can be given a minimum interval, and
+# its latest value is written when the interval has passed (flash wear).
+import json
+import os
+
+from tukar.clock import wrap_diff
+
+
+class Store:
+    def __init__(self, root):
+        self.root = root
+        self.last = {}  # key -> text last written (or read)
+        self.when = {}  # key -> ticks of the last write
+        self.pending = {}  # key -> text waiting for its interval
+        self.interval = {}  # key -> minimum ms between writes
+        self.writes = 0
+        self.errors = 0
+        self.last_error = None
+        self._open = open  # the simulator swaps this to inject a flash fault
+        try:
+            os.mkdir(root)
+        except OSError:
+            pass  # exists
+
+    def _path(self, key):
+        return self.root + "/" + key + ".json"
+
+    def limit(self, key, min_interval_ms):
+        """Write `key` at most once per `min_interval_ms`."""
+        self.interval[key] = min_interval_ms
+
+    def load(self, key):
+        """The stored value, or None when absent or unreadable (a torn write never replaces it)."""
+        try:
+            with self._open(self._path(key)) as f:
+                text = f.read()
+            value = json.loads(text)
+        except (OSError, ValueError) as e:
+            if not isinstance(e, OSError):
+                self.errors += 1
+                self.last_error = "%s: %r" % (key, e)
+            return None
+        self.last[key] = text
+        return value
+
+    def save(self, key, value, now_ms):
+        """Persist `value` if it differs from what is stored; returns True when written now."""
+        text = json.dumps(value)
+        if self.last.get(key) == text:
+            self.pending.pop(key, None)
+            return False
+        gap = self.interval.get(key, 0)
+        if gap and key in self.when and wrap_diff(now_ms, self.when[key]) < gap:
+            self.pending[key] = text
+            return False
+        return self._write(key, text, now_ms)
+
+    def flush(self, now_ms, force=False):
+        """Write pending keys whose interval has passed (all of them when `force`)."""
+        for key in list(self.pending):
+            if force or wrap_diff(now_ms, self.when.get(key, now_ms)) >= self.interval.get(key, 0):
+                self._write(key, self.pending.pop(key), now_ms)
+
+    def _write(self, key, text, now_ms):
+        path = self._path(key)
+        tmp = path + ".tmp"
+        try:
+            with self._open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, path)
+        except OSError as e:
+            self.errors += 1
+            self.last_error = "%s: %r" % (key, e)
+            self.pending[key] = text  # retried by flush()
+            return False
+        self.last[key] = text
+        self.when[key] = now_ms
+        self.writes += 1
+        return True
+
+    def remove(self, key):
+        try:
+            os.remove(self._path(key))
+        except OSError:
+            pass
+        self.last.pop(key, None)
