@@ -1,5 +1,7 @@
 # Battery profiles: per battery type limits as data. Adding a battery make adds a file, not code.
 # The link-specific part (CAN frame layout, SBS options) is read by the drivers; the core uses limits.
+# load()/load_dir() read firmware/profiles/*.json; an error names the file and the field.
+import json
 
 # Hard limits of cabinet.md: a profile or the config may narrow them, never widen them.
 HARD_CHARGE_MIN_DC = 0
@@ -57,8 +59,73 @@ class Profile:
         vmax = _num(lim, "voltage_max_v", 10, 120, 1000)
         if vmin >= vmax:
             raise ProfileError("profile limits: voltage_min_v must be below voltage_max_v")
+        _link_section(d, link)
         return Profile(name, link, cmin, cmax, _num(lim, "max_charge_current_a", 0.1, 200, 1000),
                        vmin, vmax, _num(lim, "capacity_ah", 1, 500, 1000), d)
+
+    def device_names(self):
+        """SBS DeviceName strings that identify this profile (empty for CAN profiles)."""
+        if self.link != "sbs" or not self.data:
+            return ()
+        return self.data["sbs"]["device_names"]
+
+
+def _link_section(d, link):
+    sec = d.get(link)
+    if not isinstance(sec, dict):
+        raise ProfileError("profile field %s: object required for link '%s'" % (link, link))
+    if link == "sbs":
+        names = sec.get("device_names")
+        if not isinstance(names, list) or not names:
+            raise ProfileError("profile field sbs.device_names: non-empty list required")
+        for i, n in enumerate(names):
+            # SBS DeviceName is a block read of at most 32 bytes; the driver maps it printable.
+            if not isinstance(n, str) or not 0 < len(n) <= 32:
+                raise ProfileError("profile field sbs.device_names[%d]: string of 1..32 characters required" % i)
+
+
+def load(path):
+    """One profile file; ProfileError messages start with the path."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError as e:
+        raise ProfileError("%s: cannot read (%s)" % (path, e))
+    except ValueError as e:
+        raise ProfileError("%s: not JSON (%s)" % (path, e))
+    try:
+        p = Profile.from_dict(d)
+    except ProfileError as e:
+        raise ProfileError("%s: %s" % (path, e))
+    base = path.rsplit("/", 1)[-1]
+    if base[:-5] != p.name:
+        raise ProfileError("%s: profile field name: '%s' differs from the file name" % (path, p.name))
+    return p
+
+
+def load_dir(path):
+    """Every *.json profile in a directory: {name: Profile}."""
+    import os
+
+    out = {}
+    for fn in sorted(os.listdir(path)):
+        if fn.endswith(".json"):
+            p = load(path + "/" + fn)
+            out[p.name] = p
+    return out
+
+
+def sbs_names(profiles):
+    """{SBS DeviceName: profile name} over the SBS profiles, for SmartBattery(profiles=...)."""
+    out = {}
+    for name in profiles:
+        for dev in profiles[name].device_names():
+            other = out.get(dev)
+            if other is not None and other != name:
+                raise ProfileError("profile %s: device name '%s' already identifies profile %s"
+                                   % (name, dev, other))
+            out[dev] = name
+    return out
 
 
 # Used when no profile file is installed: a 48 V CAN pack, 30 Ah, 0..45 degC charging at up to 10 A.
