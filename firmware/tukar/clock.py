@@ -9,11 +9,6 @@ try:
     from time import ticks_ms, ticks_diff, ticks_add, sleep_ms  # type: ignore[attr-defined]
 except ImportError:  # CPython: host shim
     from hosttime import ticks_ms, sleep_ms, asleep_ms  # type: ignore[import-not-found]
-else:
-    def asleep_ms(ms):
-        """Awaitable sleep in ms (the simulator scales it with its speed)."""
-        import asyncio
-        return asyncio.sleep_ms(ms)  # type: ignore[attr-defined]
 
     def ticks_diff(a, b):
         """a - b in ms, correct across the wrap while |a - b| < 2**29."""
@@ -21,6 +16,11 @@ else:
 
     def ticks_add(t, delta):
         return (t + delta) & TICKS_MAX
+else:
+    def asleep_ms(ms):
+        """Awaitable sleep in ms (the simulator scales it with its speed)."""
+        import asyncio
+        return asyncio.sleep_ms(ms)  # type: ignore[attr-defined]
 
 
 def wrap_diff(a, b):
