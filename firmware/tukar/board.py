@@ -368,8 +368,10 @@ class _GpioOut:
 class _Expander:
     """One MCP23017: the inputs latched by one read per scan, the outputs as a shadow word."""
 
-    def __init__(self, dev):
+    def __init__(self, dev, board, bus):
         self.dev = dev  # the MCP23017 driver; its masks are set once every pin is known
+        self._board = board
+        self.bus = bus  # I2C bus id, for the board's error counters
         self.inputs = 0xFFFF  # direction mask; output bits are cleared as outputs are attached
         self.pullups = 0
         self.invert = 0  # inputs inverted by the chip (IPOL)
@@ -392,6 +394,7 @@ class _Expander:
             self.state = self.fail
             self.ok = False
             self.errors += 1
+            self._board.i2c_errors[self.bus] += 1
 
     def flush(self):
         w = self.word()
@@ -402,6 +405,7 @@ class _Expander:
         except OSError:
             self.written = -1
             self.errors += 1
+            self._board.i2c_errors[self.bus] += 1
             return False
         self.written = w
         return True
@@ -453,7 +457,10 @@ class _CanChargerLink:
         can = b.can
         bank = b.can_charger_bank
         if can is not None and bank is not None:
-            bank.send(can, self._slot, b.charge_voltage_mv[self._slot], self.ma)
+            try:
+                bank.send(can, self._slot, b.charge_voltage_mv[self._slot], self.ma)
+            except OSError:
+                b.spi_errors += 1  # the enable pin, the charger's own 5 s time-out still act
 
 
 class Board:
@@ -471,14 +478,20 @@ class Board:
         Pin = machine.Pin
 
         self.i2c = {}
+        self._sda = {}  # read while the bus is idle: low means a device holds the bus
+        self.i2c_errors = [0, 0]  # failed transactions per I2C bus id
+        self.i2c_recoveries = [0, 0]
+        self.spi_errors = 0
         for b in cfg["i2c"]:
             self.i2c[b["id"]] = machine.I2C(b["id"], scl=Pin(b["scl"]), sda=Pin(b["sda"]), freq=b["freq"])
+            self._sda[b["id"]] = Pin(b["sda"])
 
         self.expanders = []
         if cfg.get("expanders"):
             from tukar.mcp23017 import MCP23017
             for x in cfg["expanders"]:
-                self.expanders.append(_Expander(MCP23017(self.i2c[x["bus"]], _int(x["addr"], "", 0, 127))))
+                self.expanders.append(_Expander(MCP23017(self.i2c[x["bus"]], _int(x["addr"], "", 0, 127)),
+                                                self, x["bus"]))
 
         self.muxes = []
         if cfg.get("muxes"):
@@ -576,6 +589,7 @@ class Board:
             self._mux_others.append([self.muxes[j] for j in range(len(muxes))
                                      if j != i and muxes[j]["bus"] == m["bus"]])
         self._sbs_slots = []
+        self._sbs_bus = [0] * n
         self._sbs_next = 0
         for i, s in enumerate(cfg["slots"]):
             sb = s["battery"].get("sbs")
@@ -583,6 +597,7 @@ class Board:
                 from tukar.sbs import SmartBattery
                 self.sbs[i] = SmartBattery(self._mux_bus(sb["mux"]), self.muxes[sb["mux"]], sb["channel"])
                 self._sbs_mux[i] = sb["mux"]
+                self._sbs_bus[i] = muxes[sb["mux"]]["bus"]
                 self._sbs_slots.append(i)
         self.can_nodes = [-1] * n
         for i, s in enumerate(cfg["slots"]):
@@ -590,6 +605,7 @@ class Board:
             if cb is not None:
                 self.can_nodes[i] = cb["node"]
         self.canbms = None
+        self.can_fed = [False] * n  # a CAN pack spoke for the slot's battery: no SBS polls there
         self._rx = bytearray(13)  # one received frame: SIDH SIDL EID8 EID0 DLC D0..D7
         self.plan = p
 
@@ -734,6 +750,12 @@ class Board:
             cabinet.temp_dc = ntc.temp_dc(code)
             self.cabinet_sensor = ntc.status(code)
 
+    def set_sbs_names(self, names):
+        """{SBS DeviceName: profile name} (tukar.profile.sbs_names) for every SBS slot."""
+        for bat in self.sbs:
+            if bat is not None:
+                bat.profiles = names
+
     def attach_can_bms(self, profiles, slot_inputs):
         """Decode CAN battery frames (tukar.canbms, one decoder for every profile) into
         slot_inputs[i].bms. Without this call poll_bms reads SBS batteries only."""
@@ -749,14 +771,21 @@ class Board:
         for _ in range(k):
             i = self._sbs_slots[self._sbs_next]
             self._sbs_next = (self._sbs_next + 1) % k
-            if slot_inputs[i].present:
+            if slot_inputs[i].present and not self.can_fed[i]:
+                bus = self._sbs_bus[i]
                 for other in self._mux_others[self._sbs_mux[i]]:
                     try:
                         other.deselect()
                     except OSError:
-                        pass  # the poll below fails on a collision and counts towards link_fault
-                self.sbs[i].poll(slot_inputs[i].bms, now_ms)
+                        self.i2c_errors[bus] += 1  # the poll below fails on a collision: link_fault
+                if not self.sbs[i].poll(slot_inputs[i].bms, now_ms):
+                    self.i2c_errors[bus] += 1
                 break
+        self.drain_can(now_ms)
+
+    def drain_can(self, now_ms):
+        """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.
+        poll_bms calls it every tick; an INT-driven task may call it between ticks too."""
         can = self.can
         if self.canbms is not None and can is not None:
             rx = self._rx
@@ -764,14 +793,63 @@ class Board:
                 try:
                     fid = can.recv_into(rx)
                 except OSError:
+                    self.spi_errors += 1
                     break
                 if fid < 0:
                     break
                 dlc = rx[4] & 0x0F
                 if dlc > 8:
                     dlc = 8
-                if self.canbms.feed(fid, rx, 5, dlc, now_ms) < 0 and self.can_charger_bank is not None:
+                slot = self.canbms.feed(fid, rx, 5, dlc, now_ms)
+                if slot >= 0:
+                    self.can_fed[slot] = True
+                elif self.can_charger_bank is not None:
                     self.can_charger_bank.feed(fid, rx, 5, dlc, now_ms)
+
+    def battery_removed(self, slot, reading):
+        """The slot emptied: forget its battery so that the next one is identified afresh."""
+        reading.clear()
+        self.can_fed[slot] = False
+        bat = self.sbs[slot]
+        if bat is not None:
+            bat.forget()
+        if self.canbms is not None:
+            self.canbms.forget(slot)
+
+    def fail_inputs(self, slot_inputs, cabinet):
+        """Every input at the level assumed when its chip does not answer (_FAIL_LEVEL)."""
+        for s in slot_inputs:
+            s.door_closed = _FAIL_LEVEL["door"] == 1
+            s.present = _FAIL_LEVEL["presence"] == 1
+            s.locked = _FAIL_LEVEL["lock_feedback"] == 1
+        cabinet.smoke = _FAIL_LEVEL["smoke"] == 1
+        cabinet.estop = _FAIL_LEVEL["estop"] == 1
+
+    # -- a stuck I2C bus ------------------------------------------------------------------------------
+    def i2c_stuck(self, bus):
+        """SDA reads low between transactions: a device holds the bus (cut off mid-byte)."""
+        return self._sda[bus].value() == 0
+
+    def recover_i2c(self, bus):
+        """Free a stuck bus: 9 SCL clocks and a STOP, the muxes on it reset (they isolate a battery
+        that holds its channel low), then the bus re-initialised. True if SDA is high again."""
+        from tukar.tca9548a import clock_free
+        for b in self.cfg["i2c"]:
+            if b["id"] == bus:
+                Pin = self._m.Pin
+                scl = Pin(b["scl"])
+                sda = Pin(b["sda"])
+                muxes = [self.muxes[j] for j in range(len(self.muxes)) if self.cfg["muxes"][j]["bus"] == bus]
+                if muxes:
+                    muxes[0].recover(scl, sda)  # the muxes share one reset line
+                else:
+                    clock_free(scl, sda)
+                for m in muxes:
+                    m.forget()
+                self.i2c[bus].init(scl=scl, sda=sda, freq=b["freq"])
+                self.i2c_recoveries[bus] += 1
+                return not self.i2c_stuck(bus)
+        return False
 
     # -- outputs -------------------------------------------------------------------------------------
     def _flush(self):

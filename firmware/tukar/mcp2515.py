@@ -384,9 +384,13 @@ class MCP2515:
             if ticks_diff(now_ms, self._restart_at) < 0:
                 return BUS_OFF
             mode = self.mode
-            self.init(mode if mode != MODE_CONFIG else MODE_NORMAL)
             self._restarted_at = now_ms
             self._backoff_ms = min(self._backoff_ms * 2, _BACKOFF_MAX_MS)
+            try:
+                self.init(mode if mode != MODE_CONFIG else MODE_NORMAL)
+            except OSError:
+                self._restart_at = ticks_add(now_ms, self._backoff_ms)  # a failed restart backs off too
+                raise
         eflg = self.read_errors()
         if eflg & _EFLG_TXBO:
             self.state = BUS_OFF

@@ -10,6 +10,24 @@ _RECOVERY_PULSES = const(9)
 _UNKNOWN = const(-1)
 
 
+def clock_free(scl_pin, sda_pin):
+    """Free a bus a device holds low: up to 9 SCL clocks until SDA is released, then a STOP.
+    Turns both pins into open-drain GPIOs: the caller re-initialises its I2C afterwards."""
+    od = scl_pin.OPEN_DRAIN
+    scl_pin.init(od, value=1)
+    sda_pin.init(od, value=1)
+    for _ in range(_RECOVERY_PULSES):
+        if sda_pin.value():
+            break
+        scl_pin.value(0)
+        scl_pin.value(1)
+    # STOP: SDA rises while SCL is high.
+    scl_pin.value(0)
+    sda_pin.value(0)
+    scl_pin.value(1)
+    sda_pin.value(1)
+
+
 class TCA9548A:
     def __init__(self, i2c, addr=0x70, reset_pin=None):
         self.i2c = i2c
@@ -61,19 +79,7 @@ class TCA9548A:
         scl_pin and sda_pin are the bus's Pin objects; this turns them into open-drain GPIOs,
         so the caller re-initialises its I2C afterwards. Returns True if SDA reads high at the end.
         """
-        od = scl_pin.OPEN_DRAIN
-        scl_pin.init(od, value=1)
-        sda_pin.init(od, value=1)
-        for _ in range(_RECOVERY_PULSES):
-            if sda_pin.value():
-                break
-            scl_pin.value(0)
-            scl_pin.value(1)
-        # STOP: SDA rises while SCL is high.
-        scl_pin.value(0)
-        sda_pin.value(0)
-        scl_pin.value(1)
-        sda_pin.value(1)
+        clock_free(scl_pin, sda_pin)
         if self.reset_pin is not None:
             try:
                 self.reset_pin.value(0)  # RESET is active low; 6 ns minimum, a GPIO write is longer

@@ -1,0 +1,152 @@
+# The control tick as the runtime calls it every 50 ms: the drivers fill the core's input
+# snapshots, the core decides, the drivers apply its outputs. A bus error never escapes: the
+# driver counts it, the inputs it could not read take their safe levels, and the tick still runs
+# and applies the (then safe) outputs. Steady state allocates nothing.
+from tukar.clock import ticks_diff
+
+_BUS_OFF = 2  # tukar.mcp2515.BUS_OFF, without importing the driver on boards without CAN
+_RECOVER_MS = 1000  # at most one recovery attempt per second on a stuck I2C bus
+
+# Stages whose OSError no driver caught (a bug or an unforeseen bus error), counted apart.
+STAGES = ("scan", "bms", "can", "tick_apply", "repeat")
+
+
+class ControlCycle:
+    def __init__(self, board, core):
+        self.board = board
+        self.core = core
+        n = core.n_slots
+        self.ticks = 0
+        self.escaped = [0] * len(STAGES)  # OSErrors caught here, per stage
+        self.can_state = 0  # ACTIVE, PASSIVE or BUS_OFF as the last service() saw it
+        self.can_restart_errors = 0
+        can_names = []
+        for name in core.profiles:
+            if core.profiles[name].link == "can":
+                can_names.append(name)
+        self._can_names = tuple(can_names)
+        # Slots a CAN bus-off reaches: a CAN charger, or a battery link over CAN.
+        self._can_charger = [c._link is not None for c in board.chargers]
+        self._can_only = [board.can_nodes[i] >= 0 and board.sbs[i] is None for i in range(n)]
+        self._can_link = [board.can_nodes[i] >= 0 for i in range(n)]
+        self._marked = [False] * n  # link_fault set by a bus-off, to clear at recovery
+        self._present = [False] * n
+        self._seen = list(board.i2c_errors)
+        self._recover_t = [0] * len(self._seen)
+        self._recovered = [False] * len(self._seen)  # a recovery time is in _recover_t
+
+    # -- the tick ----------------------------------------------------------------------------
+    def step(self, now_ms, wall=None):
+        b = self.board
+        core = self.core
+        inputs = core.slot_inputs
+        try:
+            b.scan(inputs, core.cabinet, now_ms)
+        except OSError:
+            self.escaped[0] += 1
+            b.fail_inputs(inputs, core.cabinet)
+        self._removals(inputs)
+        try:
+            b.poll_bms(inputs, now_ms)
+        except OSError:
+            self.escaped[1] += 1
+        self._i2c_recovery(now_ms)
+        self._can_service(now_ms)
+        core.tick(now_ms, wall)
+        try:
+            b.apply(core.lock_cmd, core.lock_pulse, core.charge_ma, core.fan, core.alarm)
+        except OSError:
+            self.escaped[3] += 1
+            self._chargers_off()
+        try:
+            b.repeat_charger_commands(now_ms)
+        except OSError:
+            self.escaped[4] += 1
+        self.ticks += 1
+
+    def _removals(self, inputs):
+        pres = self._present
+        for i in range(len(pres)):
+            p = inputs[i].present
+            if pres[i] and not p:
+                self.board.battery_removed(i, inputs[i].bms)
+                self._marked[i] = False
+            pres[i] = p
+
+    def _i2c_recovery(self, now_ms):
+        """A bus whose transactions failed this tick while SDA stays low is clocked free."""
+        b = self.board
+        seen = self._seen
+        for bus in range(len(seen)):
+            e = b.i2c_errors[bus]
+            if e == seen[bus]:
+                continue
+            seen[bus] = e
+            if bus not in b.i2c or not b.i2c_stuck(bus):
+                continue
+            if self._recovered[bus] and ticks_diff(now_ms, self._recover_t[bus]) < _RECOVER_MS:
+                continue
+            self._recovered[bus] = True
+            self._recover_t[bus] = now_ms
+            try:
+                b.recover_i2c(bus)
+            except OSError:
+                self.escaped[0] += 1
+
+    def _can_service(self, now_ms):
+        """Bus-off: every CAN slot's BMS link is down this very tick, so the core switches its
+        charger off; the driver restarts the controller with its back-off; recovery clears it."""
+        can = self.board.can
+        if can is None:
+            return
+        try:
+            st = can.service(now_ms)
+        except OSError:
+            self.can_restart_errors += 1
+            self.board.spi_errors += 1
+            st = _BUS_OFF  # the restart failed: still off, the next try backs off further
+        if st == _BUS_OFF:
+            inputs = self.core.slot_inputs
+            names = self._can_names
+            for i in range(len(inputs)):
+                r = inputs[i].bms
+                if self._can_charger[i] or self._can_only[i] or (
+                        self._can_link[i] and r.valid and r.profile in names):
+                    r.link_fault = True
+                    self._marked[i] = True
+        elif self.can_state == _BUS_OFF:
+            inputs = self.core.slot_inputs
+            for i in range(len(inputs)):
+                if self._marked[i]:
+                    inputs[i].bms.link_fault = False
+                    self._marked[i] = False
+        self.can_state = st
+
+    def _chargers_off(self):
+        for c in self.board.chargers:
+            try:
+                c.off()
+            except OSError:
+                pass
+        try:
+            self.board._flush()
+        except OSError:
+            pass
+
+    # -- telemetry ---------------------------------------------------------------------------
+    def bus_errors(self):
+        """Error counters per bus for telemetry (allocates: call it when publishing)."""
+        b = self.board
+        out = {}
+        for bus in b.i2c:
+            out["i2c%d" % bus] = b.i2c_errors[bus]
+            out["i2c%d_recoveries" % bus] = b.i2c_recoveries[bus]
+        if b.spi is not None:
+            out["spi"] = b.spi_errors
+        if b.can is not None:
+            out["can_bus_off"] = b.can.bus_off_count
+            out["can_restart_failed"] = self.can_restart_errors
+        for k in range(len(STAGES)):
+            if self.escaped[k]:
+                out["escaped_" + STAGES[k]] = self.escaped[k]
+        return out
