@@ -1,0 +1,1 @@
+# Host shim of MicroPython's umqtt package: `from umqtt.simple import MQTTClient` on CPython.
