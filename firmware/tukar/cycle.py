@@ -30,6 +30,8 @@ class ControlCycle:
         self._can_only = [board.can_nodes[i] >= 0 and board.sbs[i] is None for i in range(n)]
         self._can_link = [board.can_nodes[i] >= 0 for i in range(n)]
         self._marked = [False] * n  # link_fault set by a bus-off, to clear at recovery
+        self._can_up_t = 0  # when the controller came back from bus-off
+        self._can_wait = False  # marked slots wait for a frame received since then
         self._present = [False] * n
         self._seen = list(board.i2c_errors)
         self._recover_t = [0] * len(self._seen)
@@ -114,13 +116,31 @@ class ControlCycle:
                         self._can_link[i] and r.valid and r.profile in names):
                     r.link_fault = True
                     self._marked[i] = True
-        elif self.can_state == _BUS_OFF:
-            inputs = self.core.slot_inputs
-            for i in range(len(inputs)):
-                if self._marked[i]:
-                    inputs[i].bms.link_fault = False
-                    self._marked[i] = False
+        else:
+            if self.can_state == _BUS_OFF:
+                self._can_up_t = now_ms
+                self._can_wait = True
+            if self._can_wait:
+                self._can_wait = self._clear_marks()
         self.can_state = st
+
+    def _clear_marks(self):
+        """Back on the bus: a slot's link is up again once its pack has spoken since the restart.
+        Returns True while some slot still waits."""
+        inputs = self.core.slot_inputs
+        up = self._can_up_t
+        waiting = False
+        for i in range(len(inputs)):
+            if self._marked[i]:
+                r = inputs[i].bms
+                if self._can_charger[i] and not (self._can_only[i] or r.profile in self._can_names):
+                    pass  # an SBS pack behind a CAN charger: the bus being back is the evidence
+                elif not (r.valid and ticks_diff(r.t_ms, up) >= 0):
+                    waiting = True
+                    continue
+                r.link_fault = False
+                self._marked[i] = False
+        return waiting
 
     def _chargers_off(self):
         for c in self.board.chargers:
