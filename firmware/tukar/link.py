@@ -1,0 +1,492 @@
+# The MQTT link: everything that crosses the wire, in its own thread. umqtt.simple blocks (connect,
+# TLS handshake, a QoS 1 publish waiting for PUBACK), so the thread owns the client and the control
+# loop only hands over, through a lock held for list operations, never for I/O:
+#   post_state / post_telemetry / post_ack / request_rebirth / stop   (control loop -> link)
+#   take_commands, connected, bdseq, stats, last_error                 (link -> control loop)
+# The link publishes what it is given and queues raw command payloads; the gate and the core
+# run in the control loop.
+#
+# Liveness is the link's own: every socket operation has a time limit (umqtt clears it whenever it
+# calls setblocking(True): the socket is wrapped so that call re-arms it), a ping every keepalive/2,
+# and no byte from the broker for keepalive x 1.5 means the connection is dead: it is torn down
+# without DISCONNECT (the broker publishes the Last Will) and rebuilt after an exponential back-off
+# with jitter, capped at 60 s. Nothing else reconnects.
+import json
+import random
+
+import _thread
+
+from tukar.clock import wrap_add, wrap_diff
+from tukar.outbox import EVENT
+
+try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:
+    def const(x):  # type: ignore[no-redef]
+        return x
+
+try:
+    from time import ticks_ms as _ticks_ms, sleep_ms as _sleep_ms  # type: ignore[attr-defined]
+except ImportError:  # CPython: real time, whatever clock the simulator gives the cabinet
+    import time as _time
+
+    def _ticks_ms():
+        return int(_time.monotonic() * 1000) & 0x3FFFFFFF  # type: ignore[attr-defined]
+
+    def _sleep_ms(ms):
+        _time.sleep(ms / 1000)
+
+STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
+MAX_COMMANDS = const(16)  # received, not yet taken by the control loop
+MAX_ACKS = const(16)
+BATCH = const(4)  # publishes of one kind per pass, so receiving stays responsive
+IDLE_MS = const(20)
+BACKOFF_BASE_MS = const(1000)
+BACKOFF_CAP_MS = const(60000)
+
+
+class RealClock:
+    """Milliseconds that wrap like MicroPython's ticks, and a sleep. Tests pass a fake one."""
+
+    def ticks_ms(self):
+        return _ticks_ms()
+
+    def sleep_ms(self, ms):
+        _sleep_ms(ms)
+
+
+class Backoff:
+    """Reconnect delays: base x 2^n, capped, with jitter in [delay/2, delay] (never a tight loop,
+    never over the cap, and a fleet rebooted together does not reconnect in step)."""
+
+    def __init__(self, base_ms=BACKOFF_BASE_MS, cap_ms=BACKOFF_CAP_MS, rand=None):
+        self.base_ms = base_ms
+        self.cap_ms = cap_ms
+        self._rand = rand if rand is not None else _rand_unit
+        self.n = 0
+
+    def next_ms(self):
+        d = self.base_ms << self.n if self.n < 16 else self.cap_ms
+        if d > self.cap_ms:
+            d = self.cap_ms
+        else:
+            self.n += 1
+        half = d // 2
+        return half + int((d - half) * self._rand())
+
+    def reset(self):
+        self.n = 0
+
+
+def _rand_unit():
+    return random.getrandbits(16) / 65536
+
+
+def with_seq(text, seq):
+    """A JSON object's text with "seq" added, without parsing it again."""
+    if text == "{}":
+        return '{"seq":%d}' % seq
+    return '%s,"seq":%d}' % (text[:-1], seq)
+
+
+class _Guard:
+    """The client's socket, re-armed: umqtt's setblocking(True) becomes the link's time limit.
+    It also counts bytes, notes when the broker last sent anything, and keeps the first byte of
+    the packet being read (umqtt does not pass a PUBLISH's retain flag to the callback)."""
+
+    def __init__(self, sock, raw, timeout_s, clock):
+        self.sock = sock
+        self.raw = raw  # the plain socket under TLS: MicroPython's SSL socket has no settimeout
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.rx = 0
+        self.tx = 0
+        self.last_rx = clock.ticks_ms()
+        self.header = 0
+        self._byte = 0
+        self.arm()
+
+    def arm(self):
+        s = self.sock
+        if hasattr(s, "settimeout"):
+            s.settimeout(self.timeout_s)
+        elif self.raw is not None:
+            s.setblocking(True)
+            self.raw.settimeout(self.timeout_s)
+
+    def read(self, n):
+        data = self.sock.read(n)
+        if data:
+            self.rx += len(data)
+            self.last_rx = self.clock.ticks_ms()
+            if n == 1:
+                self._byte = data[0]
+        return data
+
+    def write(self, buf, n=None):
+        if n is None:
+            r = self.sock.write(buf)
+        else:
+            r = self.sock.write(buf, n)
+        self.tx += n if n is not None else len(buf)
+        return r
+
+    def setblocking(self, flag):
+        if flag:
+            # umqtt calls this right after reading a packet's first byte: that byte is the header
+            self.header = self._byte
+            self.arm()
+        else:
+            self.sock.setblocking(False)
+
+    def settimeout(self, t):
+        self.arm()
+
+    def close(self):
+        self.sock.close()
+
+
+class _Tls:
+    """The `ssl` argument umqtt gets: wraps the socket with the context, keeping the raw socket."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.raw = None
+
+    def wrap_socket(self, sock, server_hostname=None):
+        self.raw = sock
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def tls_context(cfg):
+    """A verifying client context from cfg: `ca` (PEM), optional `cert` and `key` (bytes on the
+    device; file paths on both)."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # type: ignore[attr-defined]
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    ca = cfg.get("ca")
+    if ca:
+        try:
+            ctx.load_verify_locations(cadata=ca)
+        except Exception:  # CPython takes PEM as str only
+            pem = ca.decode() if isinstance(ca, bytes) else ca
+            ctx.load_verify_locations(cadata=pem)  # type: ignore[arg-type]
+    if cfg.get("cert"):
+        ctx.load_cert_chain(cfg["cert"], cfg.get("key") or cfg["cert"])
+    return ctx
+
+
+class Link:
+    def __init__(self, cfg, client_class, outbox, info, bdseq=0, clock=None, rand=None):
+        p = "%s/%s/" % (cfg.get("prefix") or "tukar", cfg["id"])
+        self.prefix = p
+        self.t_status = (p + "status").encode()
+        self.t_info = (p + "info").encode()
+        self.t_cmd = (p + "cmd").encode()
+        self.t_event = (p + "event").encode()
+        self.t_telemetry = (p + "telemetry").encode()
+        self.t_ack = (p + "ack").encode()
+        self.cfg = cfg
+        self.client_class = client_class
+        self.outbox = outbox
+        self.info = info
+        self.keepalive_s = cfg.get("keepalive_s") or 30
+        self.io_timeout_s = cfg.get("io_timeout_s") or 10
+        self.clock = clock if clock is not None else RealClock()
+        self.backoff = Backoff(cfg.get("backoff_base_ms") or BACKOFF_BASE_MS,
+                               cfg.get("backoff_cap_ms") or BACKOFF_CAP_MS, rand)
+        self._lock = _thread.allocate_lock()
+        # link -> control loop
+        self.connected = False
+        self.running = False
+        self.bdseq = bdseq & 0xFF
+        self.last_error = None
+        self.stats = {"tx_bytes": 0, "rx_bytes": 0, "publishes": 0, "connects": 0,
+                      "reconnects": 0, "commands": 0, "commands_dropped": 0,
+                      "ignored_topics": 0, "acks_dropped": 0}
+        self._cmds = []
+        # control loop -> link
+        self._state = {}  # suffix -> latest JSON text, kept for birth and rebirth
+        self._order = []  # suffixes in the order first posted
+        self._pending = []  # suffixes whose latest text is not yet published
+        self._acks = []
+        self._rebirth = False
+        self._stop = False
+        # link thread only
+        self._client = None
+        self._guard = None
+        self._seq = 0
+        self._sent = [0] * STATE_PER_S  # ticks of the last state publishes, a ring
+        self._n_sent = 0
+        self._i_sent = 0
+        self._retry_at = None
+        self._last_ping = 0
+
+    # == control loop side: never blocks on the network, never raises =====================
+    def post_state(self, suffix, payload):
+        """Retained state for `state` or `slot/N/state`; only the newest per topic is kept."""
+        try:
+            text = json.dumps(payload)
+            with self._lock:
+                if suffix not in self._state:
+                    self._order.append(suffix)
+                self._state[suffix] = text
+                if suffix not in self._pending:
+                    self._pending.append(suffix)
+        except Exception as e:
+            self.last_error = "post_state: %r" % (e,)
+
+    def post_telemetry(self, payload):
+        try:
+            self.outbox.add_telemetry(payload)
+        except Exception as e:
+            self.last_error = "post_telemetry: %r" % (e,)
+
+    def post_ack(self, ack):
+        try:
+            text = json.dumps(ack)
+            with self._lock:
+                if len(self._acks) >= MAX_ACKS:
+                    self._acks.pop(0)
+                    self.stats["acks_dropped"] += 1
+                self._acks.append(text)
+        except Exception as e:
+            self.last_error = "post_ack: %r" % (e,)
+
+    def take_commands(self):
+        """[(payload bytes, retained flag)] received on P/C/cmd since the last call."""
+        with self._lock:
+            cmds = self._cmds
+            if not cmds:
+                return cmds
+            self._cmds = []
+        return cmds
+
+    def request_rebirth(self):
+        self._rebirth = True
+
+    def stop(self):
+        """Orderly end: the thread publishes `offline` (retained), disconnects and exits."""
+        self._stop = True
+
+    # == the thread ==========================================================================
+    def start(self, stack=0):
+        if stack:
+            _thread.stack_size(stack)  # TLS needs more than the default on the ESP32
+        self.running = True
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self):
+        try:
+            while not self._stop:
+                self.step()
+            self._goodbye()
+        finally:
+            self.connected = False
+            self.running = False
+
+    def step(self):
+        """One pass of the thread: connect when due, else receive, publish, keep alive."""
+        now = self.clock.ticks_ms()
+        if self._client is None:
+            if self._retry_at is not None:
+                wait = wrap_diff(self._retry_at, now)
+                if wait > 0:
+                    self.clock.sleep_ms(wait if wait < 100 else 100)  # stop() stays prompt
+                    return
+            try:
+                self._connect()
+                self._retry_at = None
+            except Exception as e:
+                self._fail(e)
+            return
+        try:
+            busy = self._service(now)
+        except Exception as e:
+            self._fail(e)
+            return
+        if not busy:
+            self.clock.sleep_ms(IDLE_MS)
+
+    def _fail(self, e):
+        self.last_error = repr(e)
+        if self._client is not None:
+            self.stats["reconnects"] += 1
+        self._teardown()
+        self._retry_at = wrap_add(self.clock.ticks_ms(), self.backoff.next_ms())
+
+    def _teardown(self):
+        """Drop the connection without DISCONNECT, so the broker publishes the Last Will."""
+        g = self._guard
+        self.connected = False
+        self._client = None
+        self._guard = None
+        if g is not None:
+            self.stats["tx_bytes"] += g.tx
+            self.stats["rx_bytes"] += g.rx
+            try:
+                g.close()
+            except Exception:
+                pass
+
+    def _connect(self):
+        cfg = self.cfg
+        tls = _Tls(tls_context(cfg)) if cfg.get("ssl") else None
+        port = cfg.get("port") or (8883 if tls else 1883)
+        c = self.client_class(cfg.get("client_id") or cfg["id"], cfg["host"], port,
+                              cfg.get("user"), cfg.get("password"), self.keepalive_s, ssl=tls)
+        c.set_callback(self._on_message)
+        c.set_last_will(self.t_status, b"offline", retain=True, qos=1)
+        try:
+            c.connect(clean_session=True, timeout=self.io_timeout_s)
+        except Exception:
+            if c.sock is not None:
+                try:
+                    c.sock.close()
+                except Exception:
+                    pass
+            raise
+        self._guard = _Guard(c.sock, tls.raw if tls else None, self.io_timeout_s, self.clock)
+        c.sock = self._guard
+        self._client = c
+        self.stats["connects"] += 1
+        self.bdseq = (self.bdseq + 1) & 0xFF
+        self._seq = 0
+        self._last_ping = self.clock.ticks_ms()
+        c.subscribe(self.t_cmd, 1)
+        self._rebirth = False  # a connect is a birth
+        self._birth(True)
+        self.connected = True
+        self.backoff.reset()
+
+    def _birth(self, status):
+        """info, then `online` (on connect), then every state posted so far."""
+        c = self._client
+        assert c is not None
+        info = self.info()
+        info["bdseq"] = self.bdseq
+        self._publish(self.t_info, json.dumps(info), True, 1)
+        if status:
+            self._publish(self.t_status, b"online", True, 1)
+        with self._lock:
+            order = list(self._order)
+        for suffix in order:
+            self._publish_state(suffix)
+
+    def _goodbye(self):
+        c = self._client
+        if c is None:
+            return
+        try:
+            self._publish(self.t_status, b"offline", True, 1)
+            c.disconnect()
+        except Exception as e:
+            self.last_error = repr(e)
+        self._teardown()
+
+    def _on_message(self, topic, msg, retained=None):
+        if bytes(topic) != self.t_cmd:  # brokers may deliver more than was subscribed (amqtt)
+            self.stats["ignored_topics"] += 1
+            return
+        if retained is None:
+            g = self._guard
+            retained = bool(g.header & 1) if g is not None else False
+        with self._lock:
+            if len(self._cmds) >= MAX_COMMANDS:
+                self._cmds.pop(0)
+                self.stats["commands_dropped"] += 1
+            self._cmds.append((bytes(msg), retained))
+            self.stats["commands"] += 1
+
+    def _next_seq(self):
+        s = self._seq
+        self._seq = (s + 1) & 0xFF
+        return s
+
+    def _publish(self, topic, msg, retain, qos):
+        c = self._client
+        assert c is not None
+        if isinstance(msg, str):
+            msg = msg.encode()
+        c.publish(topic, msg, retain, qos)
+        self.stats["publishes"] += 1
+
+    def _publish_state(self, suffix):
+        with self._lock:
+            text = self._state.get(suffix)
+            if suffix in self._pending:
+                self._pending.remove(suffix)
+        if text is None:
+            return
+        try:
+            self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()),
+                          True, 1)
+        except Exception:
+            with self._lock:
+                if suffix not in self._pending:
+                    self._pending.insert(0, suffix)
+            raise
+        now = self.clock.ticks_ms()
+        self._sent[self._i_sent] = now
+        self._i_sent = (self._i_sent + 1) % STATE_PER_S
+        if self._n_sent < STATE_PER_S:
+            self._n_sent += 1
+
+    def _state_allowed(self, now):
+        return self._n_sent < STATE_PER_S or wrap_diff(now, self._sent[self._i_sent]) >= 1000
+
+    def _service(self, now):
+        c = self._client
+        g = self._guard
+        assert c is not None and g is not None
+        busy = False
+        for _ in range(BATCH):  # receive
+            if c.check_msg() is None:
+                break
+            busy = True
+        now = self.clock.ticks_ms()
+        if wrap_diff(now, g.last_rx) > self.keepalive_s * 1500:
+            raise OSError(110, "no byte from the broker for %d ms" % wrap_diff(now, g.last_rx))
+        if wrap_diff(now, self._last_ping) >= self.keepalive_s * 500:
+            c.ping()
+            self._last_ping = now
+        if self._rebirth:
+            self._rebirth = False
+            self._birth(False)
+            busy = True
+        for _ in range(BATCH):  # acks
+            with self._lock:
+                text = self._acks[0] if self._acks else None
+            if text is None:
+                break
+            self._publish(self.t_ack, text, False, 1)
+            with self._lock:
+                if self._acks and self._acks[0] is text:
+                    self._acks.pop(0)
+            busy = True
+        ob = self.outbox
+        for _ in range(BATCH):  # events and telemetry, in order
+            item = ob.peek()
+            if item is None:
+                break
+            if item[0] == EVENT:
+                self._publish(self.t_event, with_seq(item[2], self._next_seq()), False, 1)
+            else:
+                self._publish(self.t_telemetry, with_seq(item[2], self._next_seq()), False, 0)
+            ob.done(item)
+            busy = True
+        while self._pending and self._state_allowed(self.clock.ticks_ms()):  # coalesced state
+            with self._lock:
+                suffix = self._pending[0] if self._pending else None
+            if suffix is None:
+                break
+            self._publish_state(suffix)
+            busy = True
+        return busy
+
+    def counters(self):
+        """Bytes so far, including the open connection's."""
+        g = self._guard
+        tx = self.stats["tx_bytes"] + (g.tx if g is not None else 0)
+        rx = self.stats["rx_bytes"] + (g.rx if g is not None else 0)
+        return tx, rx

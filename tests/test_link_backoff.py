@@ -1,0 +1,118 @@
+# The link's reconnect back-off and its per-message checks, with a fake clock and a fake client:
+# no network, no threads.
+from tukar.link import BACKOFF_CAP_MS, Backoff, Link, with_seq
+from tukar.outbox import Outbox
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0
+        self.slept = []
+
+    def ticks_ms(self):
+        return self.now & 0x3FFFFFFF
+
+    def sleep_ms(self, ms):
+        self.slept.append(ms)
+        self.now += ms
+
+
+class RefusingClient:
+    """A client whose connect always fails, like a broker that is down."""
+    attempts = []
+
+    def __init__(self, *a, **kw):
+        self.sock = None
+
+    def set_callback(self, f):
+        pass
+
+    def set_last_will(self, *a, **kw):
+        pass
+
+    def connect(self, clean_session=True, timeout=None):
+        RefusingClient.attempts.append(CLOCK.now)
+        raise OSError(111, "ECONNREFUSED")
+
+
+CLOCK = FakeClock()
+
+
+def info():
+    return {"id": "cab-1", "fw": "t", "board": "t", "slots": 1, "profiles": [],
+            "boot": {"reason": "power_on", "count": 1}, "time_synced": False}
+
+
+def test_backoff_doubles_from_1_s_and_is_capped_at_60_s():
+    b = Backoff(rand=lambda: 0.999999)
+    delays = [b.next_ms() for _ in range(10)]
+    assert delays == [999, 1999, 3999, 7999, 15999, 31999, 59999, 59999, 59999, 59999]
+    assert max(delays) <= 60000 == BACKOFF_CAP_MS
+
+
+def test_backoff_jitter_stays_between_half_and_the_whole_delay():
+    b = Backoff(rand=lambda: 0.0)
+    assert [b.next_ms() for _ in range(8)] == [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+
+
+def test_backoff_reset_starts_again_at_1_s():
+    b = Backoff(rand=lambda: 0.5)
+    for _ in range(5):
+        b.next_ms()
+    b.reset()
+    assert b.next_ms() == 750
+
+
+def test_link_retries_a_refused_broker_at_the_backoff_times_capped_at_60_s():
+    global CLOCK
+    CLOCK = FakeClock()
+    RefusingClient.attempts = []
+    link = Link({"id": "cab-1", "host": "127.0.0.1", "port": 1}, RefusingClient, Outbox(), info,
+                clock=CLOCK, rand=lambda: 0.999999)
+    while len(RefusingClient.attempts) < 10:
+        link.step()
+    gaps = [b - a for a, b in zip(RefusingClient.attempts, RefusingClient.attempts[1:])]
+    assert gaps == [999, 1999, 3999, 7999, 15999, 31999, 59999, 59999, 59999]
+    assert max(CLOCK.slept) <= 100  # waits in slices: stop() is seen within 100 ms
+    assert not link.connected and "ECONNREFUSED" in link.last_error
+
+
+def link_for_messages():
+    return Link({"id": "cab-1", "prefix": "tukar", "host": "h"}, RefusingClient, Outbox(), info)
+
+
+def test_messages_on_any_topic_but_cmd_are_ignored():
+    link = link_for_messages()
+    link._on_message(b"tukar/cab-1/cmdx", b"{}")
+    link._on_message(b"tukar/cab-1/state", b"{}")
+    link._on_message(b"tukar/cab-2/cmd", b"{}")
+    assert link.take_commands() == []
+    assert link.stats["ignored_topics"] == 3
+
+
+def test_commands_are_queued_raw_with_their_retain_flag():
+    link = link_for_messages()
+    link._on_message(b"tukar/cab-1/cmd", b'{"body":"x"}', True)
+    link._on_message(b"tukar/cab-1/cmd", b"not json", False)
+    assert link.take_commands() == [(b'{"body":"x"}', True), (b"not json", False)]
+    assert link.take_commands() == []
+
+
+def test_at_most_16_commands_wait_and_the_oldest_go_first():
+    link = link_for_messages()
+    for n in range(20):
+        link._on_message(b"tukar/cab-1/cmd", b"%d" % n, False)
+    assert [p for p, _ in link.take_commands()] == [b"%d" % n for n in range(4, 20)]
+    assert link.stats["commands_dropped"] == 4
+
+
+def test_seq_is_spliced_into_the_json_text():
+    assert with_seq('{"a": 1}', 255) == '{"a": 1,"seq":255}'
+    assert with_seq("{}", 0) == '{"seq":0}'
+
+
+def test_posting_never_raises_even_with_an_unserialisable_payload():
+    link = link_for_messages()
+    link.post_state("state", {"x": object()})
+    link.post_ack({"x": object()})
+    assert "post_state" in link.last_error or "post_ack" in link.last_error
