@@ -111,10 +111,13 @@ def main(argv=None):
 
 
 def run(args):
+    from tukar_tools import bench_bus
+
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
+    buses = bench_bus.report()
     if args.json:
-        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref}, indent=2))
+        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "buses": buses}, indent=2))
         return 0
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
@@ -127,6 +130,8 @@ def run(args):
     print("  reference: one iteration of `for i in range(n): s += i` = %d fuel" % ref)
     for r in rows:
         print("  %s tick = %.0f such iterations" % (r["case"], r["fuel_per_tick"] / ref))
+    print()
+    bench_bus.print_report(buses)
     return 0
 
 
