@@ -1,6 +1,7 @@
 # Brokers for the link tests: a real Mosquitto and an amqtt broker, each a subprocess on a free
 # loopback port that a test may stop and start again (same port); a silent server that accepts TCP
 # and never answers; and a watcher (paho) that records what a back end would see.
+import getpass
 import os
 import shutil
 import socket
@@ -36,8 +37,9 @@ def _port_open(port):
 class Broker:
     """One broker process; start() returns once its port accepts connections."""
 
-    def __init__(self, kind, workdir):
+    def __init__(self, kind, workdir, extra=""):
         self.kind = kind
+        self.extra = extra  # more Mosquitto config lines (TLS)
         self.workdir = str(workdir)
         self.port = free_port()
         self.proc = None
@@ -46,7 +48,9 @@ class Broker:
         if self.kind == "mosquitto":
             conf = os.path.join(self.workdir, "mosquitto.conf")
             with open(conf, "w") as f:
-                f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
+                # run as root, Mosquitto would switch to its own user and lose the test's files
+                f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "user %s\n%s" % (self.port, getpass.getuser(), self.extra))
             return [MOSQUITTO, "-c", conf]
         conf = os.path.join(self.workdir, "amqtt.yaml")
         with open(conf, "w") as f:

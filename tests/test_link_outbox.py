@@ -2,6 +2,8 @@
 # telemetry is dropped first, never a swap or safety event").
 import json
 
+import pytest
+
 from tukar.outbox import EVENT, TELEMETRY, Outbox
 
 
@@ -131,3 +133,33 @@ def test_done_of_an_item_already_dropped_changes_nothing():
     ob.add_telemetry({"n": 2})  # drops the first
     ob.done(first)
     assert json.loads(ob.peek()[2]) == {"n": 2}
+
+
+_FAKE_THREAD = """
+class _Lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+
+def allocate_lock():
+    return _Lock()
+"""
+
+
+@pytest.mark.mpy
+def test_outbox_runs_under_micropython_with_compact_json():
+    from tukar_tools import mpvm
+    code = "\n".join([
+        "from tukar.outbox import Outbox, dumps",
+        "ob = Outbox(capacity_events=2)",
+        "ob.add_telemetry({'n': 1})",
+        "for i in range(5):",
+        "    ob.add_event({'id': 'c-1-%d' % i, 'type': 'BatteryIn'})",
+        "print(len(ob), ob.over_cap, [e['id'] for e in ob.snapshot()], dumps({'a': [1, 2]}))",
+    ])
+    # the WASM build has no _thread; a lock that does nothing stands in for it
+    out = mpvm.run(code, files={"_thread.py": _FAKE_THREAD}).stdout.strip()
+    assert out == "5 1 ['c-1-0', 'c-1-1', 'c-1-2', 'c-1-3', 'c-1-4'] {\"a\":[1,2]}"

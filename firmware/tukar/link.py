@@ -11,13 +11,12 @@
 # and no byte from the broker for keepalive x 1.5 means the connection is dead: it is torn down
 # without DISCONNECT (the broker publishes the Last Will) and rebuilt after an exponential back-off
 # with jitter, capped at 60 s. Nothing else reconnects.
-import json
 import random
 
 import _thread
 
 from tukar.clock import wrap_add, wrap_diff
-from tukar.outbox import EVENT
+from tukar.outbox import EVENT, dumps
 
 try:
     from micropython import const  # type: ignore[import-not-found]
@@ -226,7 +225,7 @@ class Link:
     def post_state(self, suffix, payload):
         """Retained state for `state` or `slot/N/state`; only the newest per topic is kept."""
         try:
-            text = json.dumps(payload)
+            text = dumps(payload)
             with self._lock:
                 if suffix not in self._state:
                     self._order.append(suffix)
@@ -244,7 +243,7 @@ class Link:
 
     def post_ack(self, ack):
         try:
-            text = json.dumps(ack)
+            text = dumps(ack)
             with self._lock:
                 if len(self._acks) >= MAX_ACKS:
                     self._acks.pop(0)
@@ -365,7 +364,7 @@ class Link:
         assert c is not None
         info = self.info()
         info["bdseq"] = self.bdseq
-        self._publish(self.t_info, json.dumps(info), True, 1)
+        self._publish(self.t_info, dumps(info), True, 1)
         if status:
             self._publish(self.t_status, b"online", True, 1)
         with self._lock:

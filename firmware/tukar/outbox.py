@@ -19,6 +19,33 @@ import json
 
 import _thread
 
+_SEP = (",", ":")  # compact JSON: a tenth fewer bytes on a metered link
+
+
+def _separators_by():
+    try:
+        json.dumps(0, _SEP)  # MicroPython (when built with separators) takes them by position
+        return 1
+    except TypeError:
+        pass
+    try:
+        json.dumps(0, separators=_SEP)  # CPython by keyword only
+        return 2
+    except TypeError:
+        return 0  # a build without them: the default ", " and ": "
+
+
+_BY = _separators_by()
+
+
+def dumps(obj):
+    if _BY == 1:
+        return json.dumps(obj, _SEP)
+    if _BY == 2:
+        return json.dumps(obj, separators=_SEP)
+    return json.dumps(obj)
+
+
 EVENT = 0
 TELEMETRY = 1
 
@@ -53,7 +80,7 @@ class Outbox:
 
     # -- control loop side ----------------------------------------------------------------
     def add_event(self, ev):
-        text = json.dumps(ev)
+        text = dumps(ev)
         with self._lock:
             if len(self._items) >= self.capacity_events and self._n_telemetry:
                 self._drop_kind(TELEMETRY, None)
@@ -65,7 +92,7 @@ class Outbox:
             self.dirty = True
 
     def add_telemetry(self, t):
-        text = json.dumps(t)
+        text = dumps(t)
         with self._lock:
             if self._n_telemetry >= self.capacity_telemetry or \
                     len(self._items) >= self.capacity_events:
@@ -129,7 +156,7 @@ class Outbox:
                     ev = json.loads(ev)
                 if not isinstance(ev, dict) or not isinstance(ev.get("id"), str):
                     continue  # a damaged entry cannot be published with a stable id
-                items.append([EVENT, ev.get("type"), json.dumps(ev)])
+                items.append([EVENT, ev.get("type"), dumps(ev)])
             except Exception:
                 continue
         with self._lock:

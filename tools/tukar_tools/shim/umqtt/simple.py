@@ -138,7 +138,8 @@ class MQTTClient:
         self.lw_qos = qos
         self.lw_retain = retain
 
-    def connect(self, clean_session=True, timeout=None):
+    def _open(self, timeout):
+        """TCP (and TLS) to the broker as a stream; the benchmark swaps in a counting one."""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         raw.settimeout(timeout)
         try:
@@ -156,7 +157,10 @@ class MQTTClient:
         except OSError:
             raw.close()
             raise
-        self.sock = _Stream(raw)
+        return _Stream(raw)
+
+    def connect(self, clean_session=True, timeout=None):
+        self.sock = self._open(timeout)
         flags = (2 if clean_session else 0)
         payload = _mqtt_str(self.client_id)
         if self.lw_topic:
