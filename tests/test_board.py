@@ -391,42 +391,6 @@ def test_can_charger_gets_its_setpoint_after_the_lock_is_closed():
 
 
 VM_FAKE_MACHINE = r'''
-import sys, gc, json
-sys.path.insert(0, '/input')
-class Pin:
-    IN = 1; OUT = 3; PULL_UP = 2; PULL_DOWN = 1
-    def __init__(self, n, mode=-1, pull=-1, value=None):
-        self.v = value or 0
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-class I2C:
-    def __init__(self, id, scl=None, sda=None, freq=400000):
-        pass
-    def readfrom_mem_into(self, addr, mem, buf):
-        for i in range(len(buf)):
-            buf[i] = 0x55
-    def writeto_mem(self, addr, mem, buf):
-        pass
-    def writeto(self, addr, buf):
-        return 1
-class SPI:
-    def __init__(self, id, baudrate=0, sck=None, mosi=None, miso=None):
-        pass
-    def write_readinto(self, w, r):
-        pass
-    def write(self, w):
-        pass
-class ADC:
-    ATTN_11DB = 3
-    def __init__(self, pin, atten=None):
-        pass
-    def read_u16(self):
-        return 2048 << 4
-class M:
-    pass
-machine = M(); machine.Pin = Pin; machine.I2C = I2C; machine.SPI = SPI; machine.ADC = ADC
 from tukar.board import Board
 from tukar.inputs import SlotInputs, CabinetInputs
 b = Board(json.load(open('/input/board.json')), machine)
@@ -452,5 +416,5 @@ def test_scan_and_apply_allocate_nothing_under_micropython():
 
     from tukar_tools import mpvm
 
-    out = mpvm.run(VM_FAKE_MACHINE, files={"board.json": pathlib.Path(WROOM)}, fuel=10**10, timeout=120)
+    out = mpvm.run(mpvm.FAKE_MACHINE + VM_FAKE_MACHINE, files={"board.json": pathlib.Path(WROOM)}, fuel=10**10, timeout=120)
     assert "alloc 0 0 250" in out.stdout

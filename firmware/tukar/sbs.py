@@ -46,6 +46,9 @@ LINK_FAILS = const(3)  # failed polls in a row that make a link fault
 _ZERO_C_DK = const(2731)  # 0 degC in 0.1 K
 _NO_REQUEST = const(0xFFFF)
 _MAX_BLOCK = const(32)
+# Word commands of every poll, in the order poll() unpacks them.
+_POLLED = (_TEMPERATURE, _VOLTAGE, _CURRENT, _RSOC, _REMAINING, _FULL, _CHARGING_CURRENT, _STATUS,
+           _CYCLES)
 
 
 def _make_table():
@@ -169,6 +172,7 @@ class SmartBattery:
         self.fails = 0  # failed polls in a row
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
+        self._words = [0] * len(_POLLED)
         mv = memoryview(self._buf)
         self._w2 = mv[:2]
         self._w3 = mv[:3]
@@ -253,33 +257,13 @@ class SmartBattery:
         if not (self.identified and reading.valid):
             if not self._identify(reading):
                 return self._fail(reading)
-        temp = self._word(_TEMPERATURE)
-        if temp < 0:
-            return self._fail(reading)
-        volt = self._word(_VOLTAGE)
-        if volt < 0:
-            return self._fail(reading)
-        cur = self._word(_CURRENT)
-        if cur < 0:
-            return self._fail(reading)
-        rsoc = self._word(_RSOC)
-        if rsoc < 0:
-            return self._fail(reading)
-        rem = self._word(_REMAINING)
-        if rem < 0:
-            return self._fail(reading)
-        full = self._word(_FULL)
-        if full < 0:
-            return self._fail(reading)
-        req = self._word(_CHARGING_CURRENT)
-        if req < 0:
-            return self._fail(reading)
-        status = self._word(_STATUS)
-        if status < 0:
-            return self._fail(reading)
-        cycles = self._word(_CYCLES)
-        if cycles < 0:
-            return self._fail(reading)
+        w = self._words
+        for k in range(len(_POLLED)):
+            v = self._word(_POLLED[k])
+            if v < 0:
+                return self._fail(reading)  # the whole reading is discarded
+            w[k] = v
+        temp, volt, cur, rsoc, rem, full, req, status, cycles = w
         reading.temp_dc = temp_dc(temp)
         reading.voltage_mv = volt
         reading.current_ma = signed16(cur)

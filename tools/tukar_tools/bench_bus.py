@@ -57,42 +57,10 @@ def bus_bytes(board="tukar-12-wroom"):
 # Inside the VM: a fake `machine` whose I2C answers like the cabinet's chips (expanders read all
 # ones: doors closed, packs present, bolts out; every SBS command answers from a table with PEC).
 _VM = r'''
-import gc, json
-class Pin:
-    IN = 1; OUT = 3; PULL_UP = 2; PULL_DOWN = 1; OPEN_DRAIN = 7
-    def __init__(self, n, mode=-1, pull=-1, value=None):
-        self.v = value or 0
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-    def init(self, *a, **k):
-        pass
-class I2C:
-    def __init__(self, id, scl=None, sda=None, freq=400000):
-        pass
-    def readfrom_mem_into(self, addr, mem, buf):
-        src = TABLE.get(mem) if addr == 0x0B else None
-        for i in range(len(buf)):
-            buf[i] = src[i] if src is not None else 0xFF
-    def writeto_mem(self, addr, mem, buf):
-        pass
-    def writeto(self, addr, buf):
-        return 1
-class SPI:
-    def __init__(self, id, baudrate=0, sck=None, mosi=None, miso=None):
-        pass
-    def write_readinto(self, w, r):
-        pass
-class ADC:
-    ATTN_11DB = 3
-    def __init__(self, pin, atten=None):
-        pass
-    def read_u16(self):
-        return 2048 << 4
-class M:
-    pass
-machine = M(); machine.Pin = Pin; machine.I2C = I2C; machine.SPI = SPI; machine.ADC = ADC
+def i2c_answer(addr, mem, buf):
+    src = TABLE.get(mem) if addr == 0x0B else None
+    for i in range(len(buf)):
+        buf[i] = src[i] if src is not None else 0xFF
 TABLE = %(table)s
 from tukar.board import Board
 from tukar.core import Core
@@ -163,7 +131,7 @@ def vm_allocations(board="tukar-12-wroom", n=20):
     from tukar_tools.rig import board_path
 
     code = _VM % {"table": repr(_sbs_table()), "n": n}
-    res = mpvm.run(code, files={"board.json": board_path(board)}, fuel=10**11)
+    res = mpvm.run(mpvm.FAKE_MACHINE + code, files={"board.json": board_path(board)}, fuel=10**11)
     info = json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
     return {"per_scan": info["scan"] / n, "per_tick": info["tick"] / n,
             "charging": info["charging"], "events": info["events"]}
