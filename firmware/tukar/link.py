@@ -198,6 +198,7 @@ class Link:
         # link -> control loop
         self.connected = False
         self.running = False
+        self.passes = 0
         self.bdseq = bdseq & 0xFF
         self.last_error = None
         self.stats = {"tx_bytes": 0, "rx_bytes": 0, "publishes": 0, "connects": 0,
@@ -286,6 +287,7 @@ class Link:
 
     def step(self):
         """One pass of the thread: connect when due, else receive, publish, keep alive."""
+        self.passes += 1  # progress, for the watchdog's supervisor
         now = self.clock.ticks_ms()
         if self._client is None:
             if self._retry_at is not None:
