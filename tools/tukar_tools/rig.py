@@ -62,75 +62,314 @@ class Lock:
             self.moving_since = None
 
 
-class Cabinet:
-    def __init__(self, board="tukar-12-wroom", cabinet_id="rig-1", config=None, journal=None,
-                 start_ms=0, lock_travel_ms=60, temp_c=25.0):
+class Pack:
+    """The physical battery in a slot, whatever its link: charge, heat, faults. Its BMS model
+    (a CAN BmsNode or an SBS SmartBattery) is refreshed from it by `sync`."""
+
+    # Heating: steady rise of HEAT * I^2 / COOL degC at current I (A); COOL: 10 min time constant.
+    HEAT = 8.0 / (100 * 600)
+    COOL = 1.0 / 600
+
+    def __init__(self, serial, profile, soc=50.0, soh=95.0, temp_c=25.0, faults=(), cycles=50):
+        self.serial = serial
+        self.profile = profile  # Profile
+        self.soc = float(soc)
+        self.soh = float(soh)
+        self.temp_c = float(temp_c)
+        self.faults = list(faults)
+        self.cycles = cycles
+        self.current_ma = 0
+        self.model = None
+
+    @property
+    def capacity_mah(self):
+        return self.profile.capacity_mah * self.soh / 100
+
+    def request_ma(self):
+        """What the BMS asks for: the profile's maximum, tapering above 90 %, nothing when full."""
+        top = self.profile.max_charge_ma
+        if self.soc >= 100:
+            return 0
+        if self.soc > 90:
+            return max(1000, int(top * (100 - self.soc) / 10))
+        return top
+
+    def voltage_mv(self):
+        p = self.profile
+        return int(p.voltage_min_mv + (p.voltage_max_mv - p.voltage_min_mv) * self.soc / 100)
+
+    def physics(self, current_ma, dt_ms, ambient_c):
+        """Charge and heat for dt_ms at current_ma (into the pack)."""
+        self.current_ma = current_ma
+        dt = dt_ms / 1000
+        if current_ma > 0:
+            self.soc = min(100.0, self.soc + current_ma * dt / 3600 / self.capacity_mah * 100)
+        amps = current_ma / 1000
+        self.temp_c += (self.HEAT * amps * amps - self.COOL * (self.temp_c - ambient_c)) * dt
+
+    def snapshot(self):
+        return {"serial": self.serial, "soc": round(self.soc, 1), "soh": round(self.soh, 1),
+                "temp_c": round(self.temp_c, 1), "profile": self.profile.name,
+                "faults": list(self.faults)}
+
+
+def _can_names(profile_data):
+    """field -> signal name and fault -> signal name of a CAN profile."""
+    fields, faults = {}, {}
+    for f in profile_data["can"]["frames"]:
+        for sig in f.get("signals", []):
+            if "field" in sig:
+                fields.setdefault(sig["field"], sig["name"])
+            if "fault" in sig:
+                faults[sig["fault"]] = sig["name"]
+    return fields, faults
+
+
+# SBS BatteryStatus bits the world can raise, by battery fault name (cabinet.md).
+_SBS_FAULT_BITS = {"overcharged": 1 << 15, "overtemp": 1 << 12}
+_SBS_FULL = (1 << 5) | (1 << 14)  # FULLY_CHARGED, TERMINATE_CHARGE_ALARM
+
+
+def sync(pack):
+    """Push the pack's physical values into its BMS model."""
+    m = pack.model
+    if isinstance(m, SmartBattery):
+        st = m.state
+        st.soc_pct = int(pack.soc)
+        st.temp_dk = int(round(pack.temp_c * 10)) + 2731
+        st.voltage_mv = pack.voltage_mv()
+        st.current_ma = pack.current_ma
+        st.full_capacity = int(pack.profile.capacity_mah * pack.soh / 100)
+        st.design_capacity = pack.profile.capacity_mah
+        st.remaining = int(st.full_capacity * pack.soc / 100)
+        st.charging_current_ma = pack.request_ma()
+        st.cycles = pack.cycles
+        status = 0x00C0
+        for name in pack.faults:
+            status |= _SBS_FAULT_BITS.get(name, 0)
+        if pack.soc >= 100:
+            status |= _SBS_FULL
+        st.status = status
+    elif m is not None:
+        fields, faults = _can_names(m.profile)
+        values = {fields["voltage_mv"]: pack.voltage_mv() / 1000,
+                  fields["current_ma"]: pack.current_ma / 1000,
+                  fields["soc_pm"]: round(pack.soc, 1), fields["soh_pct"]: int(pack.soh),
+                  fields["temp_dc"]: round(pack.temp_c), fields["cycles"]: pack.cycles,
+                  fields["req_current_ma"]: pack.request_ma() / 1000}
+        if "full" in fields:
+            values[fields["full"]] = 1 if pack.soc >= 100 else 0
+        if "temp_min_dc" in fields:
+            values[fields["temp_min_dc"]] = round(pack.temp_c) - 2
+        for name, sig in faults.items():
+            values[sig] = 1 if name in pack.faults else 0
+        m.set(**values)
+
+
+class WorldError(Exception):
+    """A physical action that cannot happen (the door is locked, the slot is empty, ...)."""
+
+
+class Physical:
+    """The cabinet's physical side over the chip models of one board file: doors, fail-secure
+    locks, batteries on their links, chargers, temperatures, smoke and the emergency stop."""
+
+    def __init__(self, board="tukar-12-wroom", lock_travel_ms=60, temp_c=25.0, slots=None):
         with open(board_path(board)) as f:
-            self.cfg = json.load(f)
-        self.clock = hosttime.install(hosttime.SimClock(manual=True, start_ms=start_ms))
-        input_only = range(34, 40) if self.cfg["chip"] == "esp32" else ()
+            cfg = json.load(f)
+        if slots is not None and slots != cfg["slot_count"]:
+            if not 1 <= slots <= cfg["slot_count"]:
+                raise ValueError("board %s has %d slots; %d asked" % (board, cfg["slot_count"], slots))
+            cfg["slots"] = cfg["slots"][:slots]
+            cfg["slot_count"] = slots
+        self.cfg = cfg
+        input_only = range(34, 40) if cfg["chip"] == "esp32" else ()
         self.hw = shim_hw.install(shim_hw.Hardware(input_only=input_only))
-        self.world = BoardHardware(self.hw, self.cfg)
-        self.n = self.cfg["slot_count"]
+        self.world = BoardHardware(self.hw, cfg)
+        self.n = cfg["slot_count"]
+        self.profiles = load_dir(str(PROFILES))
         self.locks = [Lock(lock_travel_ms) for _ in range(self.n)]
         self.doors = [True] * self.n  # closed
-        self.batteries = [None] * self.n  # the model in each slot: SmartBattery or BmsNode
+        self.batteries = [None] * self.n  # the BMS model in each slot: SmartBattery or BmsNode
+        self.packs = [None] * self.n  # the physical pack in each slot
+        self.ambient_c = temp_c
+        self.cabinet_c = temp_c
+        self.smoke = False
+        self.estop = False
+        self.slot_c = [None] * self.n  # a forced slot sensor temperature (None: follows the pack)
+        self.last_physics = None
         for i in range(self.n):
             self._set(i, "door", True)
             self._set(i, "presence", False)
             self._set(i, "lock_feedback", True)
             self.world.set_temp(self.slot_cfg(i)["temp"], temp_c)
-        cab = self.cfg["cabinet"]
+        cab = cfg["cabinet"]
         self.world.set_input(cab["smoke"], False)
         self.world.set_input(cab["estop"], False)
         self.world.set_temp(cab["temp"], temp_c)
-
         self.can = None
+        self.chargers = {}
         if self.world.mcp2515 is not None:
-            self.can = CanBus(self.cfg["mcp2515"]["bitrate"])
+            self.can = CanBus(cfg["mcp2515"]["bitrate"])
             self.can.attach_controller(self.world.mcp2515)
-        self.board = Board(self.cfg, machine)
-        self.board.safe_outputs()
-        self.profiles = load_dir(str(PROFILES))
-        self.core = Core(cabinet_id, self.n, profiles=self.profiles, config=config, journal=journal,
-                         now=self.now)
-        self.board.set_sbs_names(sbs_names(self.profiles))
-        can_profiles = [p.data for p in self.profiles.values() if p.link == "can"]
-        self.board.attach_can_bms(can_profiles, self.core.slot_inputs)
-        if self.can is not None:
-            # The MCP2515 holds two frames: the firmware's INT task drains it as frames arrive.
-            self.can.between_frames = lambda: self.board.drain_can(self.now)
-        self.cycle = ControlCycle(self.board, self.core)
-        self.events = []  # every event the core emitted, in order
+            from tukar_tools.shim.cancharger_model import ChargerNode
+            for i in range(self.n):
+                c = self.slot_cfg(i)["charger"]
+                if c.get("kind") == "can":
+                    node = ChargerNode(c["node"])
+                    self.chargers[i] = node
+                    self.can.attach(node)
 
-    # -- time ----------------------------------------------------------------------------------
-    @property
-    def now(self):
-        return hosttime.ticks_ms()
+    # -- physics ---------------------------------------------------------------------------------
+    def charger_ma(self, i):
+        """Current flowing into slot i's battery now."""
+        pack = self.packs[i]
+        if pack is None:
+            return 0
+        c = self.slot_cfg(i)["charger"]
+        enabled = self.world.output(c["enable"]) == 1 if "enable" in c else True
+        if not enabled:
+            return 0
+        node = self.chargers.get(i)
+        if node is not None:
+            node.battery_mv = pack.voltage_mv()
+            supply = node.output_ma
+        else:
+            supply = self.slot_cfg(i).get("current_limit_ma", 10000)
+        return min(supply, pack.request_ma())
 
-    def step(self, ms=TICK_MS):
-        """Advance time by ms, let the world move, then run one control tick."""
-        self.clock.advance(ms)
-        now = self.clock.now_ms()
+    def physics(self, now):
+        """Move the world to `now`: lock bolts, charging, heat, BMS values, CAN frames."""
+        dt = 0 if self.last_physics is None else now - self.last_physics
+        self.last_physics = now
         for i in range(self.n):
             self.locks[i].follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
             self._set(i, "lock_feedback", self.locks[i].locked)
+            pack = self.packs[i]
+            if pack is not None:
+                if dt > 0:
+                    pack.physics(self.charger_ma(i), dt, self.cabinet_c)
+                sync(pack)
+                if self.slot_c[i] is None:
+                    self.world.set_temp(self.slot_cfg(i)["temp"], pack.temp_c)
+            elif self.slot_c[i] is None:
+                self.world.set_temp(self.slot_cfg(i)["temp"], self.cabinet_c)
         if self.can is not None:
             self.can.step(now)
-        self.cycle.step(self.now)
-        self.events.extend(self.core.events)
-        self.core.events.clear()
 
-    def run(self, ms, tick_ms=TICK_MS):
-        for _ in range(max(1, ms // tick_ms)):
-            self.step(tick_ms)
+    # -- the world's actions (mqtt.md, the simulator's world) -------------------------------------
+    def add_pack(self, n, pack):
+        """Put `pack` into slot n and attach its BMS model to the pack's link."""
+        i = n - 1
+        if self.packs[i] is not None:
+            raise WorldError("occupied: slot %d already holds a battery" % n)
+        if pack.profile.link == "sbs":
+            sbs = self.slot_cfg(i)["battery"]["sbs"]
+            names = pack.profile.device_names() or [pack.profile.name]
+            model = self.world.muxes[sbs["mux"]].channel_bus(sbs["channel"]).attach(
+                SmartBattery(BatteryState(device_name=names[0], serial=0x1000 + n)))
+        else:
+            if self.can is None:
+                raise WorldError("bad_args: this board has no CAN bus for a %s pack" % pack.profile.name)
+            from tukar_tools.shim.bms_node import BmsNode
+            model = BmsNode(pack.profile.data, i, pack.serial, None)
+            self.can.attach(model)
+        pack.model = model
+        self.packs[i] = pack
+        sync(pack)
+        self._placed(n, model)
+        return pack
 
-    def cmd(self, name, **args):
-        body = {"cmd": name, "req_id": "rig-%d" % len(self.events)}
-        body.update(args)
-        return self.core.command(body)
+    def insert(self, n, spec):
+        """A rider pushes a battery in: refused when the door is locked."""
+        i = n - 1
+        if self.doors[i] and self.locks[i].locked:
+            raise WorldError("door_locked: slot %d is locked" % n)
+        name = spec.get("profile") or "ref48v"
+        profile = self.profiles.get(name)
+        if profile is None:
+            # A pack the cabinet has no profile for still talks on the CAN bus like the reference.
+            profile = self.profiles["ref48v"]
+        pack = Pack(spec["serial"], profile, spec.get("soc", 50), spec.get("soh", 95),
+                    spec.get("temp_c", 25), spec.get("faults", ()))
+        self.doors[i] = False
+        self._set(i, "door", False)
+        self.add_pack(n, pack)
+        return pack
 
-    # -- the physical side ---------------------------------------------------------------------
+    def take(self, n):
+        i = n - 1
+        if self.doors[i] and self.locks[i].locked:
+            raise WorldError("door_locked: slot %d is locked" % n)
+        if self.packs[i] is None:
+            raise WorldError("empty: slot %d holds no battery" % n)
+        self.doors[i] = False
+        self._set(i, "door", False)
+        pack = self.packs[i]
+        self.packs[i] = None
+        self.remove(n)
+        return pack
+
+    def set_battery(self, n, soc=None, temp_c=None, faults=None):
+        pack = self.packs[n - 1]
+        if pack is None:
+            raise WorldError("empty: slot %d holds no battery" % n)
+        if soc is not None:
+            pack.soc = float(soc)
+        if temp_c is not None:
+            pack.temp_c = float(temp_c)
+        if faults is not None:
+            pack.faults = list(faults)
+        sync(pack)
+
+    def set_input(self, name, value):
+        if name == "smoke":
+            self.smoke = value
+            self.set_cabinet(smoke=value)
+        else:
+            self.estop = value
+            self.set_cabinet(estop=value)
+
+    def set_cabinet_temp(self, temp_c):
+        self.cabinet_c = float(temp_c)
+        self.set_cabinet(temp_c=temp_c)
+
+    def fault(self, target, on):
+        if target == "can":
+            if self.can is None:
+                raise WorldError("bad_args: this board has no CAN bus")
+            self.can.fault = on  # a shorted bus: back to bus-off after every restart
+            if on:
+                self.world.mcp2515.inject_bus_off()
+        elif target == "i2c":
+            self.hw.fault(self.hw.i2c_bus(1), on)  # a device holds SDA low on the battery bus
+        elif target.startswith("lock:"):
+            self.jam_lock(int(target[5:]), on)
+        else:
+            raise WorldError("bad_args: %s faults belong to the firmware's host, not the cabinet" % target)
+
+    def snapshot(self):
+        slots = []
+        for i in range(self.n):
+            pack = self.packs[i]
+            slots.append({"slot": i + 1, "door": "closed" if self.doors[i] else "open",
+                          "lock": "locked" if self.locks[i].locked else "unlocked",
+                          "battery": pack.snapshot() if pack else None,
+                          "charger_on": self.charger_ma(i) > 0})
+        return {"slots": slots, "smoke": self.smoke, "estop": self.estop,
+                "temp_c": round(self.cabinet_c, 1)}
+
+    def power_loss(self):
+        """Power cut: expanders and the CAN controller reset (outputs off: locks fall locked,
+        chargers off), CAN chargers stop. The packs, doors and bolts stay as they are."""
+        for x in self.world.expanders:
+            x.power_on_reset()
+        if self.world.mcp2515 is not None:
+            self.world.mcp2515.power_on_reset()
+        for node in self.chargers.values():
+            node.on = False
+
+    # -- low level -------------------------------------------------------------------------------
     def slot_cfg(self, i):
         return self.cfg["slots"][i]
 
@@ -177,10 +416,11 @@ class Cabinet:
         return model
 
     def remove(self, n):
-        """Take slot n's battery out (its door state is the caller's business)."""
+        """Take slot n's battery model out (its door state is the caller's business)."""
         i = n - 1
         model = self.batteries[i]
         self.batteries[i] = None
+        self.packs[i] = None
         self._set(i, "presence", False)
         if isinstance(model, SmartBattery):
             sbs = self.slot_cfg(i)["battery"]["sbs"]
@@ -194,7 +434,12 @@ class Cabinet:
         self.locks[n - 1].jammed = jammed
 
     def set_slot_temp(self, n, temp_c=None, raw=None):
-        """Slot n's NTC at temp_c, or a raw ADC code (4095: open, 0: shorted)."""
+        """Slot n's NTC at temp_c, or a raw ADC code (4095: open, 0: shorted); held until physics
+        is told otherwise with temp_c=None and raw=None."""
+        if temp_c is None and raw is None:
+            self.slot_c[n - 1] = None
+            return
+        self.slot_c[n - 1] = temp_c if temp_c is not None else raw
         self.world.set_temp(self.slot_cfg(n - 1)["temp"], temp_c, raw)
 
     def set_cabinet(self, smoke=None, estop=None, temp_c=None):
@@ -205,6 +450,54 @@ class Cabinet:
             self.world.set_input(cab["estop"], estop)
         if temp_c is not None:
             self.world.set_temp(cab["temp"], temp_c)
+
+
+class Cabinet(Physical):
+    """Physical + the firmware (Board, Core, ControlCycle) on a manual clock, for tests."""
+
+    def __init__(self, board="tukar-12-wroom", cabinet_id="rig-1", config=None, journal=None,
+                 start_ms=0, lock_travel_ms=60, temp_c=25.0):
+        self.clock = hosttime.install(hosttime.SimClock(manual=True, start_ms=start_ms))
+        super().__init__(board, lock_travel_ms, temp_c)
+        self.board = Board(self.cfg, machine)
+        self.board.safe_outputs()
+        self.core = Core(cabinet_id, self.n, profiles=self.profiles, config=config, journal=journal,
+                         now=self.now)
+        self.board.set_sbs_names(sbs_names(self.profiles))
+        can_profiles = [p.data for p in self.profiles.values() if p.link == "can"]
+        self.board.attach_can_bms(can_profiles, self.core.slot_inputs)
+        if self.can is not None:
+            # The MCP2515 holds two frames: the firmware's INT task drains it as frames arrive.
+            self.can.between_frames = lambda: self.board.drain_can(self.now)
+        self.cycle = ControlCycle(self.board, self.core)
+        self.events = []  # every event the core emitted, in order
+
+    # -- time ----------------------------------------------------------------------------------
+    @property
+    def now(self):
+        return hosttime.ticks_ms()
+
+    def step(self, ms=TICK_MS):
+        """Advance time by ms, let the world move, then run one control tick."""
+        self.clock.advance(ms)
+        now = self.clock.now_ms()
+        for i in range(self.n):
+            self.locks[i].follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
+            self._set(i, "lock_feedback", self.locks[i].locked)
+        if self.can is not None:
+            self.can.step(now)
+        self.cycle.step(self.now)
+        self.events.extend(self.core.events)
+        self.core.events.clear()
+
+    def run(self, ms, tick_ms=TICK_MS):
+        for _ in range(max(1, ms // tick_ms)):
+            self.step(tick_ms)
+
+    def cmd(self, name, **args):
+        body = {"cmd": name, "req_id": "rig-%d" % len(self.events)}
+        body.update(args)
+        return self.core.command(body)
 
     # -- what the outside sees -----------------------------------------------------------------
     def charger_on(self, n):

@@ -241,6 +241,12 @@ class MCP23017(I2CDevice):
     def _reg16(self, a):
         return self.regs[a] | (self.regs[a + 1] << 8)
 
+    def power_on_reset(self):
+        """Registers as after power-up: every pin an input, latches cleared."""
+        self.regs[:] = bytes(len(self.regs))
+        self.regs[0x00] = self.regs[0x01] = 0xFF
+        self._have_ptr = False
+
     def set_input(self, pin, level):
         self.world[pin] = None if level is None else (1 if level else 0)
 

@@ -66,6 +66,10 @@ class MCP2515Model:
 
     # -- state ------------------------------------------------------------------------------
 
+    def power_on_reset(self):
+        """Power cut and back: the chip comes up as after its RESET instruction."""
+        self._reset()
+
     def _reset(self):
         self.regs = bytearray(128)
         self.regs[CANSTAT] = 0x00  # oscillator not running yet
