@@ -259,3 +259,17 @@ def test_slot_states_over_a_swap_use_only_the_spec_names():
     for n in range(1, 13):
         assert rig.core.slot_state(n)["state"] in states
     assert sl.EMPTY == "empty" and sl.MAINT_OPEN == "maintenance_open"
+
+
+def test_a_reading_without_a_serial_does_not_identify_the_battery():
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery(None, soc=12))  # the serial frames never arrive
+    rig.world.close_door(n)
+    rig.run(2500)
+    assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
+    rig.run(1000)
+    assert rig.of("BatteryRejected")[-1]["reason"] == "no_bms"

@@ -109,6 +109,7 @@ class Core:
         self.jdirty = 0
         self.rebirth = False
         self.reboot = False
+        self.hold_swaps: "str | None" = None  # set by the shell (e.g. an outbox that cannot take more events)
         # Cabinet state.
         self.mode = IN_SERVICE
         self.causes = 0  # latched emergency causes
@@ -301,7 +302,8 @@ class Core:
             s.ident_t = now  # the 3 s start when the battery is shut in
             return 0
         b = inp.bms
-        if s.bms_since(s.ident_t) and not b.link_fault:
+        # Identified means a fresh reading that names the battery (a CAN serial spans frames).
+        if s.bms_since(s.ident_t) and not b.link_fault and b.serial is not None:
             if b.profile not in self.profiles:
                 return "unknown_profile"
             if b.faults:
@@ -630,6 +632,8 @@ class Core:
             raise CommandError(E.NOT_IN_SERVICE, "mode is %s" % self.mode)
         if self.session is not None:
             raise CommandError(E.BUSY, "session %s is open" % self.session.id)
+        if self.hold_swaps:
+            raise CommandError(E.BUSY, self.hold_swaps)
         for s in self.slots:
             if not s.lock_cmd:
                 raise CommandError(E.BUSY, "slot %d is unlocked" % s.n)

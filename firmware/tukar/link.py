@@ -212,6 +212,7 @@ class Link:
         self._acks = []
         self._rebirth = False
         self._stop = False
+        self._abandon = False
         # link thread only
         self._client = None
         self._guard = None
@@ -269,6 +270,30 @@ class Link:
         """Orderly end: the thread publishes `offline` (retained), disconnects and exits."""
         self._stop = True
 
+    def abandon(self):
+        """Power lost: the thread exits without a goodbye and the TCP connection just drops, so
+        the broker publishes the Last Will (`offline`). Used by the simulator's power cut."""
+        self._abandon = True
+        self._stop = True
+        self.drop()
+
+    def drop(self):
+        """Cut the TCP connection without DISCONNECT, as a lost network does; the thread notices
+        on its next socket operation and reconnects with back-off (unless stopped)."""
+        g = self._guard
+        if g is not None:
+            try:
+                s = g.raw if g.raw is not None else g.sock
+                inner = getattr(s, "sock", None)  # a wrapper around the real socket (host shim)
+                if inner is not None and hasattr(inner, "shutdown"):
+                    s = inner
+                if hasattr(s, "shutdown"):
+                    s.shutdown(2)  # SHUT_RDWR: the blocked read in the link thread returns at once
+                else:
+                    s.close()
+            except Exception as e:
+                self.last_error = "drop: %r" % (e,)
+
     # == the thread ==========================================================================
     def start(self, stack=0):
         if stack:
@@ -280,7 +305,10 @@ class Link:
         try:
             while not self._stop:
                 self.step()
-            self._goodbye()
+            if self._abandon:
+                self._teardown()
+            else:
+                self._goodbye()
         finally:
             self.connected = False
             self.running = False

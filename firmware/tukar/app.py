@@ -1,0 +1,242 @@
+# The firmware as a running application: the boot order of cabinet.md rule 9, the asyncio tasks,
+# the supervisor that feeds the hardware watchdog only on evidence of progress, and persistence.
+# The same object runs on the ESP32 and in the simulator; only the board (machine or the host
+# shim), the MQTT client class (umqtt.simple or the host shim) and the store's directory differ.
+import asyncio
+import gc
+
+from tukar import FW_VERSION
+from tukar.clock import asleep_ms, ticks_ms, wrap_add, wrap_diff
+from tukar.core import Core
+from tukar.gate import Gate
+from tukar.link import Link
+from tukar.outbox import Outbox
+from tukar.profile import sbs_names
+from tukar.store import Store
+
+# Tasks whose progress the supervisor needs before it feeds the watchdog.
+CRITICAL = ("control", "persist")
+SUPERVISE_MS = 1000
+WDT_TIMEOUT_MS = 5000
+CRASHES_BEFORE_RESET = 3
+ACK_ONLY_PERSIST_MS = 5000  # outbox removals after PUBACK are persisted at most this often
+
+
+class Reboot(Exception):
+    """Raised out of App.run() when the device must reset (command, or tasks that keep dying)."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class App:
+    def __init__(self, cfg, board, cycle_class, client_class, store_root, key, profiles,
+                 boot_reason="power_on", wall=None, wdt=None, board_name="", info_extra=None):
+        # Rule 9: outputs safe before anything else, then the journal, then buses, then network.
+        self.board = board
+        board.safe_outputs()
+        self.cfg = cfg
+        self.store = Store(store_root)
+        saved = self.store.load("state") or {}
+        journal = saved.get("journal") if isinstance(saved, dict) else None
+        self.core = Core(cfg["id"], cfg["slots"], profiles=profiles, config=cfg.get("core"),
+                         journal=journal if isinstance(journal, dict) else None,
+                         boot_reason=boot_reason)
+        self.outbox = Outbox()
+        if isinstance(saved, dict) and isinstance(saved.get("outbox"), list):
+            self.outbox.restore(saved["outbox"])
+        # The board's battery links learn the profiles: SBS by DeviceName, CAN by frame layout.
+        board.set_sbs_names(sbs_names(profiles))
+        board.attach_can_bms([p.data for p in profiles.values() if p.link == "can"],
+                             self.core.slot_inputs)
+        self.cycle = cycle_class(board, self.core)
+        self.gate = Gate(key)
+        self.wall = wall  # callable: Unix seconds once the clock is synced, else None
+        self.wdt = wdt
+        self.board_name = board_name
+        self.info_extra = info_extra or {}
+        self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
+                         self.core.counters.get("bdseq", 0))
+        self.link_stack = 16384 if cfg.get("mqtt", {}).get("ssl") else 0  # TLS needs a bigger stack
+        self.tick_ms = self.core.cfg["tick_ms"]
+        self.progress = {}
+        self.crashes = []
+        self.faults = []  # (task, repr(exception)) for telemetry and tests
+        self.stopping = None
+        self.persist_now = asyncio.Event()
+        self.last_persist = 0
+        self.tick_lag_ms = 0  # worst lateness of a control tick, for the operator
+        self.ticks = 0
+
+    # -- what the link publishes at every connect ----------------------------------------
+    def info(self):
+        d = {"id": self.core.id, "fw": FW_VERSION, "board": self.board_name,
+             "slots": self.core.n_slots, "profiles": sorted(self.core.profiles),
+             "boot": {"reason": self.core.boot_reason, "count": self.core.boot},
+             "time_synced": self._wall() is not None}
+        for k in self.info_extra:
+            d[k] = self.info_extra[k]
+        return d
+
+    def _wall(self):
+        return self.wall() if self.wall else None
+
+    # -- the control task -----------------------------------------------------------------
+    def control_step(self, now):
+        """One control tick: commands, then scan -> core -> outputs, then hand-offs."""
+        core = self.core
+        link = self.link
+        for payload, retained in link.take_commands():
+            body, ack = self.gate.admit(payload, retained, now, self._wall())
+            if body is not None:
+                ack = core.command(body)
+                self.gate.remember(body.get("req_id"), ack)
+            if ack is not None:
+                link.post_ack(ack)
+        self.cycle.step(now, self._wall())
+        self.ticks += 1
+        if core.events:
+            for ev in core.events:
+                self.outbox.add_event(ev)
+            core.events.clear()
+        # Swap events are never dropped; rather than let the outbox grow without end, no new
+        # swap starts while it is full (a long broker outage).
+        core.hold_swaps = "event outbox full (broker unreachable)" if self.outbox.saturated else None
+        if core.rebirth:
+            core.rebirth = False
+            link.request_rebirth()
+        dirty = core.dirty
+        if dirty:
+            core.dirty = 0
+            if dirty & 1:
+                link.post_state("state", core.cabinet_state())
+            for n in range(1, core.n_slots + 1):
+                if dirty & (1 << n):
+                    link.post_state("slot/%d/state" % n, core.slot_state(n))
+        if link.bdseq != core.counters.get("bdseq"):
+            core.counters["bdseq"] = link.bdseq
+            core.jdirty |= 4
+        if core.jdirty or self.outbox.dirty:
+            self.persist_now.set()
+        if core.reboot and self.stopping is None:
+            self.stopping = "command"
+
+    async def control(self):
+        period = self.tick_ms
+        due = ticks_ms()
+        while self.stopping is None:
+            now = ticks_ms()
+            late = wrap_diff(now, due)
+            if late > self.tick_lag_ms:
+                self.tick_lag_ms = late
+            self.control_step(now)
+            self.progress["control"] = self.progress.get("control", 0) + 1
+            due = wrap_add(due, period)
+            wait = wrap_diff(due, ticks_ms())
+            if wait < 0:  # fell behind: do not try to catch up with a burst of ticks
+                due = ticks_ms()
+                wait = 0
+            await asleep_ms(wait)
+
+    # -- persistence ----------------------------------------------------------------------
+    def persist(self, now, force=False):
+        core = self.core
+        urgent = core.jdirty != 0  # every new event sets it too (the event counter moved)
+        if not (urgent or force or self.outbox.dirty):
+            return False
+        if not urgent and not force and wrap_diff(now, self.last_persist) < ACK_ONLY_PERSIST_MS:
+            return False
+        state = {"journal": core.journal(), "outbox": self.outbox.snapshot()}
+        core.jdirty = 0
+        self.outbox.dirty = False
+        self.last_persist = now
+        self.store.save("state", state, now)
+        return True
+
+    async def persister(self):
+        while self.stopping is None:
+            try:
+                await asyncio.wait_for(self.persist_now.wait(), 1)
+            except asyncio.TimeoutError:
+                pass
+            self.persist_now.clear()
+            self.persist(ticks_ms())
+            self.store.flush(ticks_ms())
+            self.progress["persist"] = self.progress.get("persist", 0) + 1
+
+    # -- telemetry --------------------------------------------------------------------------
+    def telemetry(self):
+        t = self.core.telemetry()
+        t["heap_free"] = gc.mem_free() if hasattr(gc, "mem_free") else None
+        t["uptime_s"] = self.core.up_s
+        t["rssi"] = self.info_extra.get("rssi")
+        t["tick_lag_ms"] = self.tick_lag_ms
+        return t
+
+    async def telemetry_task(self):
+        while self.stopping is None:
+            await asleep_ms(self.core.cfg["telemetry_period_s"] * 1000)
+            self.link.post_telemetry(self.telemetry())
+            self.progress["telemetry"] = self.progress.get("telemetry", 0) + 1
+
+    # -- supervision ----------------------------------------------------------------------
+    async def supervisor(self):
+        seen = {}
+        while self.stopping is None:
+            await asleep_ms(SUPERVISE_MS)
+            alive = True
+            for name in CRITICAL:
+                n = self.progress.get(name, 0)
+                if n == seen.get(name, -1):
+                    alive = False
+                seen[name] = n
+            if alive and self.wdt is not None:
+                self.wdt.feed()  # only on evidence that every critical task moved
+            if not self.link.running and self.stopping is None:
+                self.faults.append(("link", self.link.last_error))
+                self.link.start(self.link_stack)  # its thread ended: start a new one
+
+    async def guard(self, name, factory):
+        """Run a task; if it raises, report it and restart it; too many crashes reset the device."""
+        while self.stopping is None:
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                now = ticks_ms()
+                self.faults.append((name, repr(e)))
+                self.core.report_fault("task_" + name, "error")
+                self.crashes = [t for t in self.crashes if wrap_diff(now, t) < 60000] + [now]
+                if len(self.crashes) >= CRASHES_BEFORE_RESET:
+                    self.stopping = "crash"
+                    return
+                await asleep_ms(100)
+
+    async def run(self):
+        """Run until a reboot is needed; returns the reason ("command" or "crash")."""
+        if self.wdt is not None:
+            self.wdt.feed()
+        self.link.start(self.link_stack)
+        tasks = [asyncio.create_task(self.guard(n, f)) for n, f in (
+            ("control", self.control), ("persist", self.persister),
+            ("telemetry", self.telemetry_task), ("supervisor", self.supervisor))]
+        try:
+            while self.stopping is None:
+                await asleep_ms(50)
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.shutdown()
+        return self.stopping
+
+    def shutdown(self):
+        """Orderly stop: safe outputs, state persisted, `offline` published."""
+        try:
+            self.board.safe_outputs()
+        finally:
+            self.persist(ticks_ms(), force=True)
+            self.store.flush(ticks_ms(), force=True)
+            self.link.stop()
