@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 from tukar import FW_VERSION
-from tukar.clock import asleep_ms, ticks_ms, wrap_add, wrap_diff
+from tukar.clock import asleep_ms, sleep_ms, ticks_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
@@ -22,12 +22,14 @@ CRASHES_BEFORE_RESET = 3
 ACK_ONLY_PERSIST_MS = 5000  # outbox removals after PUBACK are persisted at most this often
 
 
-class Reboot(Exception):
-    """Raised out of App.run() when the device must reset (command, or tasks that keep dying)."""
+class Clock:
+    """The firmware's time for the link thread: the device's ticks, or the simulator's."""
 
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
+    def ticks_ms(self):
+        return ticks_ms()
+
+    def sleep_ms(self, ms):
+        sleep_ms(ms)
 
 
 class App:
@@ -57,7 +59,7 @@ class App:
         self.board_name = board_name
         self.info_extra = info_extra or {}
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
-                         self.core.counters.get("bdseq", 0))
+                         self.core.counters.get("bdseq", 0), clock=Clock())
         self.link_stack = 16384 if cfg.get("mqtt", {}).get("ssl") else 0  # TLS needs a bigger stack
         self.tick_ms = self.core.cfg["tick_ms"]
         self.progress = {}
