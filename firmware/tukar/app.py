@@ -19,7 +19,8 @@ CRITICAL = ("control", "persist")
 SUPERVISE_MS = 1000
 WDT_TIMEOUT_MS = 5000
 CRASHES_BEFORE_RESET = 3
-ACK_ONLY_PERSIST_MS = 5000  # outbox removals after PUBACK are persisted at most this often
+ACK_ONLY_PERSIST_MS = 5000
+LAG_BUCKETS_MS = (5, 20, 50, 100, 0)  # tick lateness histogram: < 5, < 20, < 50, < 100, more  # outbox removals after PUBACK are persisted at most this often
 
 
 class Clock:
@@ -69,6 +70,7 @@ class App:
         self.persist_now = asyncio.Event()
         self.last_persist = 0
         self.tick_lag_ms = 0  # worst lateness of a control tick, for the operator
+        self.lag_hist = [0] * len(LAG_BUCKETS_MS)  # ticks late by less than each bound (the last: more)
         self.ticks = 0
 
     # -- what the link publishes at every connect ----------------------------------------
@@ -132,6 +134,10 @@ class App:
             late = wrap_diff(now, due)
             if late > self.tick_lag_ms:
                 self.tick_lag_ms = late
+            b = 0
+            while b < len(LAG_BUCKETS_MS) - 1 and late >= LAG_BUCKETS_MS[b]:
+                b += 1
+            self.lag_hist[b] += 1
             self.control_step(now)
             self.progress["control"] = self.progress.get("control", 0) + 1
             due = wrap_add(due, period)

@@ -152,11 +152,12 @@ def sync(pack):
         st.status = status
     elif m is not None:
         fields, faults = _can_names(m.profile)
-        values = {fields["voltage_mv"]: pack.voltage_mv() / 1000,
-                  fields["current_ma"]: pack.current_ma / 1000,
+        # Rounded to the signals' resolution, so a frame is encoded again only when it changes.
+        values = {fields["voltage_mv"]: round(pack.voltage_mv() / 1000, 2),
+                  fields["current_ma"]: round(pack.current_ma / 1000, 1),
                   fields["soc_pm"]: round(pack.soc, 1), fields["soh_pct"]: int(pack.soh),
                   fields["temp_dc"]: round(pack.temp_c), fields["cycles"]: pack.cycles,
-                  fields["req_current_ma"]: pack.request_ma() / 1000}
+                  fields["req_current_ma"]: round(pack.request_ma() / 1000, 1)}
         if "full" in fields:
             values[fields["full"]] = 1 if pack.soc >= 100 else 0
         if "temp_min_dc" in fields:
@@ -197,6 +198,7 @@ class Physical:
         self.smoke = False
         self.estop = False
         self.slot_c = [None] * self.n  # a forced slot sensor temperature (None: follows the pack)
+        self._sensor_c = [None] * self.n  # what each slot's NTC model shows now
         self.last_physics = None
         for i in range(self.n):
             self._set(i, "door", True)
@@ -251,11 +253,18 @@ class Physical:
                     pack.physics(self.charger_ma(i), dt, self.cabinet_c)
                 sync(pack)
                 if self.slot_c[i] is None:
-                    self.world.set_temp(self.slot_cfg(i)["temp"], pack.temp_c)
+                    self._sensor(i, pack.temp_c)
             elif self.slot_c[i] is None:
-                self.world.set_temp(self.slot_cfg(i)["temp"], self.cabinet_c)
+                self._sensor(i, self.cabinet_c)
         if self.can is not None:
             self.can.step(now)
+
+    def _sensor(self, i, temp_c):
+        """Slot i's NTC follows temp_c; the ADC model is touched only when a 0.1 degC step moves."""
+        t = round(temp_c, 1)
+        if self._sensor_c[i] != t:
+            self._sensor_c[i] = t
+            self.world.set_temp(self.slot_cfg(i)["temp"], t)
 
     # -- the world's actions (mqtt.md, the simulator's world) -------------------------------------
     def add_pack(self, n, pack):
@@ -438,8 +447,10 @@ class Physical:
         is told otherwise with temp_c=None and raw=None."""
         if temp_c is None and raw is None:
             self.slot_c[n - 1] = None
+            self._sensor_c[n - 1] = None
             return
         self.slot_c[n - 1] = temp_c if temp_c is not None else raw
+        self._sensor_c[n - 1] = None
         self.world.set_temp(self.slot_cfg(n - 1)["temp"], temp_c, raw)
 
     def set_cabinet(self, smoke=None, estop=None, temp_c=None):

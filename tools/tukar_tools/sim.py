@@ -238,6 +238,23 @@ class Simulation:
         finally:
             await self.stop()
 
+    def lag_report(self):
+        """Control-tick lateness over every cabinet: the histogram and the worst tick."""
+        from tukar.app import LAG_BUCKETS_MS
+        hist = [0] * len(LAG_BUCKETS_MS)
+        worst = 0
+        ticks = 0
+        for cab in self.cabinets:
+            if cab.app is None:
+                continue
+            for i, n in enumerate(cab.app.lag_hist):
+                hist[i] += n
+            worst = max(worst, cab.app.tick_lag_ms)
+            ticks += cab.app.ticks
+        return {"cabinets": len(self.cabinets), "ticks": ticks, "worst_ms": worst,
+                "late_lt5": hist[0], "late_lt20": hist[1], "late_lt50": hist[2],
+                "late_lt100": hist[3], "late_ge100": hist[4], "physics_worst_ms": self.lag_ms}
+
     async def stop(self):
         for cab in self.cabinets:
             cab.stopped = True
@@ -378,6 +395,11 @@ def run(args):
         stop.set()
         if own is not None:
             own.stop()
+    r = sim.lag_report()
+    print("tukar sim: %d cabinet(s), %d control ticks; lateness < 5 ms: %d, < 20 ms: %d, "
+          "< 50 ms: %d, < 100 ms: %d, more: %d; worst %d ms" % (
+              r["cabinets"], r["ticks"], r["late_lt5"], r["late_lt20"], r["late_lt50"],
+              r["late_lt100"], r["late_ge100"], r["worst_ms"]), file=sys.stderr)
     return result["code"]
 
 

@@ -32,14 +32,22 @@ class BmsNode:
         self._due = {}
         self._page = {}
         self.sent = 0
+        self._frames = {}  # (frame name, page) -> Frame, until a value changes
 
     def set(self, **values):
-        self.values.update(values)
+        for k, v in values.items():
+            if self.values.get(k) != v:
+                self.values[k] = v
+                self._frames.clear()
 
     def frames_now(self, frame, page=0):
-        can_id = canprofile.slot_id(self.profile, frame, self.slot)
-        data = canprofile.encode(frame, self.values, page=page, serial=self.serial)
-        return Frame(can_id, data, bool(frame.get("extended")))
+        key = (frame["name"], page)
+        f = self._frames.get(key)
+        if f is None:
+            can_id = canprofile.slot_id(self.profile, frame, self.slot)
+            data = canprofile.encode(frame, self.values, page=page, serial=self.serial)
+            f = self._frames[key] = Frame(can_id, data, bool(frame.get("extended")))
+        return f
 
     def step(self, now_ms):
         out = []

@@ -68,6 +68,7 @@ class CanBus:
         self.bits = 0
         self.log = None  # a list to record (now_ms, frame) into, when set
         self.now_ms = 0
+        self._bits_cache = {}
         # Called after each frame: the receiving MCU's chance to drain the chip's two RX buffers,
         # as its INT-driven task does while the next frame is still on the wire (~230 us at 500k).
         self.between_frames = None
@@ -87,7 +88,13 @@ class CanBus:
         if self.fault:
             return False
         self.frames += 1
-        self.bits += frame_bits(frame)
+        key = (frame.id, bytes(frame.data), frame.extended)
+        bits = self._bits_cache.get(key)
+        if bits is None:  # stuffing depends on the content only: count each distinct frame once
+            if len(self._bits_cache) > 4096:
+                self._bits_cache.clear()
+            bits = self._bits_cache[key] = frame_bits(frame)
+        self.bits += bits
         if self.log is not None:
             self.log.append((self.now_ms, frame))
         for node in self.nodes:

@@ -1,0 +1,181 @@
+"""The simulator end to end, through MQTT only, as an outside tool would use it: `tukar sim` in
+its own process on a real broker, a swap driven with sim/cmd and signed commands, events,
+retained states and sim/world checked against each other; power cuts at every phase of a swap;
+every shipped scenario."""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tukar_tools import broker, schemas
+from tukar_tools.cmdline import SIM_KEY_HEX
+from tukar_tools.scenario import Observer, Runner, ScenarioFailed
+from tukar_tools.sign import parse_key
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.json"))
+KEY = parse_key(SIM_KEY_HEX)
+SPEED = 2.0
+
+
+@pytest.fixture(scope="module")
+def mqtt_broker():
+    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.Amqtt().start()
+    yield b
+    b.stop()
+
+
+def start_sim(port, state_dir, *extra):
+    cmd = [sys.executable, "-m", "tukar_tools.cli", "sim", "--broker", "127.0.0.1:%d" % port,
+           "--no-monitor", "--state-dir", str(state_dir), "--speed", str(SPEED), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def stop_sim(proc):
+    proc.terminate()
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return err
+
+
+@pytest.fixture
+def sim(mqtt_broker, tmp_path, request):
+    prefix = "e2e%d" % (abs(hash(request.node.name)) % 100000)
+    proc = start_sim(mqtt_broker.port, tmp_path, "--prefix", prefix, "--fill", "6")
+    runner = Runner("127.0.0.1", mqtt_broker.port, prefix, "sim-1", KEY, SPEED,
+                    out=lambda line: None)
+    try:
+        runner.step({"do": "expect_status", "value": "online", "within_s": 30})
+        runner.step({"do": "expect_state", "match": {"ready": {"$gte": 2}, "session": None},
+                     "within_s": 30})
+        yield runner
+    finally:
+        runner.obs.close()
+        err = stop_sim(proc)
+        assert "Traceback" not in err, err
+
+
+def swap_until(r, phase):
+    """Drive a swap with world actions and a signed command up to `phase`."""
+    ack = r.step({"do": "cmd", "cmd": "start_swap", "args": {"id_token": "rider-e2e"},
+                  "save": {"slot_in": "slot", "session": "session"}})
+    r.step({"do": "expect_slot", "slot": ack["slot"], "match": {"lock": "unlocked"}, "within_s": 5})
+    if phase == "awaiting_battery":
+        return
+    r.step({"do": "world", "action": "insert", "slot": ack["slot"],
+            "battery": {"serial": "E2E-PACK", "soc": 14, "soh": 90, "temp_c": 28}})
+    r.step({"do": "world", "action": "close_door", "slot": ack["slot"]})
+    if phase == "identifying":
+        return
+    st = r.step({"do": "expect_state", "match": {"session": {"phase": "dispensing"}}, "within_s": 5,
+                 "save": {"slot_out": "session.slot_out"}})
+    r.step({"do": "expect_slot", "slot": st["session"]["slot_out"], "match": {"lock": "unlocked"},
+            "within_s": 5})
+    if phase == "dispensing":
+        return
+    r.step({"do": "world", "action": "take", "slot": st["session"]["slot_out"]})
+
+
+def consistent(r):
+    """Events, retained states and the physical world tell the same story."""
+    obs = r.obs
+    world = obs.world
+    assert world is not None
+    for ws in world["slots"]:
+        st = obs.slots.get(ws["slot"])
+        assert st is not None
+        if ws["battery"] is None:
+            assert st["battery"] is None, (ws, st)
+        else:
+            assert st["battery"] is not None and st["battery"]["serial"] == ws["battery"]["serial"]
+        assert st["door"] == ws["door"] and st["lock"] == ws["lock"]
+        assert st["charger"]["on"] == ws["charger_on"] or not ws["charger_on"]
+    # Every event at least once, de-duplicated by id, none lost: per boot the counter has no gap.
+    ns = sorted(int(e["id"].rsplit("-", 1)[1]) for e in obs.events)
+    assert ns == list(range(ns[0], ns[0] + len(ns))), ns
+    # No battery handed out twice.
+    out = [e["battery"]["serial"] for e in obs.events if e["type"] == "BatteryOut"]
+    assert len(out) == len(set(out))
+    started = {e["session"] for e in obs.events if e["type"] == "SwapStarted"}
+    ended = [e["session"] for e in obs.events if e["type"] in ("SwapCompleted", "SwapAborted")]
+    assert sorted(ended) == sorted(started)
+    for e in obs.events:
+        schemas.validate("event", e)
+
+
+def settle(r, within_s=20):
+    r.step({"do": "expect_state", "match": {"session": None}, "within_s": within_s})
+    time.sleep(1.5 / SPEED)
+
+
+def test_a_swap_through_mqtt_agrees_with_the_world(sim):
+    swap_until(sim, "taken")
+    slot_out = sim.env["slot_out"]
+    sim.step({"do": "world", "action": "close_door", "slot": slot_out})
+    done = sim.step({"do": "expect_event", "type": "SwapCompleted", "within_s": 5})
+    settle(sim)
+    world = sim.obs.world["slots"]
+    assert world[done["slot_out"] - 1]["battery"] is None
+    assert world[done["slot_in"] - 1]["battery"]["serial"] == "E2E-PACK"
+    assert done["battery_in"] == "E2E-PACK"
+    consistent(sim)
+    for topic, payload in [("state", sim.obs.state)] + [
+            ("slot/%d/state" % n, s) for n, s in sim.obs.slots.items()]:
+        schemas.validate(topic, payload)
+
+
+@pytest.mark.parametrize("phase", ["awaiting_battery", "identifying", "dispensing", "taken"])
+def test_power_cut_at_every_phase_of_a_swap(sim, phase):
+    swap_until(sim, phase)
+    had_battery_in = phase in ("dispensing", "taken")
+    sim.step({"do": "world", "action": "power_cycle"})
+    sim.step({"do": "expect_event", "type": "Boot", "within_s": 15})
+    sim.step({"do": "expect_status", "value": "online", "within_s": 15})
+    # The rider finishes whatever the cabinet still lets them do, then walks away.
+    time.sleep(2 / SPEED)
+    state = sim.obs.state or {}
+    if state.get("session") and state["session"]["phase"] == "dispensing":
+        n = state["session"]["slot_out"]
+        sim.step({"do": "expect_slot", "slot": n, "match": {"lock": "unlocked"}, "within_s": 5})
+        sim.step({"do": "world", "action": "take", "slot": n})
+    for ws in sim.obs.world["slots"]:
+        if ws["door"] == "open":
+            sim.step({"do": "world", "action": "close_door", "slot": ws["slot"]})
+    settle(sim, 30)
+    ends = [e for e in sim.obs.events if e["type"] in ("SwapCompleted", "SwapAborted")]
+    assert len(ends) == 1
+    if had_battery_in:
+        assert ends[0]["type"] == "SwapCompleted"
+    else:
+        assert ends[0]["type"] == "SwapAborted" and ends[0]["reason"] == "power_loss"
+    consistent(sim)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_shipped_scenario_passes(path, mqtt_broker, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tukar_tools.cli", "sim", "--broker",
+                        "127.0.0.1:%d" % mqtt_broker.port, "--scenario", str(path),
+                        "--prefix", "sc-" + path.stem.replace("_", "-"),
+                        "--state-dir", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in r.stderr
+
+
+def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "impossible", "steps": [
+        {"do": "expect_state", "match": {"mode": "maintenance"}, "within_s": 2}]}))
+    r = subprocess.run([sys.executable, "-m", "tukar_tools.cli", "sim", "--broker",
+                        "127.0.0.1:%d" % mqtt_broker.port, "--scenario", str(bad),
+                        "--prefix", "sc-bad", "--state-dir", str(tmp_path / "st")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "FAIL step 1" in r.stderr
