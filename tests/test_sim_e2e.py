@@ -179,3 +179,23 @@ def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "FAIL step 1" in r.stderr
+
+
+def test_tukar_world_drives_the_world_and_reports_refusals(sim, capsys):
+    import argparse
+
+    from tukar_tools import worldcmd
+
+    def world(*argv):
+        p = argparse.ArgumentParser()
+        worldcmd.add_arguments(p)
+        port = sim.obs.client.mqtt._port
+        return worldcmd.run(p.parse_args(["sim-1", *argv, "--broker", "127.0.0.1:%d" % port,
+                                          "--prefix", sim.obs.base.split("/")[0]]))
+
+    assert world("take", "slot=9") == 1  # an empty, locked slot
+    assert "door_locked" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]
+    assert world("set_cabinet_temp", "temp_c=31.5") == 0
+    sim.step({"do": "expect_world", "match": {"temp_c": 31.5}, "within_s": 5})
+    assert world("open_door", "slot=99") == 1
+    assert "slot_range" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]

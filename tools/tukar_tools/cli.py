@@ -11,6 +11,7 @@ SUBCOMMANDS = (
     ("sim", "tukar_tools.sim", "run simulated cabinets: unmodified firmware, embedded broker, live view"),
     ("monitor", "tukar_tools.monitor", "live view of every cabinet on a broker"),
     ("cmd", "tukar_tools.cmdline", "sign and send one command, print its ack"),
+    ("world", "tukar_tools.worldcmd", "act as a simulated cabinet's physical world (sim/cmd)"),
     ("flash", "tukar_tools.flash", "write a MicroPython image to an ESP32 (esptool)"),
     ("deploy", "tukar_tools.deploy", "compile the firmware to .mpy and copy what changed (mpremote)"),
     ("provision", "tukar_tools.provision", "write config and secrets to a device"),
