@@ -64,6 +64,7 @@ class App:
         self.link_stack = 16384 if cfg.get("mqtt", {}).get("ssl") else 0  # TLS needs a bigger stack
         self.tick_ms = self.core.cfg["tick_ms"]
         self.progress = {}
+        self.tasks = {}
         self.crashes = []
         self.faults = []  # (task, repr(exception)) for telemetry and tests
         self.stopping = None
@@ -173,6 +174,20 @@ class App:
             self.store.flush(ticks_ms())
             self.progress["persist"] = self.progress.get("persist", 0) + 1
 
+    # -- CAN reception ----------------------------------------------------------------------
+    async def can_rx(self):
+        """Drain the MCP2515 as soon as INT says a frame waits: it holds only two."""
+        flag_class = getattr(asyncio, "ThreadSafeFlag", None)
+        flag = flag_class() if flag_class is not None else asyncio.Event()
+        if not self.board.on_can_frame(lambda pin: flag.set()):
+            return  # no INT line: the control tick drains the chip
+        while self.stopping is None:
+            await flag.wait()
+            if flag_class is None:
+                flag.clear()
+            self.board.drain_can(ticks_ms())
+            self.progress["can"] = self.progress.get("can", 0) + 1
+
     # -- telemetry --------------------------------------------------------------------------
     def telemetry(self):
         t = self.core.telemetry()
@@ -228,9 +243,11 @@ class App:
         if self.wdt is not None:
             self.wdt.feed()
         self.link.start(self.link_stack)
-        tasks = [asyncio.create_task(self.guard(n, f)) for n, f in (
-            ("control", self.control), ("persist", self.persister),
-            ("telemetry", self.telemetry_task), ("supervisor", self.supervisor))]
+        for n, f in (("control", self.control), ("persist", self.persister),
+                     ("telemetry", self.telemetry_task), ("supervisor", self.supervisor),
+                     ("can", self.can_rx)):
+            self.tasks[n] = asyncio.create_task(self.guard(n, f))
+        tasks = list(self.tasks.values())
         try:
             while self.stopping is None:
                 await asleep_ms(50)

@@ -508,6 +508,7 @@ class Board:
 
         self.spi = None
         self.can = None
+        self.can_int = None
         spi = cfg.get("spi")
         if spi is not None:
             self.spi = machine.SPI(spi["id"], baudrate=spi["baudrate"], sck=Pin(spi["sck"]),
@@ -516,6 +517,7 @@ class Board:
         if can is not None:
             from tukar.mcp2515 import MCP2515
             irq = Pin(can["int"], Pin.IN) if can.get("int") is not None else None
+            self.can_int = irq
             self.can = MCP2515(self.spi, Pin(can["cs"], Pin.OUT, value=1), can["crystal_hz"],
                                can["bitrate"], irq)
 
@@ -782,6 +784,13 @@ class Board:
                     self.i2c_errors[bus] += 1
                 break
         self.drain_can(now_ms)
+
+    def on_can_frame(self, handler):
+        """Call handler(pin) when the MCP2515 pulls INT low (a frame waits); False without INT."""
+        if self.can_int is None:
+            return False
+        self.can_int.irq(handler=handler, trigger=self._m.Pin.IRQ_FALLING)
+        return True
 
     def drain_can(self, now_ms):
         """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.

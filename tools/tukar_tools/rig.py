@@ -222,6 +222,13 @@ class Physical:
                     self.chargers[i] = node
                     self.can.attach(node)
 
+    def serve_can(self, board):
+        """On the device, the INT-driven receive task empties the MCP2515 (two buffers) while the
+        next frame is still on the wire. Here a physics step puts a burst of frames on the bus at
+        once, so the firmware's drain runs between frames, synchronously."""
+        if self.can is not None:
+            self.can.between_frames = lambda: board.drain_can(hosttime.ticks_ms())
+
     # -- physics ---------------------------------------------------------------------------------
     def charger_ma(self, i):
         """Current flowing into slot i's battery now."""
@@ -477,9 +484,7 @@ class Cabinet(Physical):
         self.board.set_sbs_names(sbs_names(self.profiles))
         can_profiles = [p.data for p in self.profiles.values() if p.link == "can"]
         self.board.attach_can_bms(can_profiles, self.core.slot_inputs)
-        if self.can is not None:
-            # The MCP2515 holds two frames: the firmware's INT task drains it as frames arrive.
-            self.can.between_frames = lambda: self.board.drain_can(self.now)
+        self.serve_can(self.board)
         self.cycle = ControlCycle(self.board, self.core)
         self.events = []  # every event the core emitted, in order
 

@@ -98,9 +98,7 @@ class SimCabinet:
                        wdt=machine.WDT(timeout=5000), board_name=self.board_name)
         if self.flash_broken:
             self._break_flash(True)
-        if self.phys.can is not None:
-            # The INT-driven receive task of the device drains the MCP2515 as frames arrive.
-            self.phys.can.between_frames = lambda: board.drain_can(hosttime.ticks_ms())
+        self.phys.serve_can(board)
         self.boots += 1
         self.app_task = asyncio.ensure_future(self._run_app(self.app))
 
@@ -113,7 +111,7 @@ class SimCabinet:
             self.phys.power_loss()
             self.boot("soft" if why == "command" else "watchdog")
 
-    def power_cycle(self):
+    def power_cycle(self, reason="power_on"):
         """Power cut: the firmware's memory is gone (no goodbye: the broker sends the will)."""
         app = self.app
         if app is not None:
@@ -122,7 +120,15 @@ class SimCabinet:
             if self.app_task is not None:
                 self.app_task.cancel()
         self.phys.power_loss()
-        self.boot("power_on")
+        self.phys.hw.wdt.started = False  # a reset stops the watchdog until main starts it again
+        if reason == "power_on":
+            self.phys.hw.reset_cause = machine.PWRON_RESET
+        self.boot(reason)
+
+    def watchdog_reset(self):
+        """The hardware watchdog was not fed in time: the chip resets, as a power cut does."""
+        self.phys.hw.reset_cause = machine.WDT_RESET
+        self.power_cycle(reason="watchdog")
 
     def _break_flash(self, on):
         store = self.app.store
@@ -175,6 +181,8 @@ class SimCabinet:
     # -- simulated time ---------------------------------------------------------------------
     def physics(self, now):
         self.phys.physics(now)
+        if self.app is not None and self.phys.hw.wdt.starved(now):
+            self.watchdog_reset()
         if self.control is not None and now - self.world_due >= 0:
             self.world_due = now + WORLD_PUBLISH_MS
             self.control.publish_world()

@@ -1,0 +1,194 @@
+"""The firmware application (tukar.app.App) on the simulated hardware: boot order (rule 9), the
+watchdog fed only on evidence of progress (rule 10), tasks that crash, reboot, persistence."""
+import asyncio
+import json
+
+import pytest
+
+import hosttime
+import machine
+from tukar.app import App
+from tukar.board import Board
+from tukar.cycle import ControlCycle
+from tukar_tools.rig import Pack, Physical
+from tukar_tools.shim import hw as shim_hw
+
+KEY = bytes(range(32))
+SPEED = 20.0  # simulated ms run 20 times faster than real ones
+
+
+class OfflineClient:
+    """An MQTT client whose broker never answers: the link backs off, the cabinet runs on."""
+
+    def __init__(self, *a, **k):
+        self.sock = None
+
+    def set_callback(self, f):
+        pass
+
+    def set_last_will(self, *a, **k):
+        pass
+
+    def connect(self, *a, **k):
+        raise OSError(111, "ECONNREFUSED")
+
+
+class FakeWDT:
+    def __init__(self):
+        self.feeds = []
+
+    def feed(self):
+        self.feeds.append(hosttime.ticks_ms())
+
+
+@pytest.fixture
+def clock():
+    c = hosttime.install(hosttime.SimClock(speed=SPEED))
+    yield c
+    hosttime.install(hosttime.SimClock())
+
+
+def build(tmp_path, phys=None, wdt=None, order=None):
+    phys = phys or Physical("tukar-12-wroom", lock_travel_ms=100)
+    shim_hw.install(phys.hw)
+    board = Board(phys.cfg, machine)
+    if order is not None:
+        real = board.safe_outputs
+
+        def safe():
+            order.append("safe_outputs")
+            return real()
+        board.safe_outputs = safe
+    phys.serve_can(board)
+    cfg = {"id": "app-1", "slots": phys.n, "mqtt": {"id": "app-1", "host": "127.0.0.1", "port": 9}}
+    app = App(cfg, board, ControlCycle, OfflineClient, str(tmp_path / "flash"), KEY, phys.profiles,
+              wall=None, wdt=wdt, board_name="tukar-12-wroom")
+    return phys, app
+
+
+async def run_for(app, phys, sim_ms, during=None):
+    """Run the app while the world moves, for sim_ms simulated milliseconds."""
+    task = asyncio.ensure_future(app.run())
+    clock = hosttime.current()
+    end = clock.now_ms() + sim_ms
+    while clock.now_ms() < end and not task.done():
+        phys.physics(clock.now_ms())
+        if during is not None:
+            during(clock.now_ms())
+        await asyncio.sleep(0.02 / SPEED)
+    if not task.done():
+        app.stopping = "stop"
+    return await asyncio.wait_for(task, 10)
+
+
+def test_outputs_are_made_safe_before_the_journal_is_read_and_before_the_network(tmp_path, clock,
+                                                                                  mocker):
+    order = []
+    import tukar.store as store
+    real_load = store.Store.load
+    mocker.patch.object(store.Store, "load", lambda self, key: order.append("journal") or
+                        real_load(self, key))
+    import tukar.link as link
+    real_start = link.Link.start
+    mocker.patch.object(link.Link, "start", lambda self, *a: order.append("network") or
+                        real_start(self, *a))
+    phys, app = build(tmp_path, order=order)
+    asyncio.run(run_for(app, phys, 300))
+    assert order[:3] == ["safe_outputs", "journal", "network"]
+
+
+def test_the_cabinet_charges_with_the_broker_unreachable(tmp_path, clock):
+    phys = Physical("tukar-12-wroom", lock_travel_ms=100)
+    phys.add_pack(2, Pack("P-2", phys.profiles["ref48v"], soc=50))
+    phys, app = build(tmp_path, phys)
+    seen = []
+    asyncio.run(run_for(app, phys, 3000, during=lambda now: seen.append(
+        (app.core.charge_ma[1], phys.charger_ma(1), app.link.connected))))
+    assert seen[-1][0] == 10000 and seen[-1][1] > 0  # the slot's 10 A, flowing into the pack
+    assert not any(connected for _, _, connected in seen)
+    assert app.ticks >= 40  # about one tick per 50 ms of simulated time
+
+
+def test_watchdog_is_fed_only_while_every_critical_task_makes_progress(tmp_path, clock):
+    wdt = FakeWDT()
+    phys, app = build(tmp_path, wdt=wdt)
+    hung = {}
+
+    def hang_control(now):
+        if now > hung.setdefault("at", now + 3000) and "done" not in hung:
+            hung["done"] = True
+            app.tasks["control"].cancel()  # the control loop never ticks again
+    asyncio.run(run_for(app, phys, 8000, during=hang_control))
+    fed = wdt.feeds
+    assert len(fed) >= 2
+    # Fed about once a second before the hang, not in the last seconds after it.
+    assert max(fed) < hung["at"] + 2500
+
+
+def test_a_task_that_raises_is_reported_and_restarted(tmp_path, clock):
+    phys, app = build(tmp_path)
+    calls = {"n": 0}
+    real = app.telemetry_task
+
+    async def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("sensor driver bug")
+        await real()
+    app.telemetry_task = flaky
+    asyncio.run(run_for(app, phys, 1500))
+    assert calls["n"] == 2
+    assert ("telemetry", "RuntimeError('sensor driver bug')") in app.faults
+    faults = [e for e in app.outbox.snapshot() if e.get("type") == "Fault"]
+    assert any(e["code"] == "task_telemetry" and e["slot"] is None for e in faults)
+
+
+def test_three_crashes_within_a_minute_reset_the_device(tmp_path, clock):
+    phys, app = build(tmp_path)
+
+    async def broken():
+        raise ValueError("always")
+    app.telemetry_task = broken
+    why = asyncio.run(run_for(app, phys, 5000))
+    assert why == "crash"
+    assert phys.world.output(phys.slot_cfg(0)["lock"]) == 0  # safe outputs: lock unpowered
+
+
+def test_reboot_command_stops_in_order_and_persists(tmp_path, clock):
+    phys, app = build(tmp_path)
+
+    def reboot(now):
+        if not app.core.reboot and app.ticks > 5:
+            app.link._cmds.append((b"x", False))  # the gate refuses it: bad JSON, acked
+            app.core.reboot = True
+    why = asyncio.run(run_for(app, phys, 2000, during=reboot))
+    assert why == "command"
+    saved = json.loads((tmp_path / "flash" / "state.json").read_text())
+    assert saved["journal"]["counters"]["boot"] == 1
+
+
+def test_state_is_written_on_change_only(tmp_path, clock):
+    phys, app = build(tmp_path)
+    samples = {}
+
+    def sample(now):
+        samples.setdefault("t0", now)
+        if now - samples["t0"] >= 1500:
+            samples.setdefault("after_boot", app.store.writes)
+        samples["last"] = app.store.writes
+    asyncio.run(run_for(app, phys, 6000, during=sample))
+    assert samples["after_boot"] >= 1  # the boot's journal and its Boot event
+    assert samples["last"] == samples["after_boot"]  # a quiet cabinet: nothing changed, nothing written
+
+
+def test_events_survive_a_restart_from_the_persisted_outbox(tmp_path, clock):
+    phys = Physical("tukar-12-wroom", lock_travel_ms=100)
+    phys.add_pack(1, Pack("P-1", phys.profiles["ref48v"], soc=95))
+    phys, app = build(tmp_path, phys)
+    asyncio.run(run_for(app, phys, 2000))
+    ids = [e["id"] for e in app.outbox.snapshot()]
+    assert ids  # Boot, ChargeStarted: none acknowledged, the broker was never reached
+    phys.power_loss()
+    _, app2 = build(tmp_path, phys)
+    assert [e["id"] for e in app2.outbox.snapshot()][:len(ids)] == ids
+    assert app2.core.boot == 2
