@@ -102,6 +102,8 @@ def reference_loop_fuel(n=1000):
 def add_arguments(ap):
     ap.add_argument("--ticks", type=int, default=200, help="control ticks per measurement")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--sim-seconds", type=float, default=30.0,
+                    help="how long the 50-cabinet simulator scale run lasts (0: skip it)")
 
 
 def main(argv=None):
@@ -111,13 +113,15 @@ def main(argv=None):
 
 
 def run(args):
-    from tukar_tools import bench_bus
+    from tukar_tools import bench_bus, bench_sim
 
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
     buses = bench_bus.report()
+    scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
     if args.json:
-        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "buses": buses}, indent=2))
+        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "buses": buses,
+                          "simulator": scale}, indent=2))
         return 0
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
@@ -132,6 +136,9 @@ def run(args):
         print("  %s tick = %.0f such iterations" % (r["case"], r["fuel_per_tick"] / ref))
     print()
     bench_bus.print_report(buses)
+    if scale is not None:
+        print()
+        bench_sim.print_report(scale)
     return 0
 
 

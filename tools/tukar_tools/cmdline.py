@@ -11,7 +11,7 @@ from tukar_tools import mqttc
 from tukar_tools.sign import KeyFormatError, command, parse_key, sign
 
 # The simulator's key: fine for `tukar sim`, never for a real cabinet (`tukar provision` makes those).
-SIM_KEY_HEX = "73696d2d6f6e6c792d6b65792d6e6f742d666f722d6361626e657473"
+SIM_KEY_HEX = "73696d2d6f6e6c792d6b65792d6e6f742d666f722d636162696e657473"
 
 
 def parse_value(text):
