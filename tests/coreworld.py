@@ -36,6 +36,7 @@ class WorldSlot:
         self.slot_temp_dc = None  # None: the sensor sees the battery's temperature (ambient when empty)
         self.last_bms = None
         self.charger_ma = 0
+        self.io_fault = False  # the expander with this slot's switches stops answering
 
 
 class World:
@@ -114,9 +115,13 @@ class World:
 
     def _fill(self, i, ws, now):
         inp = self.core.slot_inputs[i]
-        inp.door_closed = ws.door_closed
-        inp.present = ws.battery is not None
-        inp.locked = ws.locked
+        inp.io_ok = not ws.io_fault
+        if ws.io_fault:  # the board's fail levels: door open, battery present, lock open
+            inp.door_closed, inp.present, inp.locked = False, True, False
+        else:
+            inp.door_closed = ws.door_closed
+            inp.present = ws.battery is not None
+            inp.locked = ws.locked
         if ws.slot_temp_dc is not None:
             inp.temp_dc = ws.slot_temp_dc
         else:

@@ -50,6 +50,7 @@ action = st.one_of(
     st.tuples(st.just("fault"), slot_no, st.sampled_from([0, 0, 2])),
     st.tuples(st.just("bms"), slot_no, st.sampled_from(["ok", "dead", "link"])),
     st.tuples(st.just("jam"), slot_no, st.booleans()),
+    st.tuples(st.just("io"), slot_no, st.sampled_from([False, False, True])),
     st.tuples(st.just("sensor"), slot_no, st.sampled_from([0, 0, 1, 2])),
     st.tuples(st.just("smoke"), st.sampled_from([False, False, True])),
     st.tuples(st.just("estop"), st.sampled_from([False, False, True])),
@@ -100,7 +101,7 @@ def act(rig, a, check):
     kind = a[0]
     w = rig.world
     ws = w.slots[a[1] - 1] if kind in ("open", "close", "insert", "take", "temp", "soc", "fault",
-                                       "bms", "jam", "sensor") else None
+                                       "bms", "jam", "sensor", "io") else None
     if kind == "advance":
         for _ in range(a[1] // rig.tick_ms):
             rig.tick()
@@ -165,6 +166,8 @@ def act(rig, a, check):
         ws.bms_link_fault = a[2] == "link"
     elif kind == "jam":
         ws.jammed = a[2]
+    elif kind == "io":
+        ws.io_fault = a[2]
     elif kind == "sensor":
         ws.sensor = a[2]
     elif kind == "smoke":
@@ -255,6 +258,7 @@ def settle(rig, check):
     for ws in w.slots:
         ws.door_closed = True
         ws.jammed = False
+        ws.io_fault = False
     for _ in range(130_000 // rig.tick_ms):
         rig.tick()
         check(rig)

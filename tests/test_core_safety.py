@@ -336,3 +336,42 @@ def test_ticks_wrap_does_not_stop_charging():
     for _ in range(200):
         rig.tick()
         assert rig.core.charge_ma[0] > 0
+
+
+def test_a_one_tick_glitch_of_the_switches_turns_the_charger_off_but_raises_no_fault():
+    rig = stocked_rig(full=0, half=1)
+    rig.world.slots[0].io_fault = True
+    rig.tick()
+    assert rig.core.charge_ma[0] == 0
+    rig.world.slots[0].io_fault = False
+    rig.run(300)
+    assert rig.core.charge_ma[0] > 0 and not rig.of("Fault")
+
+
+def test_slot_whose_switches_cannot_be_read_is_a_fault_and_nothing_is_concluded_from_them():
+    rig = stocked_rig(full=1, half=1)
+    for n in (2, 9):  # a charging slot and an empty one
+        rig.world.slots[n - 1].io_fault = True
+    rig.run(5000)  # longer than the lock timeout and the identification time
+    for n in (2, 9):
+        st = rig.core.slot_state(n)
+        assert st["state"] == "fault" and st["faults"] == ["slot_io"]
+        assert rig.core.charge_ma[n - 1] == 0 and rig.core.lock_cmd[n - 1] is True
+    assert not rig.of("Quarantined") and not rig.of("DoorForced")
+    assert [e["code"] for e in rig.of("Fault")] == ["slot_io", "slot_io"]
+    for n in (2, 9):
+        rig.world.slots[n - 1].io_fault = False
+    rig.run(500)
+    assert [e["code"] for e in rig.of("FaultCleared")] == ["slot_io", "slot_io"]
+    assert rig.core.slot_state(2)["state"] == "charging"
+    assert rig.core.slot_state(9)["state"] == "empty"
+
+
+def test_losing_the_switches_of_the_session_slot_aborts_the_swap():
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.world.slots[n - 1].io_fault = True
+    rig.run(550)
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault"
+    assert rig.core.lock_cmd[n - 1] is True

@@ -548,10 +548,20 @@ class Board:
         self.can_charger_bank = None  # tukar.cancharger.CanChargers, when a slot has a CAN charger
         self.charge_voltage_mv = [0] * n  # CAN chargers' voltage ceiling per slot; 0 keeps them off
         self._cmd_t = None
+        self.slot_x = []  # per slot: the expanders its inputs come from, to tell when they are unknown
         for i, s in enumerate(cfg["slots"]):
-            self.doors.append(self._input(s["door"], "door"))
-            self.presence.append(self._input(s["presence"], "presence"))
-            self.locks.append(Lock(self._output(s["lock"], 0), self._input(s["lock_feedback"], "lock_feedback")))
+            door = self._input(s["door"], "door")
+            presence = self._input(s["presence"], "presence")
+            feedback = self._input(s["lock_feedback"], "lock_feedback")
+            self.doors.append(door)
+            self.presence.append(presence)
+            self.locks.append(Lock(self._output(s["lock"], 0), feedback))
+            xs = []
+            for inp in (door, presence, feedback):
+                x = getattr(inp, "_x", None)
+                if x is not None and x not in xs:
+                    xs.append(x)
+            self.slot_x.append(xs)
             c = s["charger"]
             en = self._output(c["enable"], 0) if "enable" in c else None
             link = None
@@ -725,6 +735,11 @@ class Board:
             s.door_closed = self.doors[i].value() == 1
             s.present = self.presence[i].value() == 1
             s.locked = self.locks[i].locked()
+            ok = True
+            for x in self.slot_x[i]:
+                if not x.ok:
+                    ok = False
+            s.io_ok = ok
         cabinet.smoke = self.smoke.value() == 1
         cabinet.estop = self.estop.value() == 1
         ntc = self.ntc

@@ -44,6 +44,7 @@ J_CONFIG = 8
 J_MODE = 16
 
 JOURNAL_VERSION = 1
+IO_FAULT_MS = 500  # switches unreadable this long: slot fault `slot_io` (shorter: a glitch)
 _MAX_TEXT = 64
 
 
@@ -244,11 +245,29 @@ class Core:
     def _slot_watch(self, s, now):
         """Per-slot supervision: lock (rule 8), break-in, sensors (rule 5), BMS link, rule 4."""
         inp = s.inp
+        if not inp.io_ok:
+            # The slot's switches are unknown: its charger is off at once (charge_decision) and no
+            # conclusion is drawn from them; lasting longer than a glitch, it is a slot fault.
+            if s.io_bad_since is None:
+                s.io_bad_since = now
+            elif not s.faults & sl.SLOT_IO and wrap_diff(now, s.io_bad_since) >= IO_FAULT_MS:
+                s.faults |= sl.SLOT_IO
+                self._slot_fault_events(s, s.faults ^ sl.SLOT_IO, s.faults)
+                self._session_slot_failed(s, now)  # a session through this slot cannot go on
+            if s.quarantine is None and s.hottest_dc(now, self.lim.fresh_ms) >= cf.QUARANTINE_DC:
+                self._quarantine(s, "overtemp", now)  # the temperatures do not come from the switches
+            return
+        if s.io_bad_since is not None:
+            s.io_bad_since = None
+            s.door_was_closed = inp.door_closed
+            if s.faults & sl.SLOT_IO:
+                s.faults &= ~sl.SLOT_IO
+                self._slot_fault_events(s, s.faults | sl.SLOT_IO, s.faults)
         r = s.supervise_lock(now)
         if r:
             self._slot_fault_events(s, s.faults ^ sl.LOCK_JAM, s.faults)
             if r > 0:
-                self._lock_jammed(s, now)
+                self._session_slot_failed(s, now)
         closed = inp.door_closed
         if s.door_was_closed and not closed and s.lock_cmd and inp.locked and not s.lock_pending:
             s.forced = True
@@ -269,7 +288,8 @@ class Core:
         if s.quarantine is None and s.hottest_dc(now, self.lim.fresh_ms) >= cf.QUARANTINE_DC:
             self._quarantine(s, "overtemp", now)
 
-    def _lock_jammed(self, s, now):
+    def _session_slot_failed(self, s, now):
+        """A slot of the open session can no longer be trusted: end the session."""
         ss = self.session
         if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
             self._abort_session("fault", now)
@@ -476,7 +496,7 @@ class Core:
         return s.n == ss.slot_in
 
     def _slot_step(self, s, now):
-        if self._in_session(s):
+        if self._in_session(s) or not s.inp.io_ok:
             return
         inp = s.inp
         ph = s.phase
@@ -793,17 +813,25 @@ class Core:
                 "reason": s.reason if s.state == sl.PAUSED else None}
 
     def telemetry(self):
-        """Measurements of every occupied slot; the shell adds heap_free, uptime_s and rssi."""
-        slots = []
+        """Measurements of every occupied slot as columns aligned with `slots` (one list per
+        quantity: the keys are written once, not once per slot), rounded to 0.1; null while a
+        battery's BMS cannot be read. The shell adds heap_free, uptime_s and rssi."""
+
+        def tenth(milli):  # 51234 mV -> 51.2; a whole number goes out as an int ("0", not "0.0")
+            q = (milli + 50) // 100
+            return q // 10 if q % 10 == 0 else q / 10
+
+        slots, soc, temp, volt, amps = [], [], [], [], []
         for s in self.slots:
             if s.inp.present:
-                v = s.battery_view() or {}
-                slots.append({"slot": s.n, "soc": v.get("soc"), "temp_c": v.get("temp_c"),
-                              "voltage_v": v.get("voltage_v"), "current_a": v.get("current_a"),
-                              "slot_temp_c": s.inp.temp_dc / 10,
-                              "charger_a": s.charge_ma / 1000,
-                              "energy_wh": s.energy_mwh / 1000})
-        return {"slots": slots, "temp_c": self.cabinet.temp_dc / 10}
+                b = s.inp.bms
+                slots.append(s.n)
+                soc.append(tenth(b.soc_pm * 100) if b.valid else None)
+                temp.append(tenth(b.temp_dc * 100) if b.valid else None)
+                volt.append(tenth(b.voltage_mv) if b.valid else None)
+                amps.append(tenth(b.current_ma) if b.valid else None)
+        return {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
+                "cabinet_temp_c": tenth(self.cabinet.temp_dc * 100)}
 
     # == journal and recovery ==============================================================
     def journal(self):

@@ -82,6 +82,7 @@ class SlotInputs:
         self.locked = True  # lock feedback switch says the bolt is out
         self.temp_dc = 250  # slot sensor, 0.1 degC
         self.sensor = SENSOR_OK
+        self.io_ok = True  # False: the expander carrying this slot's switches did not answer
         self.bms = BmsReading()
 
 

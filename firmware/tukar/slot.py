@@ -44,8 +44,10 @@ SENSOR_OPEN = 2
 SENSOR_SHORT = 4
 TEMP_MISMATCH = 8
 BMS_LINK = 16
-FAULT_CODES = ("lock_jam", "temp_sensor_open", "temp_sensor_short", "temp_mismatch", "bms_link")
-FAULT_SEVERITY = ("error", "error", "error", "warning", "warning")
+SLOT_IO = 32
+FAULT_CODES = ("lock_jam", "temp_sensor_open", "temp_sensor_short", "temp_mismatch", "bms_link",
+               "slot_io")
+FAULT_SEVERITY = ("error", "error", "error", "warning", "warning", "error")
 
 def fault_list(bits):
     out = []
@@ -87,6 +89,7 @@ class Slot:
         self.energy_acc = 0  # sub-mWh remainder in 0.1 W x ms
         self.dispensable = False
         self.ident_t = 0  # when identification began
+        self.io_bad_since: "int | None" = None  # ticks since the slot's switches read
         self.opened = False  # maintenance_open: the door has been opened since the unlock
         # What was last published, to publish on change only.
         self.pub_door: "bool | None" = None
@@ -199,6 +202,8 @@ class Slot:
                 self.full_hold = False
         if emergency:
             self.reason = "emergency"
+        elif not inp.io_ok:
+            self.reason = "slot_io"
         elif self.quarantine is not None:
             self.reason = "quarantine"
         elif self.faults:
@@ -245,7 +250,7 @@ class Slot:
         inp = self.inp
         b = inp.bms
         ok = (self.phase == P_STORED and self.accepted and self.quarantine is None
-              and not self.faults and inp.present and inp.door_closed and self.lock_cmd
+              and not self.faults and inp.io_ok and inp.present and inp.door_closed and self.lock_cmd
               and inp.locked and self.bms_fresh(now, lim.fresh_ms) and not b.faults
               and b.soc_pm >= lim.min_soc_pm
               and b.temp_dc >= cf.HANDLING_MIN_DC and b.temp_dc <= cf.HANDLING_MAX_DC)
@@ -273,7 +278,7 @@ class Slot:
         """An empty slot that a swap may open for the rider's battery."""
         inp = self.inp
         return (self.phase == P_EMPTY and self.quarantine is None and not self.faults
-                and not inp.present and inp.door_closed and self.lock_confirmed())
+                and inp.io_ok and not inp.present and inp.door_closed and self.lock_confirmed())
 
     def battery_view(self):
         """The `battery` object of the slot state (None without a battery)."""
