@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench check clean typings
+.PHONY: test sim bench check clean typings flash deploy
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ sim: $(STAMP)
 ## bench: figures measured under the MicroPython VM (fuel, heap, allocations per tick)
 bench: $(STAMP)
 	$(PY) -m tukar_tools.bench
+
+## flash: erase a board and write a MicroPython image: make flash PORT=/dev/ttyUSB0 FIRMWARE=fw.bin
+flash: $(STAMP)
+	@test -n "$(PORT)" -a -n "$(FIRMWARE)" || { echo "usage: make flash PORT=/dev/ttyUSB0 FIRMWARE=image.bin [FLASH_ARGS=--chip esp32s3]"; exit 2; }
+	$(VENV)/bin/tukar flash --port $(PORT) --firmware $(FIRMWARE) $(FLASH_ARGS)
+
+## deploy: the firmware as .mpy onto a board: make deploy PORT=/dev/ttyUSB0 BOARD=tukar-12-wroom
+deploy: $(STAMP)
+	@test -n "$(PORT)" -a -n "$(BOARD)" || { echo "usage: make deploy PORT=/dev/ttyUSB0 BOARD=tukar-12-wroom [DEPLOY_ARGS=--verbose]"; exit 2; }
+	$(VENV)/bin/tukar deploy --port $(PORT) --board $(BOARD) $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis typings
