@@ -35,6 +35,7 @@ from tukar_tools.shim.i2c_chips import BatteryState, SmartBattery  # noqa: E402
 BOARDS = ROOT / "boards"
 PROFILES = ROOT / "firmware" / "profiles"
 TICK_MS = 50
+SYNC_MS = 100  # the BMS models take the packs' values this often (the fastest BMS frame period)
 
 
 def board_path(name):
@@ -80,6 +81,7 @@ class Pack:
         self.cycles = cycles
         self.current_ma = 0
         self.model = None
+        self.synced = None  # when its BMS model last took the pack's values
 
     @property
     def capacity_mah(self):
@@ -113,8 +115,14 @@ class Pack:
                 "faults": list(self.faults)}
 
 
+_NAMES = {}
+
+
 def _can_names(profile_data):
-    """field -> signal name and fault -> signal name of a CAN profile."""
+    """field -> signal name and fault -> signal name of a CAN profile (worked out once)."""
+    cached = _NAMES.get(profile_data["name"])
+    if cached is not None:
+        return cached
     fields, faults = {}, {}
     for f in profile_data["can"]["frames"]:
         for sig in f.get("signals", []):
@@ -122,6 +130,7 @@ def _can_names(profile_data):
                 fields.setdefault(sig["field"], sig["name"])
             if "fault" in sig:
                 faults[sig["fault"]] = sig["name"]
+    _NAMES[profile_data["name"]] = (fields, faults)
     return fields, faults
 
 
@@ -258,7 +267,9 @@ class Physical:
             if pack is not None:
                 if dt > 0:
                     pack.physics(self.charger_ma(i), dt, self.cabinet_c)
-                sync(pack)
+                if pack.synced is None or now - pack.synced >= SYNC_MS or now < pack.synced:
+                    pack.synced = now
+                    sync(pack)
                 if self.slot_c[i] is None:
                     self._sensor(i, pack.temp_c)
             elif self.slot_c[i] is None:

@@ -24,7 +24,7 @@ from tukar.cycle import ControlCycle  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
-PHYSICS_MS = 20  # the world moves every 20 ms of simulated time
+PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels in 300)
 WORLD_PUBLISH_MS = 2000  # physics-only changes of sim/world; actions publish at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
 DEFAULT_STATE_DIR = ".tukar-sim"

@@ -49,8 +49,19 @@ def _addr(v):
     return int(v, 16) if isinstance(v, str) else v
 
 
+_REFS = {}
+
+
 def _ref(v):
-    """Board-file pin reference -> (kind, a, b, invert)."""
+    """Board-file pin reference -> (kind, a, b, invert), parsed once per reference."""
+    key = v if isinstance(v, (str, int)) else (v["pin"], v.get("invert", False))
+    r = _REFS.get(key)
+    if r is None:
+        r = _REFS[key] = _parse_ref(v)
+    return r
+
+
+def _parse_ref(v):
     inv = False
     if isinstance(v, dict):
         inv = v.get("invert", False)

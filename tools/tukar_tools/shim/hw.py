@@ -349,6 +349,26 @@ class SPIBusModel:
                 v &= dev.spi_exchange(byte) & 0xFF
         return v
 
+    def transfer(self, src):
+        """A whole transfer (full duplex): the bytes MISO returns for the bytes in `src`. The
+        selected devices are found once per transfer rather than once per byte."""
+        n = len(src)
+        devs = [dev for _cs, dev, sel in self._devices
+                if sel and not _fault_active(dev, "absent")]
+        self.stats.bytes += n
+        if not devs:
+            return bytes(b"\xff" * n)
+        if len(devs) == 1:
+            ex = devs[0].spi_exchange
+            return bytes(ex(b) & 0xFF for b in src)
+        out = bytearray(n)
+        for i in range(n):
+            v = 0xFF
+            for dev in devs:
+                v &= dev.spi_exchange(src[i]) & 0xFF
+            out[i] = v
+        return bytes(out)
+
 
 class WdtModel:
     """The task watchdog as machine.WDT leaves it; the simulator judges starvation."""

@@ -240,21 +240,17 @@ class SPI:
 
     def readinto(self, buf, write=0x00):
         self._check()
-        for i in range(len(buf)):
-            buf[i] = self._bus.exchange(write)
+        buf[:] = self._bus.transfer(bytes((write,)) * len(buf))
 
     def write(self, buf):
         self._check()
-        for b in bytes(buf):
-            self._bus.exchange(b)
+        self._bus.transfer(bytes(buf))
 
     def write_readinto(self, write_buf, read_buf):
         if len(write_buf) != len(read_buf):
             raise ValueError("buffers must be the same length")
         self._check()
-        src = bytes(write_buf)
-        for i in range(len(src)):
-            read_buf[i] = self._bus.exchange(src[i])
+        read_buf[:] = self._bus.transfer(bytes(write_buf))
 
 
 class SoftSPI(SPI):
