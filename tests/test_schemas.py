@@ -47,9 +47,9 @@ BODY = '{"req_id":"r-9","ts":1764300000,"cmd":"start_swap","id_token":"rider-77"
 INFO = {"id": "cab-1", "fw": "0.1.0", "board": "esp32-devkit", "slots": 12,
         "profiles": ["ref48v"], "bdseq": 3, "boot": {"reason": "power_on", "count": 7},
         "time_synced": True}
-TELEMETRY = {"ts": 1764300000, "seq": 4, "heap_free": 61000, "uptime_s": 3600, "rssi": -67,
-             "slots": [{"slot": 3, "serial": "B-0042", "soc": 63.5, "temp_c": 29.5,
-                        "voltage_v": 51.2, "current_a": 8.1}]}
+TELEMETRY = {"seq": 4, "heap_free": 61000, "uptime_s": 3600, "rssi": -67, "tick_lag_ms": 3,
+             "slots": [3, 4], "soc": [63.5, None], "temp_c": [29.5, None],
+             "voltage_v": [51.2, None], "current_a": [8.1, None], "cabinet_temp_c": 31.2}
 WORLD = {"slots": [{"slot": 1, "door": "closed", "lock": "locked", "charger_on": True,
                     "battery": {"serial": "B-1", "soc": 80, "soh": 95, "temp_c": 25}},
                    {"slot": 2, "door": "open", "lock": "unlocked", "battery": None,
@@ -283,6 +283,29 @@ def test_slot_state_on_another_slots_topic_fails():
     ("telemetry", TELEMETRY)])
 def test_missing_seq_fails(topic, payload):
     fails(topic, {k: v for k, v in payload.items() if k != "seq"})
+
+
+@pytest.mark.parametrize("column", ["soc", "temp_c", "voltage_v", "current_a"])
+def test_telemetry_column_shorter_than_its_slots_fails(column):
+    fails("telemetry", dict(TELEMETRY, **{column: TELEMETRY[column][:1]}))
+
+
+@pytest.mark.parametrize("column", ["soc", "temp_c", "voltage_v", "current_a"])
+def test_telemetry_without_a_measurement_the_reporting_duties_need_fails(column):
+    fails("telemetry", {k: v for k, v in TELEMETRY.items() if k != column})
+
+
+@pytest.mark.parametrize("field", ["heap_free", "uptime_s", "rssi"])
+def test_telemetry_without_a_health_field_of_the_contract_fails(field):
+    fails("telemetry", {k: v for k, v in TELEMETRY.items() if k != field})
+
+
+def test_telemetry_soc_over_100_fails():
+    fails("telemetry", dict(TELEMETRY, soc=[100.1, None]))
+
+
+def test_telemetry_one_object_per_slot_is_not_the_layout():
+    fails("telemetry", dict(TELEMETRY, slots=[{"slot": 3, "soc": 63.5}]))
 
 
 def test_seq_over_255_fails():

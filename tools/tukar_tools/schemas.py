@@ -26,6 +26,9 @@ _TOPICS = (
     (re.compile(r"(?:^|/)cmd$"), "cmd-envelope.json"),
 )
 
+# telemetry's per-slot columns: each has one entry per entry of its `slots`
+TELEMETRY_COLUMNS = ("soc", "temp_c", "voltage_v", "current_a")
+
 _cache: dict = {}
 
 
@@ -62,7 +65,8 @@ def validate(topic_suffix: str, payload: Any) -> None:
     """Raise jsonschema.ValidationError (or ValueError) unless payload fits the topic's schema.
 
     payload: a dict (or `online`/`offline` for status); bytes or str JSON are parsed first.
-    The slot in slot/N/state must equal N; a command's body is checked inside its envelope.
+    The slot in slot/N/state must equal N; telemetry's columns must each be as long as its
+    `slots`; a command's body is checked inside its envelope.
     """
     name, m = schema_for(topic_suffix)
     data: Any = payload
@@ -76,6 +80,12 @@ def validate(topic_suffix: str, payload: Any) -> None:
     doc = cast(dict, data)
     if name == "slot-state.json" and doc["slot"] != int(m.group(1)):
         raise ValueError("slot %r published on the topic of slot %s" % (doc["slot"], m.group(1)))
+    if name == "telemetry.json":
+        n = len(doc["slots"])
+        for col in TELEMETRY_COLUMNS:
+            if len(doc[col]) != n:
+                raise ValueError("telemetry column %s has %d entries for %d slots"
+                                 % (col, len(doc[col]), n))
     if name == "cmd-envelope.json":
         validator("cmd-body.json").validate(json.loads(doc["body"]))
 
