@@ -189,7 +189,8 @@ class Link:
         self.client_class = client_class
         self.outbox = outbox
         self.info = info
-        self.keepalive_s = cfg.get("keepalive_s") or 30
+        # 60 s: a ping every 30 s keeps a cellular NAT mapping open; a dead link seen in 90 s
+        self.keepalive_s = cfg.get("keepalive_s") or 60
         self.io_timeout_s = cfg.get("io_timeout_s") or 10
         self.clock = clock if clock is not None else RealClock()
         self.backoff = Backoff(cfg.get("backoff_base_ms") or BACKOFF_BASE_MS,

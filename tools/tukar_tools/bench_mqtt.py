@@ -24,6 +24,11 @@ from umqtt.simple import MQTTClient  # noqa: E402  (the host shim)
 KEY = bytes(range(32))
 TICK_MS = 50
 DAY_S = 86400
+# Each MQTT packet rides in at least one TCP segment (IPv4 20 + TCP 20 bytes of headers) and,
+# under TLS 1.2 with AES-GCM, one record (5 header + 8 nonce + 16 tag): an estimate, before TCP's
+# own acknowledgements, retransmissions and the cellular bearer's overhead.
+TCP_IP_BYTES = 40
+TLS_RECORD_BYTES = 29
 
 
 class CountingBroker:
@@ -36,11 +41,13 @@ class CountingBroker:
         self.outbuf = bytearray()  # cabinet -> broker, not yet a whole packet
         self.bytes = {}  # category -> bytes (both directions)
         self.packets = 0
+        self.packets_by = {}  # category -> packets (both directions)
         self.blocking = True
 
     def count(self, cat, n):
         self.bytes[cat] = self.bytes.get(cat, 0) + n
         self.packets += 1
+        self.packets_by[cat] = self.packets_by.get(cat, 0) + 1
 
     def total(self, cats=None):
         return sum(v for k, v in self.bytes.items() if cats is None or k in cats)
@@ -166,7 +173,8 @@ class Cabinet:
         self.rig = stocked_rig(slots=slots, full=slots // 2, half=slots - slots // 2 - 1)
         self.broker = CountingBroker("tukar/cab-1/")
         self.clock = SimClock()
-        self.link = Link({"id": "cab-1", "host": "sim", "port": 1883, "keepalive_s": 30},
+        # keepalive_s left out: the firmware's default is what a cabinet uses
+        self.link = Link({"id": "cab-1", "host": "sim", "port": 1883},
                          counting_client(self.broker), Outbox(), self._info, 0, clock=self.clock)
         self.gate = Gate(KEY)
         self.period_ms = self.rig.core.cfg.get("telemetry_period_s", 60) * 1000
@@ -200,10 +208,7 @@ class Cabinet:
             link.post_ack(ack)
         if rig.now >= self.next_telemetry:
             self.next_telemetry += self.period_ms
-            t = core.telemetry()
-            t.update({"ts": 1764300000 + rig.now // 1000, "up_ms": core.up_ms(),
-                      "heap_free": 61234, "uptime_s": core.up_ms() // 1000, "rssi": -67})
-            link.post_telemetry(t)
+            link.post_telemetry(app_telemetry(core))
         link.step()
         link.step()
 
@@ -216,6 +221,15 @@ class Cabinet:
         self.broker.deliver(b"tukar/cab-1/cmd", sign(command(cmd, req_id, ts=0, **args), KEY))
 
 
+def app_telemetry(core):
+    """What App.telemetry publishes: the core's measurements plus cabinet health, with the
+    widest values a device reports (6-digit heap, 3-digit signal, a 4-digit tick lag)."""
+    t = core.telemetry()
+    t.update({"heap_free": 61234, "uptime_s": core.up_ms() // 1000, "rssi": -67,
+              "tick_lag_ms": 1234})
+    return t
+
+
 def naive_day(cab):
     """Every value every 10 s: the cabinet state, 12 slot states (retained, QoS 1) and the
     telemetry (QoS 0) republished as they are, no coalescing, no change detection."""
@@ -225,9 +239,7 @@ def naive_day(cab):
     docs = [("tukar/cab-1/state", core.cabinet_state(), 1)]
     docs += [("tukar/cab-1/slot/%d/state" % n, core.slot_state(n), 1)
              for n in range(1, core.n_slots + 1)]
-    t = core.telemetry()
-    t.update({"ts": 1764300000, "up_ms": 1, "heap_free": 61234, "uptime_s": 1, "rssi": -67})
-    docs.append(("tukar/cab-1/telemetry", t, 0))
+    docs.append(("tukar/cab-1/telemetry", app_telemetry(core), 0))
     for topic, doc, qos in docs:
         payload = dumps(dict(doc, seq=1)).encode()  # the same compact JSON as the link
         var = 2 + len(topic) + (2 if qos else 0)
@@ -242,11 +254,16 @@ def measure(hours):
     cab.run(5000)  # connect, birth, settle
     born = cab.broker.total()
     b0 = dict(cab.broker.bytes)
+    p0, pings0 = cab.broker.packets, cab.broker.packets_by.get("ping", 0)
     sim_ms = int(hours * 3600 * 1000)
     cab.run(sim_ms)
     steady = cab.broker.total() - born
     per_day = steady * DAY_S * 1000 // sim_ms
     by_cat = {k: (v - b0.get(k, 0)) * DAY_S * 1000 // sim_ms for k, v in cab.broker.bytes.items()}
+    packets = (cab.broker.packets - p0) * DAY_S * 1000 // sim_ms
+    pings = (cab.broker.packets_by.get("ping", 0) - pings0) * DAY_S * 1000 // sim_ms
+    telemetry_bytes = cab.broker.bytes.get("telemetry", 0) - b0.get("telemetry", 0)
+    telemetry_msgs = cab.broker.packets_by.get("telemetry", 0)
 
     swap_cats = ("event", "ack", "cmd", "state", "slot/N/state")
     before = cab.broker.total(swap_cats)
@@ -264,7 +281,12 @@ def measure(hours):
     world.close_door(n)
     cab.run(3000)
     per_swap = cab.broker.total(swap_cats) - before
-    return {"telemetry_bytes": by_cat.get("telemetry", 0) * 60 // DAY_S,"per_day": per_day, "per_swap": per_swap, "naive_per_day": naive_day(cab),
+    framing = packets * (TCP_IP_BYTES + TLS_RECORD_BYTES)
+    return {"telemetry_bytes": telemetry_bytes * 1000 * cab.period_ms // sim_ms // 1000,
+            "telemetry_period_s": cab.period_ms // 1000, "telemetry_messages": telemetry_msgs,
+            "per_day": per_day, "per_swap": per_swap, "naive_per_day": naive_day(cab),
+            "packets_per_day": packets, "ping_packets_per_day": pings,
+            "framing_per_day": framing, "keepalive_s": cab.link.keepalive_s,
             "by_category_per_day": by_cat, "birth": born, "hours": hours,
             "slots": core.n_slots, "occupied": sum(1 for s in core.slots if s.inp.present)}
 
@@ -283,10 +305,17 @@ def main(argv=None):
     print("  this link: %8d bytes/day   (%s)" % (r["per_day"], ", ".join(
         "%s %d" % kv for kv in sorted(r["by_category_per_day"].items(), key=lambda x: -x[1]))))
     print("  naive:     %8d bytes/day   (every value every 10 s)" % r["naive_per_day"])
-    print("  telemetry: %8d bytes each, every 60 s" % r["telemetry_bytes"])
+    print("  telemetry: %8d bytes each, every %d s" % (r["telemetry_bytes"],
+                                                         r["telemetry_period_s"]))
     print("  ratio:     %8.1f x" % (r["naive_per_day"] / max(1, r["per_day"])))
     print("  one swap:  %8d bytes        (command, acks, events, state changes)" % r["per_swap"])
-    print("  birth:     %8d bytes        (connect, subscribe, info, status, 13 states)" % r["birth"])
+    print("  birth:     %8d bytes        (connect, subscribe, info, status, 13 states, telemetry)"
+          % r["birth"])
+    print("  packets:   %8d per day      (%d of them pings and replies, keepalive %d s)" % (
+        r["packets_per_day"], r["ping_packets_per_day"], r["keepalive_s"]))
+    print("  framing:   %8d bytes/day   (estimate: %d bytes TCP/IPv4 + %d bytes TLS record per "
+          "packet; total with MQTT %d)" % (r["framing_per_day"], TCP_IP_BYTES, TLS_RECORD_BYTES,
+                                           r["per_day"] + r["framing_per_day"]))
     return 0
 
 
