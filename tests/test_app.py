@@ -192,3 +192,25 @@ def test_events_survive_a_restart_from_the_persisted_outbox(tmp_path, clock):
     _, app2 = build(tmp_path, phys)
     assert [e["id"] for e in app2.outbox.snapshot()][:len(ids)] == ids
     assert app2.core.boot == 2
+
+
+def test_a_flash_that_cannot_be_written_is_a_cabinet_fault_until_it_writes_again(tmp_path, clock):
+    phys, app = build(tmp_path)
+
+    def broken(*a, **k):
+        raise OSError(5, "EIO")
+
+    def flash(now):
+        t0 = flash.__dict__.setdefault("t0", now)
+        if now - t0 < 1000:
+            app.store._open = broken
+        else:
+            app.store._open = open
+        if now - t0 == 0:
+            app.core.jdirty |= 1  # something to persist while the flash is broken
+    asyncio.run(run_for(app, phys, 3000, during=flash))
+    codes = [(e["type"], e["code"]) for e in app.outbox.snapshot()
+             if e["type"] in ("Fault", "FaultCleared") and e["slot"] is None]
+    assert codes == [("Fault", "flash_write"), ("FaultCleared", "flash_write")]
+    saved = json.loads((tmp_path / "flash" / "state.json").read_text())
+    assert saved["journal"]["counters"]["event"] == app.core.event_n

@@ -66,3 +66,9 @@ def test_flash_fault_keeps_the_value_pending_and_retries(tmp_path):
     s._open = open
     s.flush(10)
     assert json.loads((tmp_path / "k.json").read_text()) == {"v": 1}
+
+
+def test_a_root_whose_parents_do_not_exist_yet_is_created(tmp_path):
+    s = Store(str(tmp_path / "sim" / "cab-1"))
+    assert s.save("state", {"v": 1}, 0)
+    assert Store(str(tmp_path / "sim" / "cab-1")).load("state") == {"v": 1}

@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 from tukar import FW_VERSION
-from tukar.clock import asleep_ms, sleep_ms, ticks_ms, wrap_add, wrap_diff
+from tukar.clock import asleep_ms, seconds, sleep_ms, ticks_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
@@ -20,6 +20,7 @@ SUPERVISE_MS = 1000
 WDT_TIMEOUT_MS = 5000
 CRASHES_BEFORE_RESET = 3
 ACK_ONLY_PERSIST_MS = 5000
+PERSIST_IDLE_MS = 500  # the persist task shows progress at least this often
 LAG_BUCKETS_MS = (5, 20, 50, 100, 0)  # tick lateness histogram: < 5, < 20, < 50, < 100, more  # outbox removals after PUBACK are persisted at most this often
 
 
@@ -70,6 +71,7 @@ class App:
         self.stopping = None
         self.persist_now = asyncio.Event()
         self.last_persist = 0
+        self.flash_ok = True
         self.tick_lag_ms = 0  # worst lateness of a control tick, for the operator
         self.lag_hist = [0] * len(LAG_BUCKETS_MS)  # ticks late by less than each bound (the last: more)
         self.ticks = 0
@@ -160,18 +162,30 @@ class App:
         core.jdirty = 0
         self.outbox.dirty = False
         self.last_persist = now
+        errors = self.store.errors
         self.store.save("state", state, now)
+        self._flash_health(self.store.errors == errors)
         return True
+
+    def _flash_health(self, ok):
+        """A failing flash is a cabinet fault (state may not survive a power cut) until it writes."""
+        if ok == self.flash_ok:
+            return
+        self.flash_ok = ok
+        self.core.report_fault("flash_write", "error", cleared=ok)
 
     async def persister(self):
         while self.stopping is None:
             try:
-                await asyncio.wait_for(self.persist_now.wait(), 1)
+                await asyncio.wait_for(self.persist_now.wait(), seconds(PERSIST_IDLE_MS))
             except asyncio.TimeoutError:
                 pass
             self.persist_now.clear()
             self.persist(ticks_ms())
-            self.store.flush(ticks_ms())
+            if self.store.pending:
+                errors = self.store.errors
+                self.store.flush(ticks_ms())
+                self._flash_health(self.store.errors == errors and not self.store.pending)
             self.progress["persist"] = self.progress.get("persist", 0) + 1
 
     # -- CAN reception ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ _HALF = TICKS_PERIOD >> 1
 try:
     from time import ticks_ms, ticks_diff, ticks_add, sleep_ms  # type: ignore[attr-defined]
 except ImportError:  # CPython: host shim
-    from hosttime import ticks_ms, sleep_ms, asleep_ms  # type: ignore[import-not-found]
+    from hosttime import ticks_ms, sleep_ms, asleep_ms, seconds  # type: ignore[import-not-found]
 
     def ticks_diff(a, b):
         """a - b in ms, correct across the wrap while |a - b| < 2**29."""
@@ -21,6 +21,10 @@ else:
         """Awaitable sleep in ms (the simulator scales it with its speed)."""
         import asyncio
         return asyncio.sleep_ms(ms)  # type: ignore[attr-defined]
+
+    def seconds(ms):
+        """A duration for asyncio.wait_for (the simulator scales it with its speed)."""
+        return ms / 1000
 
 
 def wrap_diff(a, b):

@@ -156,9 +156,10 @@ class Core:
                            {"slot": s.n, "code": sl.FAULT_CODES[i],
                             "severity": sl.FAULT_SEVERITY[i]})
 
-    def report_fault(self, code, severity):
-        """A cabinet-level fault found by the shell (a task that crashed, a bus that failed)."""
-        self._emit("Fault", {"slot": None, "code": code, "severity": severity})
+    def report_fault(self, code, severity, cleared=False):
+        """A cabinet-level fault found by the shell (a task that crashed, flash that fails)."""
+        self._emit("FaultCleared" if cleared else "Fault",
+                   {"slot": None, "code": code, "severity": severity})
 
     # == the control tick ==================================================================
     def tick(self, now, wall=None):

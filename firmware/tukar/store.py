@@ -19,10 +19,14 @@ class Store:
         self.errors = 0
         self.last_error = None
         self._open = open  # the simulator swaps this to inject a flash fault
-        try:
-            os.mkdir(root)
-        except OSError:
-            pass  # exists
+        path = ""
+        for part in root.split("/"):
+            path = path + "/" + part if path or root.startswith("/") else part
+            if part:
+                try:
+                    os.mkdir(path)
+                except OSError:
+                    pass  # exists
 
     def _path(self, key):
         return self.root + "/" + key + ".json"

@@ -64,6 +64,7 @@ class SimCabinet:
         self.phys = Physical(self.board_name, lock_travel_ms=300, slots=slots)
         self.n = self.phys.n
         self.state_dir = os.path.join(state_dir, cid)
+        os.makedirs(self.state_dir, exist_ok=True)
         self.net = NetworkFault()
         self.app = None
         self.app_task = None

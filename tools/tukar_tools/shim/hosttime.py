@@ -59,6 +59,11 @@ def asleep_ms(ms):
     return asyncio.sleep(ms / 1000 / _clock.speed)
 
 
+def seconds(ms):
+    """Real seconds that `ms` simulated milliseconds take (for asyncio.wait_for)."""
+    return ms / 1000 / _clock.speed
+
+
 def wall_s():
     """Unix time as the simulated device sees it (its clock counts as synced)."""
     c = _clock
