@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from brokers import on_ci, require
 
 from tukar_tools import broker, schemas
 from tukar_tools.cmdline import SIM_KEY_HEX
@@ -23,6 +24,8 @@ SPEED = 2.0
 
 @pytest.fixture(scope="module")
 def mqtt_broker():
+    if on_ci():
+        require("mosquitto")  # CI runs the end-to-end tests on Mosquitto or fails
     b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.Amqtt().start()
     yield b
     b.stop()
@@ -55,11 +58,72 @@ def sim(mqtt_broker, tmp_path, request):
         runner.step({"do": "expect_status", "value": "online", "within_s": 30})
         runner.step({"do": "expect_state", "match": {"ready": {"$gte": 2}, "session": None},
                      "within_s": 30})
+        telemetry_every_10_s(runner)
         yield runner
     finally:
         runner.obs.close()
         err = stop_sim(proc)
         assert "Traceback" not in err, err
+
+
+def boot_count(event):
+    return int(event["id"].rsplit("-", 2)[1])  # ids are C-<boot count>-<counter>
+
+
+def telemetry_every_10_s(r):
+    """set_config telemetry_period_s=10, so a test sees telemetry (and validates it) in seconds,
+    not after the default 60. The running telemetry task is already asleep for the old period, so
+    the new one applies from the next boot: a power cycle, once the config is persisted."""
+    r.step({"do": "cmd", "cmd": "set_config", "args": {"telemetry_period_s": 10}})
+    time.sleep(1 / SPEED)
+    r.step({"do": "world", "action": "power_cycle"})
+    r.wait_for(lambda: next((e for e in r.obs.events if e["type"] == "Boot"
+                             and boot_count(e) >= 2), None), 30, "Boot after the power cycle")
+    r.cursor = len(r.obs.events)  # the tests' expectations start after this boot
+    r.step({"do": "expect_status", "value": "online", "within_s": 30})
+    r.step({"do": "expect_state", "match": {"ready": {"$gte": 2}, "session": None},
+            "within_s": 30})
+
+
+NOT_RETAINED = ("event", "telemetry", "ack", "sim/ack")
+SENT_BY_THE_TEST = ("cmd", "sim/cmd")
+CABINET_TOPICS = {"status", "info", "state", "slot/N/state", "event", "ack", "sim/world",
+                  "sim/ack"}
+
+
+def every_payload_valid(obs, kinds=CABINET_TOPICS):
+    """Every message the cabinet and the simulator published, as the observer saw it, validates
+    against its topic's schema; the non-retained ones were not retained; every topic in `kinds`
+    was seen. Returns the payloads by kind."""
+    seen = {}
+    for topic, payload, retained in list(obs.records):
+        kind = topic[len(obs.base):]
+        kind = "slot/N/state" if kind.startswith("slot/") else kind
+        if kind in SENT_BY_THE_TEST:
+            continue
+        errors = schemas.errors(topic, payload)
+        assert errors == [], (topic, payload, errors)
+        if kind in NOT_RETAINED:
+            assert not retained, (topic, payload)
+        seen.setdefault(kind, []).append(json.loads(payload) if kind != "status" else payload)
+    assert set(kinds) <= set(seen), (sorted(kinds), sorted(seen))
+    return seen
+
+
+def telemetry_valid(r):
+    """Wait for telemetry (every 10 s after telemetry_every_10_s), then validate everything seen."""
+    r.wait_for(lambda: any(t.endswith("/telemetry") for t, _, _ in list(r.obs.records)) or None,
+               30, "telemetry")
+    seen = every_payload_valid(r.obs, CABINET_TOPICS | {"telemetry"})
+    for t in seen["telemetry"]:
+        assert t["slots"] == sorted(t["slots"]) and len(t["slots"]) <= 12
+        assert all(len(t[c]) == len(t["slots"]) for c in ("soc", "temp_c", "voltage_v",
+                                                          "current_a"))
+        assert 2 <= len(t["slots"])  # --fill 6: at least the dispensable batteries are in
+    ups = [t["uptime_s"] for t in seen["telemetry"]]
+    for a, b in zip(ups, ups[1:]):
+        assert b < a or 9 <= b - a <= 11, ups  # every 10 s, or a new boot
+    return seen
 
 
 def swap_until(r, phase):
@@ -129,6 +193,7 @@ def test_a_swap_through_mqtt_agrees_with_the_world(sim):
     for topic, payload in [("state", sim.obs.state)] + [
             ("slot/%d/state" % n, s) for n, s in sim.obs.slots.items()]:
         schemas.validate(topic, payload)
+    telemetry_valid(sim)
 
 
 @pytest.mark.parametrize("phase", ["awaiting_battery", "identifying", "dispensing", "taken"])
@@ -156,10 +221,14 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     else:
         assert ends[0]["type"] == "SwapAborted" and ends[0]["reason"] == "power_loss"
     consistent(sim)
+    telemetry_valid(sim)
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_shipped_scenario_passes(path, mqtt_broker, tmp_path):
+    sc = json.loads(path.read_text())
+    obs = Observer("127.0.0.1", mqtt_broker.port, "sc-" + path.stem.replace("_", "-"),
+                   sc.get("cabinet") or "sim-1")
     r = subprocess.run([sys.executable, "-m", "tukar_tools.cli", "sim", "--broker",
                         "127.0.0.1:%d" % mqtt_broker.port, "--scenario", str(path),
                         "--prefix", "sc-" + path.stem.replace("_", "-"),
@@ -167,9 +236,13 @@ def test_shipped_scenario_passes(path, mqtt_broker, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stderr
+    time.sleep(0.5)  # the last messages on their way to the observer
+    obs.close()
+    every_payload_valid(obs, {"status", "info", "state", "slot/N/state", "event"})
 
 
 def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):
+    obs = Observer("127.0.0.1", mqtt_broker.port, "sc-bad", "sim-1")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "impossible", "steps": [
         {"do": "expect_state", "match": {"mode": "maintenance"}, "within_s": 2}]}))
@@ -179,6 +252,9 @@ def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "FAIL step 1" in r.stderr
+    time.sleep(0.5)
+    obs.close()
+    every_payload_valid(obs, {"status", "info", "state", "slot/N/state"})
 
 
 def test_tukar_world_drives_the_world_and_reports_refusals(sim, capsys):

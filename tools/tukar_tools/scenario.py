@@ -73,7 +73,8 @@ def dig(d, path):
 
 
 class Observer:
-    """Everything a cabinet publishes, kept for expectations."""
+    """Everything a cabinet publishes, kept for expectations; `records` holds every message seen
+    under the cabinet's topics, in arrival order, as (topic, payload bytes, retained)."""
 
     def __init__(self, host, port, prefix, cabinet):
         self.base = "%s/%s/" % (prefix, cabinet)
@@ -85,11 +86,14 @@ class Observer:
         self.status = None
         self.acks = {}
         self.sim_acks = []
+        self.records = []
         self.client = mqttc.Client(host, port, name="tukar-scenario",
                                    subscriptions=[self.base + "#"])
         self.client.on_message = self._on
 
     def _on(self, topic, payload, retained):
+        if topic.startswith(self.base):  # amqtt delivers retained messages that match no filter
+            self.records.append((topic, bytes(payload), bool(retained)))
         kind = topic[len(self.base):]
         if kind == "status":
             self.status = payload.decode("utf-8", "replace")
