@@ -1,93 +1,39 @@
 # Brokers for the link tests: a real Mosquitto and an amqtt broker, each a subprocess on a free
-# loopback port that a test may stop and start again (same port); a silent server that accepts TCP
-# and never answers; and a watcher (paho) that records what a back end would see.
-import getpass
+# loopback port that a test may stop and start again (same port), started by the tools' own
+# tools/tukar_tools/broker.py; a silent server that accepts TCP and never answers; and a watcher
+# (paho) that records what a back end would see.
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                          if os.path.exists("/usr/sbin/mosquitto") else None)
-AMQTT = os.path.join(os.path.dirname(sys.executable), "amqtt")
+from tukar_tools import broker as loopback
+
+MOSQUITTO = loopback.mosquitto_path()
+AMQTT = loopback.amqtt_path()
 BROKERS = ("mosquitto", "amqtt")
+free_port = loopback.free_port
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def Broker(kind, workdir, extra=""):
+    """One broker process (tools/tukar_tools/broker.py), not started yet: start() returns once its
+    port accepts connections; stop() and start() again keep the port; config and log in workdir."""
+    cls = loopback.Mosquitto if kind == "mosquitto" else loopback.AmqttProcess
+    return cls(workdir=workdir, extra=extra)
 
 
-def _port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-class Broker:
-    """One broker process; start() returns once its port accepts connections."""
-
-    def __init__(self, kind, workdir, extra=""):
-        self.kind = kind
-        self.extra = extra  # more Mosquitto config lines (TLS)
-        self.workdir = str(workdir)
-        self.port = free_port()
-        self.proc = None
-
-    def _command(self):
-        if self.kind == "mosquitto":
-            conf = os.path.join(self.workdir, "mosquitto.conf")
-            with open(conf, "w") as f:
-                # run as root, Mosquitto would switch to its own user and lose the test's files
-                f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "user %s\n%s" % (self.port, getpass.getuser(), self.extra))
-            return [MOSQUITTO, "-c", conf]
-        conf = os.path.join(self.workdir, "amqtt.yaml")
-        with open(conf, "w") as f:
-            f.write("listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:%d\n"
-                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                    "    allow_anonymous: true\n" % self.port)
-        return [AMQTT, "-c", conf]
-
-    def start(self, timeout=15):
-        log = open(os.path.join(self.workdir, self.kind + ".log"), "ab")
-        self.proc = subprocess.Popen(self._command(), stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with %s" % (self.kind, self.proc.returncode))
-            if _port_open(self.port):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("%s did not open port %d" % (self.kind, self.port))
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+def on_ci():
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def require(kind):
     if kind == "mosquitto" and MOSQUITTO is None:
-        if os.environ.get("CI"):
+        if on_ci():
             pytest.fail("mosquitto is missing on CI (.ci/run installs it)")
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
-    if kind == "amqtt" and not os.path.exists(AMQTT):
+    if kind == "amqtt" and AMQTT is None:
         pytest.skip("amqtt not installed in this environment")
 
 

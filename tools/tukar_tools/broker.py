@@ -1,11 +1,14 @@
-"""MQTT brokers the host tools start on loopback: Mosquitto when it is installed (preferred: amqtt
-mis-delivers retained messages to wildcard subscribers), else an embedded amqtt broker running on
-its own thread. Both listen on 127.0.0.1 only."""
+"""MQTT brokers the host tools and the tests start on loopback: Mosquitto when it is installed
+(preferred: amqtt mis-delivers retained messages to wildcard subscribers), else amqtt, embedded on
+a thread or as its own process. All listen on 127.0.0.1 only, on a free port that a stop and a
+start again keep."""
 import asyncio
+import getpass
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,41 +40,95 @@ def mosquitto_path():
     return shutil.which("mosquitto")
 
 
-class Mosquitto:
-    kind = "mosquitto"
+def amqtt_path():
+    """The amqtt broker's script next to this Python, if installed."""
+    p = os.path.join(os.path.dirname(sys.executable), "amqtt")
+    return p if os.path.exists(p) else shutil.which("amqtt")
 
-    def __init__(self, port=None):
+
+class _Process:
+    """A broker in its own process on a fixed loopback port: stop() and start() again keep the
+    port (a test can cut the broker and bring it back). `workdir` holds its config and log (a
+    temporary directory, removed on stop, when none is given)."""
+    kind = "broker"
+
+    def __init__(self, port=None, workdir=None, extra=""):
         self.port = port or free_port()
+        self.workdir = str(workdir) if workdir is not None else None
+        self.extra = extra  # more config lines (Mosquitto: a TLS listener)
         self.proc = None
         self.dir = None
 
-    def start(self):
-        path = mosquitto_path()
-        if path is None:
-            raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
-        self.dir = tempfile.mkdtemp(prefix="tukar-mosq-")
-        conf = os.path.join(self.dir, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
-        self.proc = subprocess.Popen([path, "-c", conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        if not wait_port(self.port):
-            self.stop()
-            raise RuntimeError("mosquitto did not start on port %d" % self.port)
-        return self
+    def _command(self, d):
+        raise NotImplementedError
+
+    def start(self, timeout=15.0):
+        if self.proc is not None:
+            return self
+        d = self.workdir
+        if d is None:
+            d = self.dir = tempfile.mkdtemp(prefix="tukar-%s-" % self.kind)
+        cmd = self._command(d)
+        with open(os.path.join(d, self.kind + ".log"), "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError("%s exited with %s (log: %s)" % (self.kind, code, d))
+            if wait_port(self.port, 0.05):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("%s did not open port %d" % (self.kind, self.port))
 
     def stop(self):
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
             self.proc = None
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+class Mosquitto(_Process):
+    kind = "mosquitto"
+
+    def _command(self, d):
+        path = mosquitto_path()
+        if path is None:
+            raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        conf = os.path.join(d, "mosquitto.conf")
+        with open(conf, "w") as f:
+            # started as root, Mosquitto would switch to its own user and lose our files
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nuser %s\n%s"
+                    % (self.port, getpass.getuser(), self.extra))
+        return [path, "-c", conf]
+
+
+class AmqttProcess(_Process):
+    """amqtt's broker as its own process (Amqtt below runs it on a thread of this one)."""
+    kind = "amqtt"
+
+    def _command(self, d):
+        path = amqtt_path()
+        if path is None:
+            raise RuntimeError("amqtt is not installed in this environment")
+        if self.extra:
+            raise ValueError("extra config lines are for Mosquitto")
+        conf = os.path.join(d, "amqtt.yaml")
+        with open(conf, "w") as f:
+            f.write("listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:%d\n"
+                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                    "    allow_anonymous: true\n" % self.port)
+        return [path, "-c", conf]
 
 
 class Amqtt:
