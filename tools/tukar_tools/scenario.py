@@ -148,7 +148,7 @@ class Runner:
         do = st.get("do")
         obs = self.obs
         if do == "world":
-            msg = {k: v for k, v in st.items() if k not in ("do", "expect_error")}
+            msg = {k: v for k, v in st.items() if k not in ("do", "expect_error", "note")}
             n = len(obs.sim_acks)
             obs.client.publish(obs.base + "sim/cmd", json.dumps(msg), qos=1)
             ack = self.wait_for(lambda: next((a for a in obs.sim_acks[n:]
