@@ -129,3 +129,18 @@ def test_monitor_json_prints_every_message_as_one_line(mqtt_broker):
     topics = {x["topic"] for x in lines}
     assert {"tukar/c2/status", "tukar/c2/state"} <= topics
     assert all(x["retained"] for x in lines)
+
+
+def test_monitor_takes_fresh_soc_and_temperature_from_telemetry_columns():
+    f = monitor.Fleet()
+    f.ingest("tukar/c1/slot/3/state", json.dumps({"slot": 3, "state": "charging", "battery": {
+        "serial": "B", "soc": 50.0, "temp_c": 25.0, "faults": []}}).encode())
+    f.ingest("tukar/c1/telemetry", json.dumps({"slots": [3, 4], "soc": [61.5, 90], "temp_c": [31, None],
+                                              "voltage_v": [50.1, 53], "current_a": [9.9, 0]}).encode())
+    c = f.cabinets["c1"]
+    assert c.measured[3] == {"soc": 61.5, "temp_c": 31, "voltage_v": 50.1, "current_a": 9.9}
+    from rich.console import Console
+    out = Console(width=200, record=True)
+    out.print(monitor.render(f, detail=True))
+    text = out.export_text()
+    assert "61.5" in text and "31.0" in text

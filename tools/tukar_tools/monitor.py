@@ -25,6 +25,7 @@ class Cabinet:
         self.events = collections.deque(maxlen=EVENTS_KEPT)
         self.event_ids = set()
         self.telemetry = {}
+        self.measured = {}  # slot -> {"soc", "temp_c", ...} from the latest telemetry
         self.world = None
         self.last_seen = 0.0
 
@@ -72,6 +73,13 @@ class Fleet:
                 cab.events.append(data)
         elif kind == "telemetry":
             cab.telemetry = data
+            slots = data.get("slots")
+            if isinstance(slots, list):  # columns aligned with `slots`
+                cab.measured = {}
+                for i, n in enumerate(slots):
+                    cab.measured[n] = {k: data[k][i] for k in ("soc", "temp_c", "voltage_v",
+                                                              "current_a")
+                                       if isinstance(data.get(k), list) and i < len(data[k])}
         elif kind == "sim/world":
             cab.world = data
         return cab
@@ -117,7 +125,9 @@ def render(fleet, detail=None):
                 t.add_column(col)
             for n in sorted(c.slots):
                 d = c.slots[n]
-                b = d.get("battery") or {}
+                b = dict(d.get("battery") or {})
+                if b and n in c.measured:  # telemetry is fresher than the state's snapshot
+                    b.update({k: v for k, v in c.measured[n].items() if v is not None})
                 faults = list(d.get("faults") or []) + list(b.get("faults") or [])
                 if d.get("reason"):
                     faults.append("(%s)" % d["reason"])
