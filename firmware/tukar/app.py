@@ -122,8 +122,11 @@ class App:
                 if dirty & (1 << n):
                     link.post_state("slot/%d/state" % n, core.slot_state(n))
         if link.bdseq != core.counters.get("bdseq"):
+            # A new connection: persist bdseq, and publish every state afresh (the birth repeats
+            # the last posted texts, whose measurements may be minutes old after an outage).
             core.counters["bdseq"] = link.bdseq
             core.jdirty |= 4
+            core.dirty |= (2 << core.n_slots) - 1
         if core.jdirty or self.outbox.dirty:
             self.persist_now.set()
         if core.reboot and self.stopping is None:

@@ -41,6 +41,7 @@ class Client:
         self.mqtt.on_connect = self._connected
         self.mqtt.on_message = self._message
         self.mqtt.on_disconnect = lambda *a: self.connected.clear()
+        self.mqtt.reconnect_delay_set(min_delay=0.1, max_delay=2)  # a tool should be back quickly
         try:
             self.mqtt.connect(host, port, keepalive=30)
         except OSError as e:
