@@ -19,7 +19,7 @@ for _p in (ROOT / "firmware", ROOT / "tests", ROOT / "tools" / "tukar_tools" / "
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from umqtt.simple import MQTTClient  # noqa: E402  (the host shim)
+from umqtt.simple import MQTTClient, _remaining  # noqa: E402  (the host shim: one MQTT encoder)
 
 KEY = bytes(range(32))
 TICK_MS = 50
@@ -131,16 +131,6 @@ class CountingBroker:
             self.count("cmd", size)  # our PUBACK of a command
         else:
             self.count("other", size)
-
-
-def _remaining(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
 
 
 class SimClock:
