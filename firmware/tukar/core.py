@@ -197,9 +197,9 @@ class Core:
             causes |= C_ESTOP
         hot = cab.temp_dc
         for s in self.slots:
-            t = s.hottest_dc(now, fresh)
-            if t > hot:
-                hot = t
+            s.observe(now, fresh)
+            if s.hot > hot:
+                hot = s.hot
         if hot >= cf.EMERGENCY_DC:
             causes |= C_OVERTEMP
         new = causes & ~self.causes
@@ -255,7 +255,7 @@ class Core:
                 s.faults |= sl.SLOT_IO
                 self._slot_fault_events(s, s.faults ^ sl.SLOT_IO, s.faults)
                 self._session_slot_failed(s, now)  # a session through this slot cannot go on
-            if s.quarantine is None and s.hottest_dc(now, self.lim.fresh_ms) >= cf.QUARANTINE_DC:
+            if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
                 self._quarantine(s, "overtemp", now)  # the temperatures do not come from the switches
             return
         if s.io_bad_since is not None:
@@ -276,7 +276,7 @@ class Core:
         if closed:
             s.forced = False
         s.door_was_closed = closed
-        bits = s.sensor_faults(now, self.lim.fresh_ms)
+        bits = s.sensor_faults()
         if s.phase == sl.P_STORED and inp.present:
             b = inp.bms
             if b.link_fault or not b.valid or wrap_diff(now, b.t_ms) >= self.lim.lost_ms:
@@ -286,7 +286,7 @@ class Core:
         if new != old:
             s.faults = new
             self._slot_fault_events(s, old, new)
-        if s.quarantine is None and s.hottest_dc(now, self.lim.fresh_ms) >= cf.QUARANTINE_DC:
+        if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
             self._quarantine(s, "overtemp", now)
 
     def _session_slot_failed(self, s, now):

@@ -88,6 +88,8 @@ class Slot:
         self.energy_mwh = 0
         self.energy_acc = 0  # sub-mWh remainder in 0.1 W x ms
         self.dispensable = False
+        self.fresh = False  # the BMS reading is younger than bms_fresh_ms (set by observe)
+        self.hot = -1000  # highest trustworthy temperature this tick, 0.1 degC (set by observe)
         self.ident_t = 0  # when identification began
         self.io_bad_since: "int | None" = None  # ticks since the slot's switches read
         self.opened = False  # maintenance_open: the door has been opened since the unlock
@@ -144,7 +146,19 @@ class Slot:
         return 1
 
     # -- sensors (rule 5) -------------------------------------------------------------------
-    def sensor_faults(self, now, fresh_ms):
+    def observe(self, now, fresh_ms):
+        """Once per tick, before anything else looks: is the BMS reading fresh, and the slot's
+        highest trustworthy temperature (sensor and fresh BMS)."""
+        inp = self.inp
+        b = inp.bms
+        fresh = b.valid and not b.link_fault and wrap_diff(now, b.t_ms) < fresh_ms
+        self.fresh = fresh
+        t = inp.temp_dc if inp.sensor == 0 else -1000
+        if inp.present and fresh and b.temp_dc > t:
+            t = b.temp_dc
+        self.hot = t
+
+    def sensor_faults(self):
         """Recompute the temperature-sensor fault bits; return the new bits (without lock/BMS bits)."""
         inp = self.inp
         bits = 0
@@ -152,29 +166,16 @@ class Slot:
             bits = SENSOR_OPEN
         elif inp.sensor == 2:
             bits = SENSOR_SHORT
-        elif inp.present and self.bms_fresh(now, fresh_ms):
+        elif inp.present and self.fresh:
             d = inp.temp_dc - inp.bms.temp_dc
             if d > cf.SENSOR_MISMATCH_DC or d < -cf.SENSOR_MISMATCH_DC:
                 bits = TEMP_MISMATCH
         return bits
 
-    def bms_fresh(self, now, fresh_ms):
-        b = self.inp.bms
-        return b.valid and not b.link_fault and wrap_diff(now, b.t_ms) < fresh_ms
-
     def bms_since(self, t):
         """A reading arrived at or after ticks t (so it belongs to the battery inserted since)."""
         b = self.inp.bms
         return b.valid and wrap_diff(b.t_ms, t) >= 0
-
-    def hottest_dc(self, now, fresh_ms):
-        """The highest trustworthy temperature of this slot: sensor and fresh BMS reading."""
-        t = -1000
-        if self.inp.sensor == 0:
-            t = self.inp.temp_dc
-        if self.inp.present and self.bms_fresh(now, fresh_ms) and self.inp.bms.temp_dc > t:
-            t = self.inp.bms.temp_dc
-        return t
 
     # -- charging (rules 1 to 3) ------------------------------------------------------------
     def charge_decision(self, now, lim, emergency, cabinet_dc):
@@ -189,7 +190,7 @@ class Slot:
             lo = max(lo, p.charge_min_dc)
             hi = min(hi, p.charge_max_dc)
         # Hysteresis and full latches update on every fresh reading, charging or not.
-        fresh = self.bms_fresh(now, lim.fresh_ms)
+        fresh = self.fresh
         if fresh:
             t = b.temp_dc
             if t < lo or t > hi:
@@ -251,7 +252,7 @@ class Slot:
         b = inp.bms
         ok = (self.phase == P_STORED and self.accepted and self.quarantine is None
               and not self.faults and inp.io_ok and inp.present and inp.door_closed and self.lock_cmd
-              and inp.locked and self.bms_fresh(now, lim.fresh_ms) and not b.faults
+              and inp.locked and self.fresh and not b.faults
               and b.soc_pm >= lim.min_soc_pm
               and b.temp_dc >= cf.HANDLING_MIN_DC and b.temp_dc <= cf.HANDLING_MAX_DC)
         self.dispensable = ok
