@@ -225,6 +225,14 @@ def rider_inserts(rig, battery, wait_ms=500):
     return n
 
 
+def insert_until_dispensing(rig, battery):
+    """The rider's battery goes in; tick until the cabinet opens the dispense door. Returns slot_out."""
+    rider_inserts(rig, battery, wait_ms=0)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    return rig.core.session.slot_out
+
+
 def rider_takes(rig, wait_ms=300):
     n = rig.core.session.slot_out
     rig.run(300)

@@ -20,7 +20,7 @@ from tukar.profile import Profile  # noqa: E402
 from tukar_tools import canprofile  # noqa: E402
 from tukar_tools.shim.bms_node import BmsNode  # noqa: E402
 from tukar_tools.shim.canbus import CanBus  # noqa: E402
-from tukar_tools.shim.mcp2515_model import MCP2515Model  # noqa: E402
+from tukar_tools.shim.mcp2515_model import DirectCs, DirectSpi, MCP2515Model  # noqa: E402
 
 PROFILES = ROOT / "firmware" / "profiles"
 NAMES = ("ref48v", "pack72v")
@@ -220,16 +220,7 @@ def test_bms_nodes_on_the_bus_fill_the_slots_through_the_mcp2515():
         bus = CanBus(500_000)
         model = bus.attach_controller(MCP2515Model())
 
-        class Spi:
-            def write_readinto(self, w, r):
-                for i, b in enumerate(bytes(w)):
-                    r[i] = model.spi_exchange(b)
-
-        class Cs:
-            def value(self, v):
-                (model.spi_deselect if v else model.spi_select)()
-
-        can = mcp2515.MCP2515(Spi(), Cs())
+        can = mcp2515.MCP2515(DirectSpi(model), DirectCs(model))
         can.init(mcp2515.MODE_LISTEN)
         nodes = [bus.attach(BmsNode("ref48v", s, serial="TK48-%06d" % s)) for s in range(3)]
         nodes[1].set(SoC=55.5, TempMax=41)

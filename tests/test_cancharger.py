@@ -16,7 +16,7 @@ from tukar import cancharger, mcp2515  # noqa: E402
 from tukar.cancharger import CanChargers, EXT  # noqa: E402
 from tukar_tools.shim.cancharger_model import ChargerNode  # noqa: E402
 from tukar_tools.shim.canbus import CanBus, Frame  # noqa: E402
-from tukar_tools.shim.mcp2515_model import MCP2515Model  # noqa: E402
+from tukar_tools.shim.mcp2515_model import DirectCs, DirectSpi, MCP2515Model  # noqa: E402
 
 FUEL = 10**10
 
@@ -124,16 +124,7 @@ def rig():
     bus = CanBus(500_000)
     model = bus.attach_controller(MCP2515Model())
 
-    class Spi:
-        def write_readinto(self, w, r):
-            for i, b in enumerate(bytes(w)):
-                r[i] = model.spi_exchange(b)
-
-    class Cs:
-        def value(self, v):
-            (model.spi_deselect if v else model.spi_select)()
-
-    can = mcp2515.MCP2515(Spi(), Cs())
+    can = mcp2515.MCP2515(DirectSpi(model), DirectCs(model))
     can.init(mcp2515.MODE_NORMAL)
     charger = bus.attach(ChargerNode(0xE6))
     charger.battery_mv = 52_000

@@ -3,7 +3,7 @@ at every tick of a swap reconciling to a safe state that loses no event and disp
 import json
 
 import pytest
-from coreworld import Battery, Rig, stocked_rig
+from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
 from invariants import check_history, check_tick
 
 from tukar.core import Core
@@ -161,14 +161,7 @@ def test_session_with_battery_in_recorded_still_completes_after_a_power_cut():
 def test_battery_taken_just_before_the_power_cut_completes_at_boot():
     rig = stocked_rig(slots=6, full=2, half=1)
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=10))
-    rig.world.close_door(n)
-    while rig.core.session.phase != "dispensing":
-        rig.tick()
-    out = rig.core.session.slot_out
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
     rig.run(300)
     rig.world.open_door(out)
     b = rig.world.take(out)
@@ -183,13 +176,7 @@ def test_not_taken_after_a_power_cut_is_reported_not_taken():
     rig = stocked_rig(slots=6, full=2, half=1)
     rig.cmd("set_config", take_timeout_s=20)
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=10))
-    rig.world.close_door(n)
-    while rig.core.session.phase != "dispensing":
-        rig.tick()
+    insert_until_dispensing(rig, Battery("R-1", soc=10))
     reboot(rig)
     rig.run(21_000)
     assert rig.of("SwapAborted")[-1]["reason"] == "not_taken"

@@ -1,5 +1,5 @@
 """The swap session of mqtt.md, step by step: one test per transition, with the spec's numbers."""
-from coreworld import Battery, rider_inserts, rider_takes, stocked_rig
+from coreworld import Battery, insert_until_dispensing, rider_inserts, rider_takes, stocked_rig
 
 from tukar import slot as sl
 
@@ -227,14 +227,7 @@ def test_in_service_only_one_door_is_unlocked_during_a_swap():
 def test_charger_of_the_dispensed_slot_goes_off_in_the_tick_its_lock_opens():
     rig = stocked_rig()
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=12))
-    rig.world.close_door(n)
-    while rig.core.session.phase != "dispensing":
-        rig.tick()
-    out = rig.core.session.slot_out
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
     assert rig.core.lock_cmd[out - 1] is False
     assert rig.core.charge_ma[out - 1] == 0
     assert rig.of("ChargeStopped")[-1]["slot"] == out

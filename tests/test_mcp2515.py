@@ -14,52 +14,7 @@ from tukar import mcp2515  # noqa: E402
 from tukar.mcp2515 import MCP2515, MCP2515Error, CanFrame  # noqa: E402
 from tukar_tools.shim.canbus import CanBus, Frame  # noqa: E402
 from tukar_tools.shim.mcp2515_model import MCP2515Model, CANSTAT, CNF1, CNF2, CNF3  # noqa: E402
-
-
-class Spi:
-    """SPI routed byte by byte to a model, as the host machine shim does."""
-
-    def __init__(self, model):
-        self.model = model
-        self.bytes = 0
-
-    def _x(self, b):
-        self.bytes += 1
-        return self.model.spi_exchange(b) if self.model.present else 0xFF
-
-    def write(self, buf):
-        for b in bytes(buf):
-            self._x(b)
-
-    def readinto(self, buf, write=0):
-        for i in range(len(buf)):
-            buf[i] = self._x(write)
-
-    def write_readinto(self, wbuf, rbuf):
-        src = bytes(wbuf)
-        for i in range(len(src)):
-            rbuf[i] = self._x(src[i])
-
-
-class Cs:
-    def __init__(self, model):
-        self.model = model
-        self.level = 1
-
-    def value(self, v=None):
-        if v is None:
-            return self.level
-        if v and not self.level:
-            self.model.spi_deselect()
-        elif not v and self.level:
-            self.model.spi_select()
-        self.level = 1 if v else 0
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
+from tukar_tools.shim.mcp2515_model import DirectCs as Cs, DirectSpi as Spi  # noqa: E402
 
 
 class IntPin:

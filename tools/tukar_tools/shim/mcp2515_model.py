@@ -451,3 +451,50 @@ class MCP2515Model:
         """Force bus-off (TEC past 255), as a shorted or unterminated bus would."""
         self.tec = 256
         self._errors_changed()
+
+
+class DirectSpi:
+    """SPI wired straight to one model (no Hardware, no CS routing), for driver tests."""
+
+    def __init__(self, model):
+        self.model = model
+        self.bytes = 0
+
+    def _x(self, b):
+        self.bytes += 1
+        return self.model.spi_exchange(b) if self.model.present else 0xFF
+
+    def write(self, buf):
+        for b in bytes(buf):
+            self._x(b)
+
+    def readinto(self, buf, write=0):
+        for i in range(len(buf)):
+            buf[i] = self._x(write)
+
+    def write_readinto(self, wbuf, rbuf):
+        src = bytes(wbuf)
+        for i in range(len(src)):
+            rbuf[i] = self._x(src[i])
+
+
+class DirectCs:
+    """The chip-select pin of DirectSpi: its edges select and deselect the model."""
+    def __init__(self, model):
+        self.model = model
+        self.level = 1
+
+    def value(self, v=None):
+        if v is None:
+            return self.level
+        if v and not self.level:
+            self.model.spi_deselect()
+        elif not v and self.level:
+            self.model.spi_select()
+        self.level = 1 if v else 0
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
