@@ -174,9 +174,24 @@ def consistent(r):
         schemas.validate("event", e)
 
 
+def doors_agree(obs):
+    """True when every slot's retained state shows the door and bolt the world shows."""
+    world = obs.world
+    if world is None:
+        return None
+    for ws in world["slots"]:
+        st = obs.slots.get(ws["slot"])
+        if st is None or (st["door"], st["lock"]) != (ws["door"], ws["lock"]):
+            return None
+    return True
+
+
 def settle(r, within_s=20):
+    """No session, and the cabinet's retained states caught up with the world (both are
+    published asynchronously; the world at once when a bolt moves)."""
     r.step({"do": "expect_state", "match": {"session": None}, "within_s": within_s})
     time.sleep(1.5 / SPEED)
+    r.wait_for(lambda: doors_agree(r.obs), 5, "retained slot states matching sim/world")
 
 
 def test_a_swap_through_mqtt_agrees_with_the_world(sim):

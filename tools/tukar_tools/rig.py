@@ -209,6 +209,7 @@ class Physical:
         self.slot_c = [None] * self.n  # a forced slot sensor temperature (None: follows the pack)
         self._sensor_c = [None] * self.n  # what each slot's NTC model shows now
         self.last_physics = None
+        self.moves = 0  # lock bolts and chargers switching: sim/world is published at once
         for i in range(self.n):
             self._set(i, "door", True)
             self._set(i, "presence", False)
@@ -261,12 +262,18 @@ class Physical:
         dt = 0 if self.last_physics is None else now - self.last_physics
         self.last_physics = now
         for i in range(self.n):
+            was = self.locks[i].locked
             self.locks[i].follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
+            if self.locks[i].locked != was:
+                self.moves += 1
             self._set(i, "lock_feedback", self.locks[i].locked)
             pack = self.packs[i]
             if pack is not None:
+                ma = self.charger_ma(i)
+                if (ma > 0) != (pack.current_ma > 0):
+                    self.moves += 1
                 if dt > 0:
-                    pack.physics(self.charger_ma(i), dt, self.cabinet_c)
+                    pack.physics(ma, dt, self.cabinet_c)
                 if pack.synced is None or now - pack.synced >= SYNC_MS or now < pack.synced:
                     pack.synced = now
                     sync(pack)

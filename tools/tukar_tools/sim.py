@@ -25,7 +25,7 @@ from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
 PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels in 300)
-WORLD_PUBLISH_MS = 2000  # physics-only changes of sim/world; actions publish at once
+WORLD_PUBLISH_MS = 2000  # SoC and temperatures in sim/world; actions, bolts and chargers at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
 DEFAULT_STATE_DIR = ".tukar-sim"
 
@@ -72,6 +72,7 @@ class SimCabinet:
         self.flash_broken = False
         self.stopped = False
         self.world_due = 0
+        self.world_moves = 0
         self.control = None
         fresh = not os.path.exists(os.path.join(self.state_dir, "state.json"))
         if fresh:
@@ -184,8 +185,10 @@ class SimCabinet:
         self.phys.physics(now)
         if self.app is not None and self.phys.hw.wdt.starved(now):
             self.watchdog_reset()
-        if self.control is not None and now - self.world_due >= 0:
+        if self.control is not None and (now - self.world_due >= 0
+                                         or self.phys.moves != self.world_moves):
             self.world_due = now + WORLD_PUBLISH_MS
+            self.world_moves = self.phys.moves
             self.control.publish_world()
 
 
