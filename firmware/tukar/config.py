@@ -26,6 +26,10 @@ QUARANTINE_DC = 600  # rule 4: battery or slot sensor >= 60 degC
 EMERGENCY_DC = 700  # rule 4: >= 70 degC anywhere
 HYSTERESIS_DC = 30  # rule 2
 SENSOR_MISMATCH_DC = 100  # rule 5
+# Rule 5's mismatch must last this long: the slot sensor is read every tick but a BMS reading
+# is up to a frame or poll period old, so one tick's disagreement during a change (or an ADC
+# spike) is not a broken sensor. Open and shorted sensors are faults at once.
+SENSOR_MISMATCH_MS = 1000
 LOCK_TIMEOUT_MS = 500  # rule 8
 CHARGE_MIN_DC = 0  # rule 1: the widest charge window
 CHARGE_MAX_DC = 450

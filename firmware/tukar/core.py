@@ -276,7 +276,7 @@ class Core:
         if closed:
             s.forced = False
         s.door_was_closed = closed
-        bits = s.sensor_faults()
+        bits = s.sensor_faults(now)
         if s.phase == sl.P_STORED and inp.present:
             b = inp.bms
             if b.link_fault or not b.valid or wrap_diff(now, b.t_ms) >= self.lim.lost_ms:

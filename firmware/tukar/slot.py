@@ -92,6 +92,7 @@ class Slot:
         self.hot = -1000  # highest trustworthy temperature this tick, 0.1 degC (set by observe)
         self.ident_t = 0  # when identification began
         self.io_bad_since: "int | None" = None  # ticks since the slot's switches read
+        self.mismatch_since: "int | None" = None  # ticks since sensor and BMS disagree (rule 5)
         self.opened = False  # maintenance_open: the door has been opened since the unlock
         # What was last published, to publish on change only.
         self.pub_door: "bool | None" = None
@@ -158,18 +159,25 @@ class Slot:
             t = b.temp_dc
         self.hot = t
 
-    def sensor_faults(self):
-        """Recompute the temperature-sensor fault bits; return the new bits (without lock/BMS bits)."""
+    def sensor_faults(self, now):
+        """Recompute the temperature-sensor fault bits; return the new bits (without lock/BMS bits).
+        A mismatch with the BMS counts once it has lasted SENSOR_MISMATCH_MS."""
         inp = self.inp
         bits = 0
+        apart = False
         if inp.sensor == 1:
             bits = SENSOR_OPEN
         elif inp.sensor == 2:
             bits = SENSOR_SHORT
         elif inp.present and self.fresh:
             d = inp.temp_dc - inp.bms.temp_dc
-            if d > cf.SENSOR_MISMATCH_DC or d < -cf.SENSOR_MISMATCH_DC:
-                bits = TEMP_MISMATCH
+            apart = d > cf.SENSOR_MISMATCH_DC or d < -cf.SENSOR_MISMATCH_DC
+        if not apart:
+            self.mismatch_since = None
+        elif self.mismatch_since is None:
+            self.mismatch_since = now
+        elif wrap_diff(now, self.mismatch_since) >= cf.SENSOR_MISMATCH_MS:
+            bits = TEMP_MISMATCH
         return bits
 
     def bms_since(self, t):
