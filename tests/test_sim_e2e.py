@@ -267,6 +267,7 @@ def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "FAIL step 1" in r.stderr
+    assert 'last seen: {' in r.stderr and '"mode": "in_service"' in r.stderr  # what it saw
     time.sleep(0.5)
     obs.close()
     every_payload_valid(obs, {"status", "info", "state", "slot/N/state"})

@@ -180,7 +180,12 @@ class Runner:
                         self.cursor = i + 1
                         return obs.events[i]
                 return None
-            ev = self.wait_for(find, st.get("within_s", 10), "event %s" % json.dumps(want))
+            try:
+                ev = self.wait_for(find, st.get("within_s", 10), "event %s" % json.dumps(want))
+            except ScenarioFailed as e:
+                seen = [json.dumps(x, sort_keys=True) for x in obs.events[self.cursor:]]
+                raise ScenarioFailed("%s; events since the last match: %s"
+                                     % (e, "; ".join(seen) or "none")) from None
             self._save(st, ev)
             return ev
         if do == "expect_no_event":
@@ -199,8 +204,13 @@ class Runner:
                 n = st["slot"]
                 get, what = (lambda: obs.slots.get(n)), "slot %d state" % n
             want = st.get("match", {})
-            got = self.wait_for(lambda: get() if matches(get(), want) else None,
-                                st.get("within_s", 10), "%s matching %s" % (what, json.dumps(want)))
+            try:
+                got = self.wait_for(lambda: get() if matches(get(), want) else None,
+                                    st.get("within_s", 10),
+                                    "%s matching %s" % (what, json.dumps(want)))
+            except ScenarioFailed as e:
+                raise ScenarioFailed("%s; last seen: %s"
+                                     % (e, json.dumps(get(), sort_keys=True))) from None
             self._save(st, got)
             return got
         if do == "expect_status":
