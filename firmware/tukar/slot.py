@@ -172,12 +172,14 @@ class Slot:
         elif inp.present and self.fresh:
             d = inp.temp_dc - inp.bms.temp_dc
             apart = d > cf.SENSOR_MISMATCH_DC or d < -cf.SENSOR_MISMATCH_DC
-        if not apart:
+        since = self.mismatch_since
+        if apart:
+            if since is None:
+                self.mismatch_since = now
+            elif wrap_diff(now, since) >= cf.SENSOR_MISMATCH_MS:
+                bits = TEMP_MISMATCH
+        elif since is not None:
             self.mismatch_since = None
-        elif self.mismatch_since is None:
-            self.mismatch_since = now
-        elif wrap_diff(now, self.mismatch_since) >= cf.SENSOR_MISMATCH_MS:
-            bits = TEMP_MISMATCH
         return bits
 
     def bms_since(self, t):
