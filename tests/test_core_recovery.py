@@ -3,7 +3,7 @@ at every tick of a swap reconciling to a safe state that loses no event and disp
 import json
 
 import pytest
-from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
+from coreworld import Battery, Rig, insert_until_dispensing, rider_inserts, stocked_rig
 from invariants import check_history, check_tick
 
 from tukar.core import Core
@@ -138,11 +138,7 @@ def test_session_interrupted_before_battery_in_ends_with_power_loss():
 def test_session_with_battery_in_recorded_still_completes_after_a_power_cut():
     rig = stocked_rig(slots=6, full=2, half=1)
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=10))
-    rig.world.close_door(n)
+    n = rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
     while not rig.of("BatteryIn"):
         rig.tick()
     out = rig.core.session.slot_out

@@ -27,11 +27,7 @@ def test_request_id_defaults_to_the_commands_req_id():
 def test_battery_in_and_door_closed_locks_and_identifies():
     rig = stocked_rig()
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=12))
-    rig.world.close_door(n)
+    n = rider_inserts(rig, Battery("R-1", soc=12), wait_ms=0)
     rig.tick()
     assert rig.core.lock_cmd[n - 1] is True
     assert rig.core.session.phase == "identifying"
@@ -76,11 +72,7 @@ def test_dispense_ties_go_to_fewest_cycles_then_lowest_slot():
 def test_identification_completes_within_3_s_of_the_door_closing():
     rig = stocked_rig()
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery("R-1", soc=12))
-    rig.world.close_door(n)
+    n = rider_inserts(rig, Battery("R-1", soc=12), wait_ms=0)
     t0 = rig.core.up_ms()
     while not rig.of("BatteryIn"):
         rig.tick()
@@ -257,11 +249,7 @@ def test_slot_states_over_a_swap_use_only_the_spec_names():
 def test_a_reading_without_a_serial_does_not_identify_the_battery():
     rig = stocked_rig()
     rig.cmd("start_swap", id_token="t")
-    n = rig.core.session.slot_in
-    rig.run(300)
-    rig.world.open_door(n)
-    rig.world.insert(n, Battery(None, soc=12))  # the serial frames never arrive
-    rig.world.close_door(n)
+    n = rider_inserts(rig, Battery(None, soc=12), wait_ms=0)  # the serial frames never arrive
     rig.run(2500)
     assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
     rig.run(1000)
