@@ -4,6 +4,7 @@ import os
 import pathlib
 import sys
 
+import pytest
 from hypothesis import settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -15,3 +16,14 @@ for p in (ROOT / "firmware", ROOT / "tests", ROOT / "tools" / "tukar_tools" / "s
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=60, deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def manual_clock():
+    """The host's ticks_ms on a clock that moves only when a model or a sleep moves it."""
+    import hosttime
+
+    old = hosttime.current()
+    c = hosttime.install(hosttime.SimClock(manual=True))
+    yield c
+    hosttime.install(old)

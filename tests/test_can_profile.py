@@ -13,7 +13,6 @@ for p in (ROOT / "firmware", ROOT / "tools" / "tukar_tools" / "shim"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import hosttime  # noqa: E402
 from tukar import canbms, mcp2515  # noqa: E402
 from tukar.inputs import BmsReading, BATTERY_FAULTS  # noqa: E402
 from tukar.profile import Profile  # noqa: E402
@@ -213,37 +212,32 @@ def test_soc_above_100_percent_is_clamped_to_1000_per_mille():
     assert readings[0].soc_pm == 1000
 
 
-def test_bms_nodes_on_the_bus_fill_the_slots_through_the_mcp2515():
-    old = hosttime.current()
-    hosttime.install(hosttime.SimClock(manual=True))
-    try:
-        bus = CanBus(500_000)
-        model = bus.attach_controller(MCP2515Model())
+def test_bms_nodes_on_the_bus_fill_the_slots_through_the_mcp2515(manual_clock):
+    bus = CanBus(500_000)
+    model = bus.attach_controller(MCP2515Model())
 
-        can = mcp2515.MCP2515(DirectSpi(model), DirectCs(model))
-        can.init(mcp2515.MODE_LISTEN)
-        nodes = [bus.attach(BmsNode("ref48v", s, serial="TK48-%06d" % s)) for s in range(3)]
-        nodes[1].set(SoC=55.5, TempMax=41)
-        readings = [BmsReading() for _ in range(3)]
-        bms = canbms.CanBms([profile("ref48v")], readings)
-        rx = bytearray(13)
+    can = mcp2515.MCP2515(DirectSpi(model), DirectCs(model))
+    can.init(mcp2515.MODE_LISTEN)
+    nodes = [bus.attach(BmsNode("ref48v", s, serial="TK48-%06d" % s)) for s in range(3)]
+    nodes[1].set(SoC=55.5, TempMax=41)
+    readings = [BmsReading() for _ in range(3)]
+    bms = canbms.CanBms([profile("ref48v")], readings)
+    rx = bytearray(13)
 
-        def drain():
+    def drain():
+        fid = can.recv_into(rx)
+        while fid >= 0:
+            bms.feed(fid, rx, 5, rx[4] & 0x0F, bus.now_ms)
             fid = can.recv_into(rx)
-            while fid >= 0:
-                bms.feed(fid, rx, 5, rx[4] & 0x0F, bus.now_ms)
-                fid = can.recv_into(rx)
 
-        bus.between_frames = drain
-        for now in range(0, 1000, 10):
-            bus.step(now)
-        assert [r.serial for r in readings] == ["TK48-000000", "TK48-000001", "TK48-000002"]
-        assert (readings[1].soc_pm, readings[1].temp_dc, readings[1].voltage_mv) == (555, 410, 51800)
-        assert bms.value(1, "cell_min_mv") == 3970
-        assert bms.frames == bus.frames  # 10 Hz x 3 + 5 Hz x 2 frames per pack: none lost
-        assert bus.frames == 3 * (10 * 3 + 5)
-    finally:
-        hosttime.install(old)
+    bus.between_frames = drain
+    for now in range(0, 1000, 10):
+        bus.step(now)
+    assert [r.serial for r in readings] == ["TK48-000000", "TK48-000001", "TK48-000002"]
+    assert (readings[1].soc_pm, readings[1].temp_dc, readings[1].voltage_mv) == (555, 410, 51800)
+    assert bms.value(1, "cell_min_mv") == 3970
+    assert bms.frames == bus.frames  # 10 Hz x 3 + 5 Hz x 2 frames per pack: none lost
+    assert bus.frames == 3 * (10 * 3 + 5)
 
 
 def run_mpy(code):

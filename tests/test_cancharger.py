@@ -11,7 +11,6 @@ for p in (ROOT / "firmware", ROOT / "tools" / "tukar_tools" / "shim"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import hosttime  # noqa: E402
 from tukar import cancharger, mcp2515  # noqa: E402
 from tukar.cancharger import CanChargers, EXT  # noqa: E402
 from tukar_tools.shim.cancharger_model import ChargerNode  # noqa: E402
@@ -41,12 +40,7 @@ BO_ 2566869221 Status: 8 CHARGER
 DB = cantools.database.load_string(CHARGER_DBC, "dbc")
 
 
-@pytest.fixture(autouse=True)
-def clock():
-    old = hosttime.current()
-    c = hosttime.install(hosttime.SimClock(manual=True))
-    yield c
-    hosttime.install(old)
+pytestmark = pytest.mark.usefixtures("manual_clock")
 
 
 def test_command_for_57_6_v_10_a_on_is_the_known_frame():

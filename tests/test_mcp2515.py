@@ -9,7 +9,6 @@ for p in (ROOT / "firmware", ROOT / "tools" / "tukar_tools" / "shim"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import hosttime  # noqa: E402
 from tukar import mcp2515  # noqa: E402
 from tukar.mcp2515 import MCP2515, MCP2515Error, CanFrame  # noqa: E402
 from tukar_tools.shim.canbus import CanBus, Frame  # noqa: E402
@@ -28,12 +27,7 @@ class IntPin:
         return self.level
 
 
-@pytest.fixture(autouse=True)
-def clock():
-    old = hosttime.current()
-    c = hosttime.install(hosttime.SimClock(manual=True))
-    yield c
-    hosttime.install(old)
+pytestmark = pytest.mark.usefixtures("manual_clock")
 
 
 def make(crystal_hz=8_000_000, bitrate=500_000, with_int=False, **model_kw):
@@ -55,7 +49,8 @@ def test_reset_waits_for_the_oscillator_before_config_mode():
     assert can.mode == mcp2515.MODE_CONFIG
 
 
-def test_absent_chip_reading_ff_raises_instead_of_hanging(clock):
+def test_absent_chip_reading_ff_raises_instead_of_hanging(manual_clock):
+    clock = manual_clock
     can, model, spi = make()
     model.present = False
     t0 = clock.now_ms()
