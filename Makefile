@@ -4,7 +4,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench check clean typings flash deploy
+.PHONY: test sim bench check clean typings flash deploy micropython needs
+
+## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
+## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
+MICROPYTHON := build/micropython
+FROZEN := firmware/manifest.py $(wildcard firmware/tukar/*.py)
+export MICROPYTHON_SRC
+
+$(MICROPYTHON): tools/build/micropython.sh $(FROZEN)
+	tools/build/micropython.sh build
+
+micropython: $(MICROPYTHON)
+
+## needs: the Debian packages the tests use (a 32-bit C toolchain, Mosquitto)
+needs:
+	@tools/build/needs.sh
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,15 +39,16 @@ $(TYPINGS_STAMP): $(STAMP)
 typings: $(TYPINGS_STAMP)
 
 ## test: every test: firmware compiled by mpy-cross, core under CPython and the MicroPython VM
-test: $(STAMP) $(TYPINGS_STAMP)
+test: needs $(STAMP) $(TYPINGS_STAMP) $(MICROPYTHON)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## sim: a simulated cabinet you can watch and drive
-sim: $(STAMP)
-	$(VENV)/bin/tukar sim $(SIM_ARGS)
+## sim: a simulated cabinet you can watch and drive (RUNTIME=micropython: the firmware in MicroPython)
+RUNTIME ?= cpython
+sim: $(STAMP) $(if $(filter micropython,$(RUNTIME)),$(MICROPYTHON))
+	$(VENV)/bin/tukar sim --runtime $(RUNTIME) $(SIM_ARGS)
 
 ## bench: figures measured under the MicroPython VM (fuel, heap, allocations per tick)
-bench: $(STAMP)
+bench: $(STAMP) $(MICROPYTHON)
 	$(PY) -m tukar_tools.bench
 
 ## flash: erase a board and write a MicroPython image: make flash PORT=/dev/ttyUSB0 FIRMWARE=fw.bin
@@ -46,4 +62,4 @@ deploy: $(STAMP)
 	$(VENV)/bin/tukar deploy --port $(PORT) --board $(BOARD) $(DEPLOY_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis typings
+	rm -rf $(VENV) .pytest_cache .hypothesis typings build

@@ -1,5 +1,5 @@
 # Test setup: firmware/ (the device's code), tests/ (world models) and the host shim (as `machine`,
-# `hosttime`) on sys.path, the way the simulator runs the unmodified firmware.
+# `hosttime`) on sys.path, and MicroPython's built-in names supplied, as the simulator runs the firmware.
 import os
 import pathlib
 import sys
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-for p in (ROOT / "firmware", ROOT / "tests", ROOT / "tools" / "tukar_tools" / "shim"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+from tukar_tools import hostenv  # noqa: E402,F401  (MicroPython's built-in names, firmware/ on the path)
 
 # CI runs more examples; a laptop run stays quick. Both are deterministic per test.
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)

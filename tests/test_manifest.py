@@ -1,4 +1,5 @@
-# The frozen-build manifests: valid manifest syntax, the port's manifest first, the tukar package.
+# The frozen-build manifests: valid manifest syntax, the port's manifest first, then the one list of
+# what every image freezes (firmware/manifest.py), which the unix build of `make test` uses too.
 import glob
 import os
 import subprocess
@@ -8,15 +9,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFESTS = sorted(glob.glob(os.path.join(ROOT, "boards", "*", "manifest.py")))
+FIRMWARE_MANIFEST = os.path.join(ROOT, "firmware", "manifest.py")
 IDS = [p.split(os.sep)[-2] for p in MANIFESTS]
 
 
-def run_manifest(path):
-    """Execute a manifest the way MicroPython's manifestfile does, with recording stubs."""
+def run_manifest(path, follow=False):
+    """Execute a manifest the way MicroPython's manifestfile does, with recording stubs; with
+    `follow`, includes of the project's own manifests are executed too (relative to the includer)."""
     calls = []
 
     def include(manifest, **kw):
         calls.append(("include", manifest, kw))
+        target = os.path.normpath(os.path.join(os.path.dirname(path), manifest))
+        if follow and "$(" not in manifest and os.path.isfile(target):
+            calls.extend(run_manifest(target, follow))
 
     def package(name, files=None, base_path=".", opt=None):
         calls.append(("package", name, os.path.normpath(os.path.join(os.path.dirname(path), base_path)), opt))
@@ -53,8 +59,23 @@ def test_manifest_includes_the_port_manifest_first(path):
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=IDS)
+def test_every_board_freezes_the_firmware_manifest(path):
+    calls = run_manifest(path)
+    includes = [os.path.normpath(os.path.join(os.path.dirname(path), c[1]))
+                for c in calls if c[0] == "include"]
+    assert FIRMWARE_MANIFEST in includes
+    assert [c for c in calls if c[0] in ("package", "module", "freeze")] == []  # one list only
+
+
+def test_the_firmware_manifest_freezes_asyncio_umqtt_and_tukar():
+    calls = run_manifest(FIRMWARE_MANIFEST)
+    assert ("include", "$(MPY_DIR)/extmod/asyncio", {}) in calls
+    assert ("require", "umqtt.simple", {}) in calls
+
+
+@pytest.mark.parametrize("path", MANIFESTS + [FIRMWARE_MANIFEST], ids=IDS + ["unix"])
 def test_manifest_freezes_the_tukar_package_from_firmware(path):
-    pkgs = [c for c in run_manifest(path) if c[0] == "package"]
+    pkgs = [c for c in run_manifest(path, follow=True) if c[0] == "package"]
     assert len(pkgs) == 1
     _, name, base, opt = pkgs[0]
     assert name == "tukar"

@@ -1,5 +1,6 @@
 # Frozen build of the tukar firmware for tukar-24-s3: the port's own manifest (which freezes
-# umqtt among others), then the tukar package from firmware/, compiled into flash to spare heap.
+# umqtt among others), then firmware/manifest.py:
+# what every tukar image freezes (asyncio, umqtt.simple and the tukar package), one list for all.
 # make -C ports/esp32 BOARD=ESP32_GENERIC_S3 BOARD_VARIANT=SPIRAM_OCT FROZEN_MANIFEST=$(pwd)/boards/tukar-24-s3/manifest.py
 include("$(PORT_DIR)/boards/manifest.py")
-package("tukar", base_path="../../firmware", opt=3)
+include("../../firmware/manifest.py")

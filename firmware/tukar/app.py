@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 from tukar import FW_VERSION
-from tukar.clock import asleep_ms, seconds, sleep_ms, ticks_ms, wrap_add, wrap_diff
+from tukar.clock import asleep_ms, sleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
@@ -180,7 +180,7 @@ class App:
     async def persister(self):
         while self.stopping is None:
             try:
-                await asyncio.wait_for(self.persist_now.wait(), seconds(PERSIST_IDLE_MS))
+                await wait_for_ms(self.persist_now.wait(), PERSIST_IDLE_MS)
             except asyncio.TimeoutError:
                 pass
             self.persist_now.clear()

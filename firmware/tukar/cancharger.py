@@ -4,11 +4,7 @@
 # Values are 0.1 V and 0.1 A per bit, high byte first. The charger stops by itself when commands
 # stop for 5 s, so the controller repeats the command every second (and at once on a change).
 # Each slot's charger is configured to its own address: address = first + slot (0xE5 by default).
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:  # CPython
-    def const(x):
-        return x
+from micropython import const
 
 from tukar.clock import ticks_diff
 

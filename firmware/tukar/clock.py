@@ -1,30 +1,26 @@
-# Millisecond ticks with MicroPython's wrapping semantics, on the device and on the host.
-# On MicroPython these are the built-ins; on CPython the host shim's `hosttime` supplies the
-# (possibly simulated, sped-up) clock and the pure functions below do the wrapping arithmetic.
+# Millisecond ticks with MicroPython's wrapping semantics. These are MicroPython's built-ins; on
+# CPython the host supplies the same names (time.ticks_ms, asyncio.sleep_ms, ...) over its own,
+# possibly sped-up, clock, so this module cannot tell where it runs.
+from time import sleep_ms, ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined]
+
 TICKS_PERIOD = 1 << 30
 TICKS_MAX = TICKS_PERIOD - 1
 _HALF = TICKS_PERIOD >> 1
 
-try:
-    from time import ticks_ms, ticks_diff, ticks_add, sleep_ms  # type: ignore[attr-defined]
-except ImportError:  # CPython: host shim
-    from hosttime import ticks_ms, sleep_ms, asleep_ms, seconds  # type: ignore[import-not-found]
+__all__ = ("sleep_ms", "ticks_add", "ticks_diff", "ticks_ms", "asleep_ms", "wait_for_ms",
+           "wrap_diff", "wrap_add")
 
-    def ticks_diff(a, b):
-        """a - b in ms, correct across the wrap while |a - b| < 2**29."""
-        return ((a - b + _HALF) & TICKS_MAX) - _HALF
 
-    def ticks_add(t, delta):
-        return (t + delta) & TICKS_MAX
-else:
-    def asleep_ms(ms):
-        """Awaitable sleep in ms (the simulator scales it with its speed)."""
-        import asyncio
-        return asyncio.sleep_ms(ms)  # type: ignore[attr-defined]
+def asleep_ms(ms):
+    """Awaitable sleep of ms milliseconds."""
+    import asyncio  # here: the core imports this module on builds without asyncio
+    return asyncio.sleep_ms(ms)  # type: ignore[attr-defined]
 
-    def seconds(ms):
-        """A duration for asyncio.wait_for (the simulator scales it with its speed)."""
-        return ms / 1000
+
+def wait_for_ms(awaitable, ms):
+    """asyncio.wait_for with its time-out in milliseconds."""
+    import asyncio
+    return asyncio.wait_for_ms(awaitable, ms)  # type: ignore[attr-defined]
 
 
 def wrap_diff(a, b):

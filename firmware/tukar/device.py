@@ -163,7 +163,8 @@ def last_crash(root=""):
 
 
 # -- the run -------------------------------------------------------------------------------------
-async def _run(app, net):
+async def serve(app, net):
+    """The application and the network task, until the application ends; returns its reason."""
     import asyncio
     task = asyncio.create_task(net.run())
     try:
@@ -176,10 +177,23 @@ def _say(msg):
     print("tukar: " + msg)
 
 
-def start(machine, root="", network=None, ntptime=None, app_class=None, cycle_class=None,
-          client_class=None, net_class=None, run=None):
-    """Boot the cabinet. Returns (without resetting) only when it must stay in the REPL:
-    "no_board", "escape", "no_setup" or "interrupted"; otherwise it ends in machine.reset()."""
+class Cabinet:
+    """What boot() built: the board (outputs already safe), the setup, the watchdog, the network
+    and the application."""
+
+    def __init__(self, board, setup, wdt, net, app):
+        self.board = board
+        self.setup = setup
+        self.wdt = wdt
+        self.net = net
+        self.app = app
+
+
+def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_class=None,
+         client_class=None, net_class=None):
+    """Everything up to the running application, in rule 9's order. Returns a Cabinet, or the
+    reason to stay in the REPL: "no_board", "escape" or "no_setup". Raises what construction
+    raised once the watchdog runs (finish() records it)."""
     try:
         board = safe_board(machine, root)
     except Exception as e:  # BoardError, OSError: the hardware's pull-downs keep outputs safe
@@ -203,8 +217,7 @@ def start(machine, root="", network=None, ntptime=None, app_class=None, cycle_cl
     if crash is not None:
         report["last_crash"] = crash
     wdt = machine.WDT(timeout=setup.wdt_ms)
-    app = None
-    why = "crash"
+    cab = Cabinet(board, setup, wdt, None, None)
     try:
         if app_class is None:
             from tukar.app import App as app_class  # type: ignore[no-redef]
@@ -215,29 +228,59 @@ def start(machine, root="", network=None, ntptime=None, app_class=None, cycle_cl
         if net_class is None:
             from tukar.net import Net as net_class  # type: ignore[no-redef]
         ntp = setup.ntp
-        net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
-                        report=report, ntp_host=ntp.get("host"), resync_s=ntp.get("resync_s", 21600),
-                        hostname=setup.app_cfg["id"])
-        app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR, setup.key,
-                        profiles, boot_reason=reason, wall=net.wall, wdt=wdt, board_name=board.name,
-                        info_extra=report)
-        if run is None:
-            import asyncio
-            why = asyncio.run(_run(app, net))
-        else:
-            why = run(app, net)
-        if why == "crash":  # three task crashes within a minute: App.faults says which
-            record_crash(root, "tasks: %r" % (app.faults[-3:],), app.core.boot)
-    except KeyboardInterrupt:
-        board.safe_outputs()
-        _say("interrupted: outputs safe. The watchdog resets the board within %d ms; to stay in the "
-             "REPL, create :%s and reset." % (setup.wdt_ms, ESCAPE_FILE))
-        return "interrupted"
+        cab.net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
+                            report=report, ntp_host=ntp.get("host"),
+                            resync_s=ntp.get("resync_s", 21600), hostname=setup.app_cfg["id"])
+        cab.app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR,
+                            setup.key, profiles, boot_reason=reason, wall=cab.net.wall, wdt=wdt,
+                            board_name=board.name, info_extra=report)
     except Exception as e:
-        record_crash(root, trace_text(e), app.core.boot if app is not None else None)
+        cab.app = e  # finish() records it and resets
+    return cab
+
+
+def finish(machine, root, cab, why, exc=None):
+    """The end of every run: a crash recorded, outputs safe, the board reset. Returns `why`."""
+    app = cab.app if not isinstance(cab.app, Exception) else None
+    if exc is not None:
+        record_crash(root, trace_text(exc), app.core.boot if app is not None else None)
+    elif why == "crash" and app is not None:  # three task crashes within a minute: App.faults says which
+        record_crash(root, "tasks: %r" % (app.faults[-3:],), app.core.boot)
     try:
-        board.safe_outputs()
+        cab.board.safe_outputs()
     finally:
         _say("reset (%s)" % why)
         machine.reset()
     return why
+
+
+def _interrupted(cab):
+    cab.board.safe_outputs()
+    _say("interrupted: outputs safe. The watchdog resets the board within %d ms; to stay in the "
+         "REPL, create :%s and reset." % (cab.setup.wdt_ms, ESCAPE_FILE))
+    return "interrupted"
+
+
+async def main(machine, root="", run=None, **parts):
+    """Boot the cabinet and run it in the running event loop: what start() does, for a host that
+    already has one (the simulator). `run(app, net)`, when given, runs the application instead
+    (tests). Same returns as start()."""
+    cab = boot(machine, root, **parts)
+    if isinstance(cab, str):
+        return cab
+    if isinstance(cab.app, Exception):
+        return finish(machine, root, cab, "crash", cab.app)
+    try:
+        why = await serve(cab.app, cab.net) if run is None else run(cab.app, cab.net)
+    except KeyboardInterrupt:
+        return _interrupted(cab)
+    except Exception as e:
+        return finish(machine, root, cab, "crash", e)
+    return finish(machine, root, cab, why)
+
+
+def start(machine, root="", **parts):
+    """Boot the cabinet (main.py). Returns (without resetting) only when it must stay in the REPL:
+    "no_board", "escape", "no_setup" or "interrupted"; otherwise it ends in machine.reset()."""
+    import asyncio
+    return asyncio.run(main(machine, root, **parts))

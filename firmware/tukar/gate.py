@@ -23,11 +23,7 @@ from tukar.errors import make_ack
 from tukar.clock import wrap_diff
 from tukar.sign import Signer
 
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:
-    def const(x):  # type: ignore[no-redef]
-        return x
+from micropython import const
 
 MAX_PAYLOAD = const(2048)  # bytes of the whole envelope; a command body needs a few hundred
 MAX_REQ_ID = const(64)  # characters

@@ -18,22 +18,9 @@ import _thread
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
 
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:
-    def const(x):  # type: ignore[no-redef]
-        return x
+from micropython import const
 
-try:
-    from time import ticks_ms as _ticks_ms, sleep_ms as _sleep_ms  # type: ignore[attr-defined]
-except ImportError:  # CPython: real time, whatever clock the simulator gives the cabinet
-    import time as _time
-
-    def _ticks_ms():
-        return int(_time.monotonic() * 1000) & 0x3FFFFFFF  # type: ignore[attr-defined]
-
-    def _sleep_ms(ms):
-        _time.sleep(ms / 1000)
+from time import sleep_ms as _sleep_ms, ticks_ms as _ticks_ms  # type: ignore[attr-defined]
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
 MAX_COMMANDS = const(16)  # received, not yet taken by the control loop

@@ -1,11 +1,7 @@
 # MCP23017 16-bit I2C I/O expander carrying slot doors, presence and lock switches, and outputs.
 # IOCON.BANK = 0 (A/B interleaved, sequential). read() and write() are one I2C transaction each
 # and allocate nothing: both ports go through one preallocated 2-byte buffer.
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:  # CPython
-    def const(x):
-        return x
+from micropython import const
 
 _IODIRA = const(0x00)
 _IPOLA = const(0x02)

@@ -1,11 +1,7 @@
 # MCP2515 stand-alone CAN controller over SPI: the cabinet's link to CAN battery packs and chargers.
 # The bus and pins are passed in. Receiving and sending allocate nothing: one scratch buffer, fixed
 # memoryview slices. Bus-off is reported, and `service(now_ms)` restarts the chip with back-off.
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:  # CPython
-    def const(x):
-        return x
+from micropython import const
 
 from tukar.clock import ticks_add, ticks_diff, sleep_ms
 

@@ -8,11 +8,7 @@ import time
 from tukar.clock import asleep_ms, ticks_ms, wrap_add, wrap_diff
 from tukar.link import Backoff
 
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:
-    def const(x):  # type: ignore[no-redef]
-        return x
+from micropython import const
 
 POLL_MS = const(1000)
 CONNECT_TIMEOUT_MS = const(20000)  # an association plus DHCP that takes longer is abandoned

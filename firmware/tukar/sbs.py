@@ -7,11 +7,7 @@
 # batch, so the maker and the ManufactureDate make it a fleet-wide identity.
 # Capacities in 10 mWh (BatteryMode bit 15) are kept in that unit for SoH (a ratio) and
 # converted to mAh at the pack voltage for remaining_mah / full_mah.
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:  # CPython
-    def const(x):
-        return x
+from micropython import const
 
 from tukar.inputs import F_OVERCHARGED, F_OVERTEMP
 

@@ -3,11 +3,7 @@
 import hashlib
 import binascii
 
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:
-    def const(x):  # type: ignore[no-redef]
-        return x
+from micropython import const
 
 _BLOCK = const(64)
 DIGEST_SIZE = 32

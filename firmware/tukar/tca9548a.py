@@ -1,10 +1,6 @@
 # TCA9548A 8-channel I2C switch: gives each slot's SBS battery (all at 0x0B) its own channel.
 # The bus and pins are passed in. select() caches the channel so a steady poll writes nothing.
-try:
-    from micropython import const  # type: ignore[import-not-found]
-except ImportError:  # CPython
-    def const(x):
-        return x
+from micropython import const
 
 _RECOVERY_PULSES = const(9)
 _UNKNOWN = const(-1)

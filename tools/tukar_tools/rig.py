@@ -13,13 +13,10 @@ Slots are numbered from 1, as the cabinet's events number them.
 """
 import json
 import pathlib
-import sys
+
+from tukar_tools import hostenv  # noqa: F401  (firmware/ on the path, MicroPython's names supplied)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_SHIM = ROOT / "tools" / "tukar_tools" / "shim"
-for _p in (ROOT / "firmware", _SHIM):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import hosttime  # noqa: E402
 import machine  # noqa: E402  (the host shim)

@@ -1,11 +1,16 @@
-"""`tukar sim`: whole cabinets on the host. Each runs the unmodified firmware application
-(`tukar.app.App`) over the `machine` shim and register-level chip models, talks MQTT through the
-umqtt shim to a real broker (an embedded one by default), and exposes its physical world on
-P/C/sim/cmd, P/C/sim/ack and P/C/sim/world (mqtt.md). Ctrl-C stops everything cleanly."""
+"""`tukar sim`: whole cabinets on the host. Each cabinet's firmware boots through `tukar.device`
+from a directory that is its flash (board.json, config.json, secrets.json, profiles/, state/), as
+the device does, in one of two runtimes: CPython (the default, in this process, time sped up at
+will) or real MicroPython (`--runtime micropython`: a 32-bit unix-port process per cabinet with the
+firmware frozen, its `machine` forwarded to this process, real time). Either way the firmware talks
+MQTT to a real broker (an embedded one by default) and this process moves the physical world,
+exposed on P/C/sim/cmd, P/C/sim/ack and P/C/sim/world (mqtt.md). The world (which battery is in
+which slot) is kept beside the flash, so a restarted simulator resumes it. Ctrl-C stops it all."""
 import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -18,9 +23,8 @@ from tukar_tools.sign import parse_key
 
 import hosttime  # noqa: E402  (the shim's clock; rig put the shim on sys.path)
 import machine  # noqa: E402
+from tukar import device  # noqa: E402
 from tukar.app import App  # noqa: E402
-from tukar.board import Board  # noqa: E402
-from tukar.cycle import ControlCycle  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
@@ -28,6 +32,9 @@ PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels
 WORLD_PUBLISH_MS = 2000  # SoC and temperatures in sim/world; actions, bolts and chargers at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
 DEFAULT_STATE_DIR = ".tukar-sim"
+RUNTIMES = ("cpython", "micropython")
+WORLD_FILE = "world.json"
+BOOT_HANG_S = 30  # a MicroPython cabinet that has not armed its watchdog by then is reported hung
 
 
 def board_for(slots):
@@ -37,8 +44,18 @@ def board_for(slots):
     raise ValueError("a cabinet has at most 24 slots, %d asked" % slots)
 
 
+def _load_module(name):
+    """The host's `network` and `ntptime` (tools/tukar_tools/mpshim), for the CPython runtime."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpshim", name + ".py")
+    spec = importlib.util.spec_from_file_location("tukar_tools.mpshim." + name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 class NetworkFault:
-    """The cabinet's network, which the `fault mqtt` action can cut."""
+    """The cabinet's network in the CPython runtime, which the `fault mqtt` action can cut."""
 
     def __init__(self):
         self.down = False
@@ -54,31 +71,225 @@ class NetworkFault:
         return Client
 
 
-class SimCabinet:
-    """One simulated cabinet: its physical world and the firmware application running on it."""
+def write_flash(flash, cfg, cid, host, port, prefix, key):
+    """Lay out what `tukar provision` and `tukar deploy` put on a device: main.py, board.json,
+    config.json, secrets.json and the profiles. The firmware's own state/ is left as it is."""
+    os.makedirs(os.path.join(flash, "profiles"), exist_ok=True)
+    shutil.copyfile(os.path.join(rig.ROOT, "firmware", "main.py"), os.path.join(flash, "main.py"))
+    for name in sorted(os.listdir(rig.PROFILES)):
+        if name.endswith(".json"):
+            shutil.copyfile(os.path.join(rig.PROFILES, name), os.path.join(flash, "profiles", name))
+    files = {"board.json": cfg,
+             "config.json": {"id": cid, "slots": cfg["slot_count"], "wifi": {"ssid": "sim"},
+                             "mqtt": {"host": host, "port": port, "prefix": prefix,
+                                      "keepalive_s": 30, "io_timeout_s": 5}},
+             "secrets.json": {"key": key.hex()}}
+    for name, value in files.items():
+        with open(os.path.join(flash, name), "w") as f:
+            json.dump(value, f)
 
-    def __init__(self, sim, cid, slots, state_dir, fill, rnd):
+
+class CPythonFirmware:
+    """The firmware in this process: `tukar.device.main` as a task on the simulator's loop, over
+    the `machine` shim. machine.reset() (ResetRequested) reboots it, as the chip would."""
+
+    def __init__(self, cab):
+        self.cab = cab
+        self.app = None
+        self.task = None
+        self.boots = 0
+        self.net = NetworkFault()
+        self.network = _load_module("network")
+        self.ntptime = _load_module("ntptime")
+
+    def _app(self, *a, **k):
+        app = self.app = App(*a, **k)
+        self.cab.phys.serve_can(app.board)
+        if self.cab.flash_broken:
+            self.flash_fault(True)
+        return app
+
+    def boot(self, cause):
+        self.cab.phys.hw.reset_cause = cause
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        cab = self.cab
+        shim_hw.install(cab.phys.hw)
+        self.boots += 1
+        try:
+            why = await device.main(machine, root=cab.flash + os.sep, network=self.network,
+                                    ntptime=self.ntptime, client_class=self.net.client_class(),
+                                    app_class=self._app)
+        except machine.ResetRequested:
+            if not cab.stopped:  # a reboot command or crashing tasks: the chip resets
+                cab.phys.power_loss()
+                cab.phys.hw.wdt.started = False
+                self.boot(machine.HARD_RESET)
+            return
+        except asyncio.CancelledError:
+            return
+        if not cab.stopped:
+            cab.report("firmware stopped in the REPL (%s)" % why)
+
+    def power_cut(self):
+        app = self.app
+        if app is not None:
+            app.stopping = "power"
+            app.link.abandon()
+        if self.task is not None:
+            self.task.cancel()
+
+    def net_fault(self, on):
+        self.net.down = on
+        if on and self.app is not None:
+            self.app.link.drop()
+
+    def flash_fault(self, on):
+        if self.app is None:
+            return
+
+        def broken(*a, **k):
+            raise OSError(5, "EIO (simulated flash fault)")
+        self.app.store._open = broken if on else open
+
+    def check(self, now):
+        pass
+
+    async def stop(self):
+        if self.app is not None:
+            self.app.stopping = "stop"
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        if self.app is not None:
+            for _ in range(50):
+                if not self.app.link.running:
+                    break
+                await asyncio.sleep(0.05)
+
+
+class MicroPythonFirmware:
+    """The firmware in its own MicroPython process (tukar_tools.mprt), on real time."""
+
+    def __init__(self, cab, heap=None, binary=None):
+        from tukar_tools import mprt
+        self.cab = cab
+        self.app = None  # in another process: nothing to reach into
+        self.server = mprt.HardwareServer(cab.phys.hw, cab.lock, on_reset=self._reset_requested,
+                                          can=cab.phys.can)
+        self.server.on_connect = self._connected
+        if cab.phys.can is not None:
+            cab.phys.can.paced = True
+        self.relay = mprt.Relay(cab.sim.host, cab.sim.port)
+        self.proc = mprt.FirmwareProcess(cab.flash, self.server.port, heap or mprt.DEFAULT_HEAP,
+                                         binary, name=cab.id, report=cab.report)
+        self._reset_pending = False
+        self._started_at = None
+        self._hang_reported = False
+
+    @property
+    def boots(self):
+        return self.proc.starts
+
+    @property
+    def broker_port(self):
+        return self.relay.port
+
+    def _connected(self):
+        if self.cab.flash_broken:
+            self.server.notify("F", 1)
+
+    def _reset_requested(self):  # machine.reset(), in the server's thread under the lock
+        self._reset_pending = True
+
+    def boot(self, cause):
+        self.cab.phys.hw.reset_cause = cause
+        self._started_at = time.monotonic()
+        self._hang_reported = False
+        self.proc.start()
+
+    def power_cut(self):
+        self.proc.kill()
+
+    def net_fault(self, on):
+        self.relay.cut(on)
+
+    def flash_fault(self, on):
+        with self.cab.lock:
+            self.server.notify("F", 1 if on else 0)
+
+    def check(self, now):
+        """Called with every physics step: a reset the firmware asked for, a boot that hangs."""
+        if self._reset_pending:
+            self._reset_pending = False
+            self.proc.kill()
+            self.cab.phys.power_loss()
+            self.cab.phys.hw.wdt.started = False
+            self.boot(machine.HARD_RESET)
+            return
+        wdt = self.cab.phys.hw.wdt
+        if (not wdt.started and not self._hang_reported and self._started_at is not None
+                and self.proc.running and time.monotonic() - self._started_at > BOOT_HANG_S):
+            self._hang_reported = True
+            self.cab.report("the firmware has not armed its watchdog %d s after starting (hung at "
+                            "boot?). Its last output:\n  %s" % (
+                                BOOT_HANG_S, "\n  ".join(list(self.proc.tail)[-15:]) or "(none)"))
+
+    async def stop(self):
+        self.proc.kill()
+        self.server.close()
+        self.relay.close()
+
+
+class SimCabinet:
+    """One simulated cabinet: its physical world, its flash directory and its firmware."""
+
+    def __init__(self, sim, cid, slots, state_dir, fill, rnd, runtime="cpython", heap=None,
+                 micropython=None):
         self.sim = sim
         self.id = cid
         self.board_name = board_for(slots)
         self.phys = Physical(self.board_name, lock_travel_ms=300, slots=slots)
         self.n = self.phys.n
-        self.state_dir = os.path.join(state_dir, cid)
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.net = NetworkFault()
-        self.app = None
-        self.app_task = None
-        self.boots = 0
+        self.flash = os.path.join(state_dir, cid)
+        os.makedirs(self.flash, exist_ok=True)
+        self.lock = threading.RLock()  # the physics and a MicroPython process's machine calls
         self.flash_broken = False
         self.stopped = False
         self.world_due = 0
         self.world_moves = 0
         self.control = None
-        fresh = not os.path.exists(os.path.join(self.state_dir, "state.json"))
-        if fresh:
+        self.reports = []  # what went wrong with the firmware, as told to the user
+        if not self.load_world():
             self.stock(fill, rnd)
+        self.runtime = runtime
+        if sim is None:
+            self.fw = None
+            return
+        if runtime == "micropython":
+            self.fw = MicroPythonFirmware(self, heap, micropython)
+            host, port = "127.0.0.1", self.fw.broker_port
+        else:
+            self.fw = CPythonFirmware(self)
+            host, port = sim.host, sim.port
+        write_flash(self.flash, self.phys.cfg, cid, host, port, sim.prefix, sim.key)
 
-    # -- stock and firmware ---------------------------------------------------------------------
+    @property
+    def app(self):
+        return self.fw.app if self.fw is not None else None
+
+    @property
+    def boots(self):
+        return self.fw.boots if self.fw is not None else 0
+
+    def report(self, text):
+        self.reports.append(text)
+        print("tukar sim: %s: %s" % (self.id, text), file=sys.stderr, flush=True)
+
+    # -- stock and the world across restarts -----------------------------------------------------
     def stock(self, fill, rnd):
         """`fill` batteries in the first slots, SoC spread so some are ready and some charge."""
         profile = self.phys.profiles["ref48v"]
@@ -88,56 +299,65 @@ class SimCabinet:
                                        soh=rnd.randint(88, 100), temp_c=26,
                                        cycles=rnd.randint(20, 400)))
 
-    def boot(self, reason):
-        """Build the firmware application on this cabinet's hardware, as the device's main does."""
-        shim_hw.install(self.phys.hw)
-        board = Board(self.phys.cfg, machine)
-        cfg = {"id": self.id, "slots": self.n,
-               "mqtt": {"id": self.id, "host": self.sim.host, "port": self.sim.port,
-                        "prefix": self.sim.prefix, "keepalive_s": 30, "io_timeout_s": 5}}
-        self.app = App(cfg, board, ControlCycle, self.net.client_class(), self.state_dir,
-                       self.sim.key, self.phys.profiles, boot_reason=reason, wall=hosttime.wall_s,
-                       wdt=machine.WDT(timeout=5000), board_name=self.board_name)
-        if self.flash_broken:
-            self._break_flash(True)
-        self.phys.serve_can(board)
-        self.boots += 1
-        self.app_task = asyncio.ensure_future(self._run_app(self.app))
-
-    async def _run_app(self, app):
+    def save_world(self):
+        """The batteries in their slots and the doors, beside the flash (a restart resumes them)."""
+        packs = []
+        for i, pack in enumerate(self.phys.packs):
+            if pack is not None:
+                d = pack.snapshot()
+                d["slot"] = i + 1
+                d["cycles"] = pack.cycles
+                packs.append(d)
+        world = {"packs": packs, "open_doors": [i + 1 for i in range(self.n) if not self.phys.doors[i]],
+                 "temp_c": self.phys.cabinet_c}
+        path = os.path.join(self.flash, WORLD_FILE)
         try:
-            why = await app.run()
-        except asyncio.CancelledError:
-            return
-        if why and not self.stopped:  # a reboot command or crashing tasks: the device resets
-            self.phys.power_loss()
-            self.boot("soft" if why == "command" else "watchdog")
+            with open(path + ".tmp", "w") as f:
+                json.dump(world, f)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass
+
+    def load_world(self):
+        """The world the last run left; False when there is none (a fresh cabinet)."""
+        try:
+            with open(os.path.join(self.flash, WORLD_FILE)) as f:
+                world = json.load(f)
+            for d in world["packs"]:
+                profile = self.phys.profiles.get(d.get("profile")) or self.phys.profiles["ref48v"]
+                self.phys.add_pack(d["slot"], Pack(d["serial"], profile, d["soc"], d["soh"],
+                                                   d["temp_c"], d.get("faults", ()),
+                                                   d.get("cycles", 50)))
+            for n in world.get("open_doors", []):
+                self.phys.doors[n - 1] = False
+                self.phys._set(n - 1, "door", False)
+            if "temp_c" in world:
+                self.phys.set_cabinet_temp(world["temp_c"])
+        except (OSError, ValueError, KeyError, TypeError, WorldError):
+            return False
+        return True
+
+    # -- the firmware -----------------------------------------------------------------------------
+    def boot(self, reason="power_on"):
+        causes = {"power_on": machine.PWRON_RESET, "watchdog": machine.WDT_RESET,
+                  "hard": machine.HARD_RESET}
+        self.fw.boot(causes[reason])
 
     def power_cycle(self, reason="power_on"):
         """Power cut: the firmware's memory is gone (no goodbye: the broker sends the will)."""
-        app = self.app
-        if app is not None:
-            app.stopping = "power"
-            app.link.abandon()
-            if self.app_task is not None:
-                self.app_task.cancel()
-        self.phys.power_loss()
-        self.phys.hw.wdt.started = False  # a reset stops the watchdog until main starts it again
-        if reason == "power_on":
-            self.phys.hw.reset_cause = machine.PWRON_RESET
+        with self.lock:
+            self.fw.power_cut()
+            self.phys.power_loss()
+            self.phys.hw.wdt.started = False  # a reset stops the watchdog until main starts it again
         self.boot(reason)
 
     def watchdog_reset(self):
         """The hardware watchdog was not fed in time: the chip resets, as a power cut does."""
-        self.phys.hw.reset_cause = machine.WDT_RESET
+        if self.runtime == "micropython":
+            self.report("watchdog: not fed for %d ms; the chip resets. The firmware's last output:\n  %s"
+                        % (self.phys.hw.wdt.timeout_ms,
+                           "\n  ".join(list(self.fw.proc.tail)[-10:]) or "(none)"))
         self.power_cycle(reason="watchdog")
-
-    def _break_flash(self, on):
-        store = self.app.store
-
-        def broken(*a, **k):
-            raise OSError(5, "EIO (simulated flash fault)")
-        store._open = broken if on else open
 
     # -- the world's actions, as mqtt.md names them ------------------------------------------
     @property
@@ -168,12 +388,10 @@ class SimCabinet:
 
     def fault(self, target, on):
         if target == "mqtt":
-            self.net.down = on
-            if on and self.app is not None:
-                self.app.link.drop()
+            self.fw.net_fault(on)
         elif target == "flash":
             self.flash_broken = on
-            self._break_flash(on)
+            self.fw.flash_fault(on)
         else:
             self.phys.fault(target, on)
 
@@ -182,26 +400,39 @@ class SimCabinet:
 
     # -- simulated time ---------------------------------------------------------------------
     def physics(self, now):
-        self.phys.physics(now)
-        if self.app is not None and self.phys.hw.wdt.starved(now):
-            self.watchdog_reset()
+        with self.lock:
+            self.phys.physics(now)
+            starved = self.fw is not None and self.phys.hw.wdt.starved(now)
+        if self.fw is not None:
+            if starved:
+                self.watchdog_reset()
+            else:
+                self.fw.check(now)
         if self.control is not None and (now - self.world_due >= 0
                                          or self.phys.moves != self.world_moves):
             self.world_due = now + WORLD_PUBLISH_MS
             self.world_moves = self.phys.moves
             self.control.publish_world()
+            self.save_world()
 
 
 class Simulation:
     def __init__(self, host, port, prefix="tukar", key=None, cabinets=1, slots=12,
-                 id_prefix="sim", state_dir=DEFAULT_STATE_DIR, speed=1.0, seed=1, fill=None):
+                 id_prefix="sim", state_dir=DEFAULT_STATE_DIR, speed=1.0, seed=1, fill=None,
+                 runtime="cpython", heap=None, micropython=None):
+        if runtime not in RUNTIMES:
+            raise ValueError("runtime must be one of %s" % ", ".join(RUNTIMES))
+        if runtime == "micropython" and speed != 1.0:
+            raise ValueError("the micropython runtime runs on MicroPython's own clock: speed 1 only")
         self.host, self.port, self.prefix = host, port, prefix
         self.key = key or parse_key(SIM_KEY_HEX)
         self.speed = speed
+        self.runtime = runtime
         hosttime.install(hosttime.SimClock(speed=speed))
         rnd = random.Random(seed)
         fill = slots // 2 if fill is None else fill
-        self.cabinets = [SimCabinet(self, "%s-%d" % (id_prefix, k + 1), slots, state_dir, fill, rnd)
+        self.cabinets = [SimCabinet(self, "%s-%d" % (id_prefix, k + 1), slots, state_dir, fill, rnd,
+                                    runtime, heap, micropython)
                          for k in range(cabinets)]
         self.by_id = {c.id: c for c in self.cabinets}
         self.loop = None
@@ -270,17 +501,9 @@ class Simulation:
     async def stop(self):
         for cab in self.cabinets:
             cab.stopped = True
-            if cab.app is not None:
-                cab.app.stopping = "stop"
-        tasks = [c.app_task for c in self.cabinets if c.app_task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await asyncio.gather(*(cab.fw.stop() for cab in self.cabinets))
         for cab in self.cabinets:
-            if cab.app is not None:
-                for _ in range(50):
-                    if not cab.app.link.running:
-                        break
-                    await asyncio.sleep(0.05)
+            cab.save_world()
         if self.client is not None:
             self.client.close()
 
@@ -326,6 +549,14 @@ def add_arguments(p):
     p.add_argument("--no-monitor", action="store_true", help="no live view; just run")
     p.add_argument("--scenario", help="run a scenario file, exit non-zero if it fails")
     p.add_argument("--duration", type=float, help="stop after this many real seconds")
+    p.add_argument("--runtime", choices=RUNTIMES, default="cpython",
+                   help="where the firmware runs: in this process (cpython, the default) or one "
+                        "32-bit MicroPython process per cabinet (micropython; `make micropython` "
+                        "builds it; real time, so --speed 1)")
+    p.add_argument("--heap", default=None,
+                   help="micropython runtime: the firmware's GC heap, as -X heapsize= (default 128K)")
+    p.add_argument("--micropython", default=None,
+                   help="micropython runtime: the binary (default build/micropython)")
 
 
 def run(args):
@@ -368,8 +599,22 @@ def run(args):
         if fill is None:
             fill = scenario.get("fill")
     speed = speed or 1.0
+    if args.runtime == "micropython":
+        from tukar_tools import mprt
+        if speed != 1.0:
+            print("tukar sim: the micropython runtime runs on MicroPython's own clock: speed 1 "
+                  "(asked %g)" % speed, file=sys.stderr)
+            speed = 1.0
+        try:
+            mprt.binary(args.micropython)
+        except FileNotFoundError as e:
+            if own is not None:
+                own.stop()
+            print("tukar sim: %s" % e, file=sys.stderr)
+            return 2
     sim = Simulation(host, port, args.prefix, key, args.cabinets, args.slots, args.id_prefix,
-                     state_dir or DEFAULT_STATE_DIR, speed, args.seed, fill)
+                     state_dir or DEFAULT_STATE_DIR, speed, args.seed, fill, args.runtime,
+                     args.heap, args.micropython)
     stop = threading.Event()
     result = {"code": 0}
 
@@ -408,6 +653,8 @@ def run(args):
         if own is not None:
             own.stop()
     r = sim.lag_report()
+    if args.runtime == "micropython":
+        return result["code"]
     print("tukar sim: %d cabinet(s), %d control ticks; lateness < 5 ms: %d, < 20 ms: %d, "
           "< 50 ms: %d, < 100 ms: %d, more: %d; worst %d ms" % (
               r["cabinets"], r["ticks"], r["late_lt5"], r["late_lt20"], r["late_lt50"],

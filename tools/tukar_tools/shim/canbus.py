@@ -72,6 +72,13 @@ class CanBus:
         # Called after each frame: the receiving MCU's chance to drain the chip's two RX buffers,
         # as its INT-driven task does while the next frame is still on the wire (~230 us at 500k).
         self.between_frames = None
+        # A firmware in another process drains the chip at its own pace: frames then wait on the
+        # wire until every controller has a free RX buffer (`pump`), up to WIRE_MAX of them.
+        self.paced = False
+        self.wire = []
+        self.dropped = 0
+
+    WIRE_MAX = 64
 
     def attach(self, node):
         """A simulated node: step(now_ms) -> frames to send; receive(frame) for frames it hears."""
@@ -109,11 +116,25 @@ class CanBus:
         self.now_ms = now_ms
         for node in self.nodes:
             for frame in node.step(now_ms):
+                if self.paced:
+                    self.wire.append((frame, node))
+                    continue
                 self.transmit(frame, node)
                 if self.between_frames is not None:
                     self.between_frames()
+        if self.paced:
+            if len(self.wire) > self.WIRE_MAX:  # the firmware stopped draining: the oldest are lost
+                self.dropped += len(self.wire) - self.WIRE_MAX
+                del self.wire[:len(self.wire) - self.WIRE_MAX]
+            self.pump()
         for c in self.controllers:
             c.tick(now_ms, self.bitrate)
+
+    def pump(self):
+        """Paced: put waiting frames on the bus while every controller can take one."""
+        while self.wire and not any(c.rx_full() for c in self.controllers):
+            frame, node = self.wire.pop(0)
+            self.transmit(frame, node)
 
     def load(self, duration_ms):
         """Share of the bus used by the bits counted so far over duration_ms."""

@@ -412,6 +412,11 @@ class MCP2515Model:
 
     # -- the bus side ---------------------------------------------------------------------------
 
+    def rx_full(self):
+        """Both receive buffers hold an unread frame."""
+        f = self.regs[CANINTF]
+        return f & (RX0IF | RX1IF) == (RX0IF | RX1IF)
+
     def deliver(self, frame):
         """A frame on the bus reaches the chip."""
         if not self.present or self._mode not in (MODE_NORMAL, MODE_LISTEN) or self.bus_off:

@@ -1,0 +1,414 @@
+# `machine` for the firmware when it runs in the MicroPython unix port (`tukar sim --runtime
+# micropython`, the end-to-end tests, the memory bench). The ESP32 port's classes, constants and
+# errors, every call forwarded over a local socket to the host process, where the register-level
+# chip models and the physics answer (tukar_tools/mprt.py serves it). The firmware cannot tell.
+#
+# Wire: a request is <u16 length><u8 op><args>, a reply <u16 length><u8 status><data>; status 0 is
+# success, 1 an OSError (errno in the data), 2 a ValueError (its text). A second socket carries the
+# host's notes: (b"I", pin) a pin edge for its IRQ handler, (b"F", on) a flash fault, (b"M", 0) a
+# heap probe. Buffers are allocated once: a call allocates only what its result needs.
+import gc
+import os
+import socket
+import struct
+import sys
+
+import _thread
+import micropython
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+_PIN_INIT = 1
+_PIN_GET = 2
+_PIN_SET = 3
+_PIN_IRQ = 4
+_I2C_INIT = 10
+_I2C_RMEM = 11
+_I2C_WMEM = 12
+_I2C_READ = 13
+_I2C_WRITE = 14
+_I2C_SCAN = 15
+_SPI_INIT = 20
+_SPI_XFER = 21
+_ADC_INIT = 30
+_ADC_READ = 31
+_WDT_INIT = 40
+_WDT_FEED = 41
+_CAUSE = 50
+_UID = 51
+_RESET = 52
+_HELLO = 53
+
+_req = bytearray(512)
+_rsp = bytearray(512)
+_reqv = memoryview(_req)
+_rspv = memoryview(_rsp)
+_lock = _thread.allocate_lock()
+_handlers = {}
+_flash_broken = [False]
+
+
+def _connect():
+    host, port = (os.getenv("TUKAR_HW") or "127.0.0.1:0").rsplit(":", 1)
+    s = socket.socket()
+    s.connect(socket.getaddrinfo(host, int(port))[0][-1])
+    try:
+        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: one small request at a time
+    except OSError:
+        pass
+    return s
+
+
+_sock = _connect()
+_note = _connect()
+
+
+def _read_exact(sock, mv):
+    got = 0
+    n = len(mv)
+    while got < n:
+        k = sock.readinto(mv[got:])
+        if not k:
+            raise SystemExit("tukar: the host's hardware socket closed")
+        got += k
+
+
+def _call(op, n):
+    """Send _req[3:3+n] as op; returns the reply's data length (the data is in _rsp)."""
+    with _lock:
+        struct.pack_into("<HB", _req, 0, n + 1, op)
+        _sock.write(_reqv[:n + 3])
+        _read_exact(_sock, _rspv[:3])
+        size, status = struct.unpack_from("<HB", _rsp, 0)
+        size -= 1
+        _read_exact(_sock, _rspv[:size])
+    if status == 1:
+        raise OSError(struct.unpack_from("<H", _rsp, 0)[0])
+    if status == 2:
+        raise ValueError(bytes(_rspv[:size]).decode())
+    return size
+
+
+def _put(data, at):
+    n = len(data)
+    _req[at:at + n] = data
+    return at + n
+
+
+def _pin_id(p):
+    if isinstance(p, Pin):
+        return p.id
+    if isinstance(p, int):
+        return p
+    raise TypeError("pin must be a Pin or an int")
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_DOWN = 1
+    PULL_UP = 2
+    PULL_HOLD = 4
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __init__(self, id, mode=-1, pull=-1, value=None, **kw):
+        self.id = id
+        self.init(mode, pull, value=value)
+
+    def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        struct.pack_into("<BbbB", _req, 3, self.id, -1 if mode is None else mode,
+                         -2 if pull is None else pull, 255 if value is None else (1 if value else 0))
+        _call(_PIN_INIT, 4)
+
+    def value(self, x=None):
+        _req[3] = self.id
+        if x is None:
+            _call(_PIN_GET, 1)
+            return _rsp[0]
+        _req[4] = 1 if x else 0
+        _call(_PIN_SET, 2)
+
+    def __call__(self, x=None):
+        return self.value(x)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, wake=None, hard=False):
+        _handlers[self.id] = (handler, self)
+        _req[3] = self.id
+        _req[4] = trigger if handler is not None else 0
+        _call(_PIN_IRQ, 2)
+
+    def __repr__(self):
+        return "Pin(%d)" % self.id
+
+
+class I2C:
+    def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self.id = id
+        self.init(scl=scl, sda=sda, freq=freq, timeout=timeout)
+
+    def init(self, scl=None, sda=None, freq=400000, timeout=50000):
+        struct.pack_into("<BbbII", _req, 3, self.id, -1 if scl is None else _pin_id(scl),
+                         -1 if sda is None else _pin_id(sda), freq, timeout)
+        _call(_I2C_INIT, 11)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
+        struct.pack_into("<BBIBH", _req, 3, self.id, addr, memaddr, addrsize, len(buf))
+        n = _call(_I2C_RMEM, 9)
+        buf[:n] = _rspv[:n]
+
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+        buf = bytearray(nbytes)
+        self.readfrom_mem_into(addr, memaddr, buf, addrsize=addrsize)
+        return bytes(buf)
+
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
+        struct.pack_into("<BBIB", _req, 3, self.id, addr, memaddr, addrsize)
+        _call(_I2C_WMEM, _put(buf, 10) - 3)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        struct.pack_into("<BBBH", _req, 3, self.id, addr, 1 if stop else 0, len(buf))
+        n = _call(_I2C_READ, 5)
+        buf[:n] = _rspv[:n]
+
+    def readfrom(self, addr, nbytes, stop=True):
+        buf = bytearray(nbytes)
+        self.readfrom_into(addr, buf, stop)
+        return bytes(buf)
+
+    def writeto(self, addr, buf, stop=True):
+        struct.pack_into("<BBB", _req, 3, self.id, addr, 1 if stop else 0)
+        _call(_I2C_WRITE, _put(buf, 6) - 3)
+        return _rsp[0]
+
+    def writevto(self, addr, vector, stop=True):
+        data = bytearray()
+        for b in vector:
+            data += b
+        return self.writeto(addr, data, stop)
+
+    def scan(self):
+        _req[3] = self.id
+        n = _call(_I2C_SCAN, 1)
+        return list(_rspv[:n])
+
+
+class SoftI2C(I2C):
+    def __init__(self, scl, sda, *, freq=400000, timeout=50000):
+        self.id = 255  # the host finds the bus by its pins
+        self.init(scl=scl, sda=sda, freq=freq, timeout=timeout)
+
+
+class SPI:
+    CONTROLLER = 0
+    MASTER = 0
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id=1, baudrate=500000, *, polarity=0, phase=0, bits=8, firstbit=0,
+                 sck=None, mosi=None, miso=None):
+        self.id = id
+        self.init(baudrate=baudrate, polarity=polarity, phase=phase, bits=bits, firstbit=firstbit)
+
+    def init(self, baudrate=500000, *, polarity=0, phase=0, bits=8, firstbit=0, sck=None,
+             mosi=None, miso=None):
+        if bits != 8:
+            raise ValueError("only 8-bit transfers are modelled")
+        struct.pack_into("<BI", _req, 3, self.id, baudrate)
+        _call(_SPI_INIT, 5)
+
+    def deinit(self):
+        pass
+
+    def _xfer(self, data):
+        _req[3] = self.id
+        return _call(_SPI_XFER, _put(data, 4) - 3)
+
+    def write(self, buf):
+        self._xfer(buf)
+
+    def readinto(self, buf, write=0x00):
+        n = len(buf)
+        for i in range(n):
+            _req[4 + i] = write
+        _req[3] = self.id
+        _call(_SPI_XFER, n + 1)
+        buf[:n] = _rspv[:n]
+
+    def read(self, nbytes, write=0x00):
+        buf = bytearray(nbytes)
+        self.readinto(buf, write)
+        return bytes(buf)
+
+    def write_readinto(self, write_buf, read_buf):
+        if len(write_buf) != len(read_buf):
+            raise ValueError("buffers must be the same length")
+        n = self._xfer(write_buf)
+        read_buf[:n] = _rspv[:n]
+
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+    WIDTH_9BIT = 0
+    WIDTH_10BIT = 1
+    WIDTH_11BIT = 2
+    WIDTH_12BIT = 3
+
+    def __init__(self, pin, *, atten=None):
+        self.id = _pin_id(pin)
+        self._bits = 12
+        self.init(atten=atten)
+
+    def init(self, *, atten=None):
+        _req[3] = self.id
+        _req[4] = 0 if atten is None else atten
+        _call(_ADC_INIT, 2)
+
+    def atten(self, atten):
+        self.init(atten=atten)
+
+    def width(self, width):
+        self._bits = 9 + width
+
+    def _read(self, kind):
+        _req[3] = self.id
+        _req[4] = kind
+        _call(_ADC_READ, 2)
+        return struct.unpack_from("<I", _rsp, 0)[0]
+
+    def read(self):
+        return self._read(0) >> (12 - self._bits)
+
+    def read_u16(self):
+        return self._read(1)
+
+    def read_uv(self):
+        return self._read(2)
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError("WDT(%r) doesn't exist" % (id,))
+        struct.pack_into("<I", _req, 3, timeout)
+        _call(_WDT_INIT, 4)
+
+    def feed(self):
+        _call(_WDT_FEED, 0)
+
+
+def reset_cause():
+    _call(_CAUSE, 0)
+    return _rsp[0]
+
+
+def unique_id():
+    n = _call(_UID, 0)
+    return bytes(_rspv[:n])
+
+
+def reset():
+    """The host resets the chip (kills this process and starts it again); nothing runs after."""
+    _call(_RESET, 0)
+    while True:
+        _thread.allocate_lock().acquire()  # wait for the host's SIGKILL without using the CPU
+
+
+def soft_reset():
+    reset()
+
+
+def freq(hz=None):
+    if hz is None:
+        return 160000000
+    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+
+
+def idle():
+    pass
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+def time_pulse_us(pin, pulse_level, timeout_us=1000000):
+    return -1 if pin.value() != pulse_level else -2
+
+
+# -- the host's notes ------------------------------------------------------------------------------
+def _fire(pin):
+    h = _handlers.get(pin)
+    if h is not None and h[0] is not None:
+        h[0](h[1])
+
+
+def _probe(_):
+    gc.collect()
+    print("tukar-heap: used=%d free=%d" % (gc.mem_alloc(), gc.mem_free()))
+    micropython.mem_info()  # its "max free sz" line is the largest free block, in 16-byte blocks
+
+
+_open = open
+
+
+def _flash_open(path, mode="r", *a, **k):
+    if _flash_broken[0] and ("w" in mode or "a" in mode or "+" in mode):
+        raise OSError(5)  # EIO, as a failing flash chip reports it
+    return _open(path, mode, *a, **k)
+
+
+def _notes():
+    buf = bytearray(2)
+    mv = memoryview(buf)
+    while True:
+        _read_exact(_note, mv)
+        kind = buf[0]
+        try:
+            if kind == 73:  # "I": a pin edge, handled as the ESP32 port's soft IRQ
+                micropython.schedule(_fire, buf[1])
+            elif kind == 70:  # "F": the flash fails (or works again)
+                _flash_broken[0] = buf[1] == 1
+            elif kind == 77:  # "M": a heap probe
+                micropython.schedule(_probe, 0)
+        except RuntimeError:
+            pass  # the schedule queue is full: an edge the firmware's next poll still sees
+
+
+def _start():
+    import builtins
+    builtins.open = _flash_open
+    _note.write(b"N")
+    _thread.stack_size(8192)
+    _thread.start_new_thread(_notes, ())
+    _thread.stack_size(0)
+    _call(_HELLO, 0)
+
+
+_start()
+sys.modules["machine"] = sys.modules[__name__]
