@@ -70,7 +70,7 @@ def test_broker_outage_during_a_swap_loses_no_event_and_leaves_retained_state_cu
             n_in = ack["slot"]
             r.step({"do": "expect_slot", "slot": n_in, "match": {"lock": "unlocked"}, "within_s": 5})
             mosquitto.stop()
-            cab.net.down = True  # the cabinet stays away until the back end listens again (below)
+            cab.fw.net.down = True  # the cabinet stays away until the back end listens again (below)
             app = cab.app
             on_loop(lambda: cab.insert(n_in, {"serial": "OUT-PACK", "soc": 9, "soh": 90,
                                               "temp_c": 30}))
@@ -87,7 +87,7 @@ def test_broker_outage_during_a_swap_loses_no_event_and_leaves_retained_state_cu
             mosquitto.start()
             assert wait_sim(lambda: r.obs.client.connected.is_set(), 100_000)  # back end first
             time.sleep(0.5)
-            cab.net.down = False
+            cab.fw.net.down = False
             r.step({"do": "expect_status", "value": "online", "within_s": 120})
             r.step({"do": "expect_event", "type": "SwapCompleted",
                     "match": {"battery_in": "OUT-PACK"}, "within_s": 30})

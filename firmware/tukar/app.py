@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 from tukar import FW_VERSION
-from tukar.clock import asleep_ms, sleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
+from tukar.clock import asleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
@@ -22,16 +22,6 @@ CRASHES_BEFORE_RESET = 3
 ACK_ONLY_PERSIST_MS = 5000
 PERSIST_IDLE_MS = 500  # the persist task shows progress at least this often
 LAG_BUCKETS_MS = (5, 20, 50, 100, 0)  # tick lateness histogram: < 5, < 20, < 50, < 100, more  # outbox removals after PUBACK are persisted at most this often
-
-
-class Clock:
-    """The firmware's time for the link thread: the device's ticks, or the simulator's."""
-
-    def ticks_ms(self):
-        return ticks_ms()
-
-    def sleep_ms(self, ms):
-        sleep_ms(ms)
 
 
 class App:
@@ -61,7 +51,7 @@ class App:
         self.board_name = board_name
         self.info_extra = info_extra or {}
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
-                         self.core.counters.get("bdseq", 0), clock=Clock())
+                         self.core.counters.get("bdseq", 0))
         self.link_stack = 16384 if cfg.get("mqtt", {}).get("ssl") else 0  # TLS needs a bigger stack
         self.tick_ms = self.core.cfg["tick_ms"]
         self.progress = {}

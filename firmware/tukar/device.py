@@ -128,14 +128,23 @@ def load_setup(root, slots):
 
 # -- the crash record ----------------------------------------------------------------------------
 def trace_text(e):
-    import io
-    buf = io.StringIO()
-    pe = getattr(sys, "print_exception", None)
-    if pe is not None:
-        pe(e, buf)
-    else:  # CPython
-        buf.write("%s: %s\n" % (type(e).__name__, e))  # type: ignore[attr-defined]
-    return buf.getvalue()  # type: ignore[attr-defined]
+    """The traceback as text, also printed on the console. Out of memory, the exception's own
+    line is all there is room for: a crash record must not fail the way the crash did."""
+    import gc
+    gc.collect()
+    try:
+        import io
+        buf = io.StringIO()
+        pe = getattr(sys, "print_exception", None)
+        if pe is not None:
+            pe(e, buf)
+        else:  # CPython
+            buf.write("%s: %s\n" % (type(e).__name__, e))  # type: ignore[attr-defined]
+        text = buf.getvalue()  # type: ignore[attr-defined]
+    except MemoryError:
+        text = "%s: %s\n" % (type(e).__name__, e)
+    print(text, end="")
+    return text
 
 
 def record_crash(root, text, boot=None):
@@ -217,7 +226,6 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
     if crash is not None:
         report["last_crash"] = crash
     wdt = machine.WDT(timeout=setup.wdt_ms)
-    cab = Cabinet(board, setup, wdt, None, None)
     try:
         if app_class is None:
             from tukar.app import App as app_class  # type: ignore[no-redef]
@@ -228,15 +236,15 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
         if net_class is None:
             from tukar.net import Net as net_class  # type: ignore[no-redef]
         ntp = setup.ntp
-        cab.net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
-                            report=report, ntp_host=ntp.get("host"),
-                            resync_s=ntp.get("resync_s", 21600), hostname=setup.app_cfg["id"])
-        cab.app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR,
-                            setup.key, profiles, boot_reason=reason, wall=cab.net.wall, wdt=wdt,
-                            board_name=board.name, info_extra=report)
+        net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
+                        report=report, ntp_host=ntp.get("host"), resync_s=ntp.get("resync_s", 21600),
+                        hostname=setup.app_cfg["id"])
+        app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR, setup.key,
+                        profiles, boot_reason=reason, wall=net.wall, wdt=wdt, board_name=board.name,
+                        info_extra=report)
     except Exception as e:
-        cab.app = e  # finish() records it and resets
-    return cab
+        return Cabinet(board, setup, wdt, None, e)  # finish() records it and resets
+    return Cabinet(board, setup, wdt, net, app)
 
 
 def finish(machine, root, cab, why, exc=None):

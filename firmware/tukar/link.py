@@ -34,8 +34,8 @@ BACKOFF_CAP_MS = const(60000)
 class RealClock:
     """Milliseconds that wrap like MicroPython's ticks, and a sleep. Tests pass a fake one."""
 
-    def ticks_ms(self):
-        return _ticks_ms()
+    def ticks_ms(self) -> int:
+        return _ticks_ms()  # type: ignore[return-value]
 
     def sleep_ms(self, ms):
         _sleep_ms(ms)

@@ -23,7 +23,7 @@ from tukar_tools import hostenv
 ROOT = hostenv.ROOT
 MPSHIM = pathlib.Path(__file__).resolve().parent / "mpshim"
 DEFAULT_BINARY = ROOT / "build" / "micropython"
-DEFAULT_HEAP = "128K"
+DEFAULT_HEAP = "192K"  # above what boot and a swap need today (make bench); a stock ESP32 has about 112K
 
 
 def binary(path=None):
@@ -57,6 +57,7 @@ class HardwareServer:
         self.listener.listen(4)
         self.port = self.listener.getsockname()[1]
         self.calls = 0
+        self.hello = None  # what the firmware process says it is: "micropython GIL 2147483647 frozen"
         self.note = None
         self.closed = False
         self._objs = {}
@@ -226,6 +227,7 @@ class HardwareServer:
                 self.on_reset()
             return None
         if op == 53:
+            self.hello = bytes(a).decode()
             return None
         raise _Reply(2, b"unknown machine call %d" % op)
 

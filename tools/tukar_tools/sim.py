@@ -554,7 +554,7 @@ def add_arguments(p):
                         "32-bit MicroPython process per cabinet (micropython; `make micropython` "
                         "builds it; real time, so --speed 1)")
     p.add_argument("--heap", default=None,
-                   help="micropython runtime: the firmware's GC heap, as -X heapsize= (default 128K)")
+                   help="micropython runtime: the firmware's GC heap, as -X heapsize= (default 192K)")
     p.add_argument("--micropython", default=None,
                    help="micropython runtime: the binary (default build/micropython)")
 

@@ -400,6 +400,21 @@ def _notes():
             pass  # the schedule queue is full: an edge the firmware's next poll still sees
 
 
+def _identity():
+    """What the host records of this process: implementation, thread model, word size, and
+    whether `tukar` comes from the frozen image (no copy on any file-system path)."""
+    where = "frozen"
+    for p in sys.path:
+        if p != ".frozen":
+            try:
+                os.stat((p or ".") + "/tukar")
+                where = "filesystem"
+            except OSError:
+                pass
+    return "%s %s %d %s" % (sys.implementation.name, getattr(sys.implementation, "_thread", "none"),
+                            sys.maxsize, where)
+
+
 def _start():
     import builtins
     builtins.open = _flash_open
@@ -407,7 +422,7 @@ def _start():
     _thread.stack_size(8192)
     _thread.start_new_thread(_notes, ())
     _thread.stack_size(0)
-    _call(_HELLO, 0)
+    _call(_HELLO, _put(_identity().encode(), 3) - 3)
 
 
 _start()
