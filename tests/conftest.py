@@ -27,3 +27,14 @@ def manual_clock():
     c = hosttime.install(hosttime.SimClock(manual=True))
     yield c
     hosttime.install(old)
+
+
+@pytest.fixture(autouse=True)
+def real_clock_between_tests():
+    """Each test starts on the real clock (a rig or a simulation installs its own), since the
+    firmware's time.ticks_ms follows whatever clock the host installed last."""
+    import hosttime
+
+    hosttime.install(hosttime.SimClock())
+    yield
+    hosttime.install(hosttime.SimClock())

@@ -89,7 +89,12 @@ def _set(cfg, path, value):
         node[parts[-1]] = value
 
 
-DELETE = object()
+class _Delete:
+    def __repr__(self):
+        return "<deleted>"
+
+
+DELETE = _Delete()  # the field removed; a stable repr keeps test ids the same in every worker
 
 # One broken board per kind of error: (board, field, value, exact start of the message).
 BROKEN = [

@@ -1,7 +1,8 @@
 """The simulator end to end, through MQTT only, as an outside tool would use it: `tukar sim` in
 its own process on a real broker, a swap driven with sim/cmd and signed commands, events,
 retained states and sim/world checked against each other; power cuts at every phase of a swap;
-every shipped scenario."""
+every shipped scenario. Each runs against both runtimes: the firmware in CPython (sped up) and in
+the 32-bit MicroPython unix port with the production freeze (real time)."""
 import json
 import pathlib
 import subprocess
@@ -19,7 +20,19 @@ from tukar_tools.sign import parse_key
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.json"))
 KEY = parse_key(SIM_KEY_HEX)
-SPEED = 2.0
+SPEED = 2.0  # the CPython runtime's; MicroPython runs on its own clock
+RUNTIMES = ("cpython", "micropython")
+HEAP = "192K"  # make bench prints the smallest heap each phase needs
+
+
+def runtime_args(runtime):
+    if runtime == "micropython":
+        return ["--runtime", "micropython", "--heap", HEAP]
+    return []
+
+
+def speed_of(runtime):
+    return 1.0 if runtime == "micropython" else SPEED
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +44,10 @@ def mqtt_broker():
     b.stop()
 
 
-def start_sim(port, state_dir, *extra):
+def start_sim(port, state_dir, *extra, runtime="cpython"):
     cmd = [sys.executable, "-m", "tukar_tools.cli", "sim", "--broker", "127.0.0.1:%d" % port,
-           "--no-monitor", "--state-dir", str(state_dir), "--speed", str(SPEED), *extra]
+           "--no-monitor", "--state-dir", str(state_dir), "--speed", str(speed_of(runtime)),
+           *runtime_args(runtime), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -48,11 +62,12 @@ def stop_sim(proc):
     return err
 
 
-@pytest.fixture
+@pytest.fixture(params=RUNTIMES)
 def sim(mqtt_broker, tmp_path, request):
     prefix = "e2e%d" % (abs(hash(request.node.name)) % 100000)
-    proc = start_sim(mqtt_broker.port, tmp_path, "--prefix", prefix, "--fill", "6")
-    runner = Runner("127.0.0.1", mqtt_broker.port, prefix, "sim-1", KEY, SPEED,
+    proc = start_sim(mqtt_broker.port, tmp_path, "--prefix", prefix, "--fill", "6",
+                     runtime=request.param)
+    runner = Runner("127.0.0.1", mqtt_broker.port, prefix, "sim-1", KEY, speed_of(request.param),
                     out=lambda line: None)
     try:
         runner.step({"do": "expect_status", "value": "online", "within_s": 30})
@@ -64,6 +79,7 @@ def sim(mqtt_broker, tmp_path, request):
         runner.obs.close()
         err = stop_sim(proc)
         assert "Traceback" not in err, err
+        assert "firmware process ended" not in err and "watchdog" not in err, err
 
 
 def boot_count(event):
@@ -75,7 +91,7 @@ def telemetry_every_10_s(r):
     not after the default 60. The running telemetry task is already asleep for the old period, so
     the new one applies from the next boot: a power cycle, once the config is persisted."""
     r.step({"do": "cmd", "cmd": "set_config", "args": {"telemetry_period_s": 10}})
-    time.sleep(1 / SPEED)
+    time.sleep(1 / r.speed)
     r.step({"do": "world", "action": "power_cycle"})
     r.wait_for(lambda: next((e for e in r.obs.events if e["type"] == "Boot"
                              and boot_count(e) >= 2), None), 30, "Boot after the power cycle")
@@ -190,7 +206,7 @@ def settle(r, within_s=20):
     """No session, and the cabinet's retained states caught up with the world (both are
     published asynchronously; the world at once when a bolt moves)."""
     r.step({"do": "expect_state", "match": {"session": None}, "within_s": within_s})
-    time.sleep(1.5 / SPEED)
+    time.sleep(1.5 / r.speed)
     r.wait_for(lambda: doors_agree(r.obs), 5, "retained slot states matching sim/world")
 
 
@@ -219,7 +235,7 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     sim.step({"do": "expect_event", "type": "Boot", "within_s": 15})
     sim.step({"do": "expect_status", "value": "online", "within_s": 15})
     # The rider finishes whatever the cabinet still lets them do, then walks away.
-    time.sleep(2 / SPEED)
+    time.sleep(2 / sim.speed)
     state = sim.obs.state or {}
     if state.get("session") and state["session"]["phase"] == "dispensing":
         n = state["session"]["slot_out"]
@@ -239,18 +255,19 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     telemetry_valid(sim)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_shipped_scenario_passes(path, mqtt_broker, tmp_path):
+def test_shipped_scenario_passes(path, runtime, mqtt_broker, tmp_path):
     sc = json.loads(path.read_text())
-    obs = Observer("127.0.0.1", mqtt_broker.port, "sc-" + path.stem.replace("_", "-"),
-                   sc.get("cabinet") or "sim-1")
+    prefix = "sc-%s-%s" % (runtime[0], path.stem.replace("_", "-"))
+    obs = Observer("127.0.0.1", mqtt_broker.port, prefix, sc.get("cabinet") or "sim-1")
     r = subprocess.run([sys.executable, "-m", "tukar_tools.cli", "sim", "--broker",
                         "127.0.0.1:%d" % mqtt_broker.port, "--scenario", str(path),
-                        "--prefix", "sc-" + path.stem.replace("_", "-"),
-                        "--state-dir", str(tmp_path)],
+                        "--prefix", prefix, "--state-dir", str(tmp_path), *runtime_args(runtime)],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stderr
+    assert "firmware process ended" not in r.stderr, r.stderr
     time.sleep(0.5)  # the last messages on their way to the observer
     obs.close()
     every_payload_valid(obs, {"status", "info", "state", "slot/N/state", "event"})

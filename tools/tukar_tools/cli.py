@@ -12,6 +12,7 @@ SUBCOMMANDS = (
     ("monitor", "tukar_tools.monitor", "live view of every cabinet on a broker"),
     ("cmd", "tukar_tools.cmdline", "sign and send one command, print its ack"),
     ("world", "tukar_tools.worldcmd", "act as a simulated cabinet's physical world (sim/cmd)"),
+    ("state", "tukar_tools.statecmd", "print a cabinet's current state, or one field of it"),
     ("flash", "tukar_tools.flash", "write a MicroPython image to an ESP32 (esptool)"),
     ("deploy", "tukar_tools.deploy", "compile the firmware to .mpy and copy what changed (mpremote)"),
     ("provision", "tukar_tools.provision", "write config and secrets to a device"),

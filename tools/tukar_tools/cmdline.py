@@ -51,11 +51,11 @@ def add_arguments(p):
     p.add_argument("args", nargs="*", metavar="key=value", help="command arguments, e.g. slot=3")
     p.add_argument("--key", default=os.environ.get("TUKAR_KEY"),
                    help="the cabinet's HMAC key in hex (default: $TUKAR_KEY, else the simulator's key)")
-    p.add_argument("--broker", default=os.environ.get("TUKAR_BROKER", "127.0.0.1:1883"),
-                   help="HOST:PORT of the MQTT broker (default 127.0.0.1:1883 or $TUKAR_BROKER)")
+    mqttc.add_broker_argument(p)
     p.add_argument("--prefix", default=mqttc.DEFAULT_PREFIX, help="topic prefix (default tukar)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack")
     p.add_argument("--req-id", help="request id (default: a fresh one)")
+    p.add_argument("--field", help="print only this field of the ack (e.g. slot), for scripts")
 
 
 def send(client, prefix, cabinet, body, key, timeout):
@@ -111,5 +111,9 @@ def run(args):
         print("tukar cmd: no ack from %s within %.0f s (is the cabinet online, is the key right?)"
               % (args.cabinet, args.timeout), file=sys.stderr)
         return 2
-    print(json.dumps(ack))
+    if args.field and ack.get("ok"):
+        value = ack.get(args.field)
+        print(value if isinstance(value, str) else json.dumps(value))
+    else:
+        print(json.dumps(ack))
     return 0 if ack.get("ok") else 1

@@ -148,7 +148,7 @@ def render(fleet, detail=None):
 
 
 def add_arguments(p):
-    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT (default 127.0.0.1:1883)")
+    mqttc.add_broker_argument(p)
     p.add_argument("--cabinet", help="show only this cabinet, with its slots")
     p.add_argument("--prefix", default=mqttc.DEFAULT_PREFIX, help="topic prefix (default tukar)")
     p.add_argument("--json", action="store_true", help="print every message as one JSON line")

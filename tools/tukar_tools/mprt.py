@@ -351,7 +351,7 @@ class FirmwareProcess:
         self.report = report or (lambda text: None)
         self.proc = None
         self.tail = collections.deque(maxlen=40)
-        self.expected_end = False  # a kill we asked for: no report
+        self._killed = set()  # processes whose end we caused (a power cut, a reset): no report
         self.ended = None  # the last abnormal end: {"code", "why", "output"}
         self.probes = []  # (used, free, max_free_bytes) for each heap probe answered
         self._probe = None
@@ -362,7 +362,6 @@ class FirmwareProcess:
         env = dict(os.environ)
         env["TUKAR_HW"] = "127.0.0.1:%d" % self.hw_port
         env["MICROPYPATH"] = "%s:.frozen" % MPSHIM
-        self.expected_end = False
         self._log = open(self.flash / "console.log", "a")
         self.proc = subprocess.Popen([str(self.binary), "-X", "heapsize=%s" % self.heap, "main.py"],
                                      cwd=self.flash, env=env, stdin=subprocess.DEVNULL,
@@ -394,7 +393,7 @@ class FirmwareProcess:
             log.close()
         except OSError:
             pass
-        if proc is self.proc and not self.expected_end:
+        if proc not in self._killed:
             self.ended = {"code": code, "why": self.why(code), "output": list(self.tail)}
             self.report("firmware process ended (%s, exit status %s). Its last output:\n  %s" % (
                 self.ended["why"], code, "\n  ".join(self.ended["output"][-15:]) or "(none)"))
@@ -415,8 +414,9 @@ class FirmwareProcess:
 
     def kill(self):
         """SIGKILL, as a power cut or a reset: nothing in the process runs after it."""
-        self.expected_end = True
         p = self.proc
+        if p is not None:
+            self._killed.add(p)
         if p is not None and p.poll() is None:
             try:
                 p.send_signal(signal.SIGKILL)

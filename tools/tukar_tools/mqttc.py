@@ -11,6 +11,12 @@ from paho.mqtt.client import topic_matches_sub
 DEFAULT_PREFIX = "tukar"
 
 
+def add_broker_argument(p):
+    """--broker for every tool that talks to a broker: $TUKAR_BROKER, else 127.0.0.1:1883."""
+    p.add_argument("--broker", default=os.environ.get("TUKAR_BROKER", "127.0.0.1:1883"),
+                   help="HOST:PORT of the MQTT broker (default $TUKAR_BROKER, else 127.0.0.1:1883)")
+
+
 def parse_broker(text, default_port=1883):
     """'host', 'host:port' or 'mqtt://host:port' -> (host, port)."""
     t = text.split("://", 1)[-1].rstrip("/")

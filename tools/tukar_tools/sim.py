@@ -644,6 +644,8 @@ def run(args):
 
     t = threading.Thread(target=side, daemon=True)
     t.start()
+    import signal
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())  # `kill` stops as cleanly as Ctrl-C
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

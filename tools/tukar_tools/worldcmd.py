@@ -21,10 +21,29 @@ def add_arguments(p):
     p.add_argument("action", choices=ACTIONS, help="world action (mqtt.md, the simulator's world)")
     p.add_argument("args", nargs="*", metavar="key=value",
                    help="fields, e.g. slot=3 force=true battery='{...}'")
-    p.add_argument("--broker", default=os.environ.get("TUKAR_BROKER", "127.0.0.1:1883"),
-                   help="HOST:PORT of the broker (default 127.0.0.1:1883 or $TUKAR_BROKER)")
+    mqttc.add_broker_argument(p)
     p.add_argument("--prefix", default=mqttc.DEFAULT_PREFIX, help="topic prefix (default tukar)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for sim/ack")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="while the slot's door is still locked, try again for up to this many "
+                        "seconds (a rider waiting for the door to open)")
+
+
+def _act(client, base, msg, timeout):
+    """Publish one action; its sim/ack, or None when none came within `timeout` seconds."""
+    client.publish(base + "cmd", json.dumps(msg), qos=1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        m = client.get(end - time.monotonic())
+        if m is None:
+            return None
+        try:
+            reply = json.loads(m[1])
+        except ValueError:
+            continue
+        if isinstance(reply, dict) and reply.get("action") == msg["action"]:
+            return reply
+    return None
 
 
 def run(args):
@@ -42,19 +61,17 @@ def run(args):
         print("tukar world: %s" % e, file=sys.stderr)
         return 2
     try:
-        client.publish(base + "cmd", json.dumps(msg), qos=1)
-        end = time.monotonic() + args.timeout
-        while time.monotonic() < end:
-            m = client.get(end - time.monotonic())
-            if m is None:
+        patience = time.monotonic() + args.wait
+        while True:
+            reply = _act(client, base, msg, args.timeout)
+            if reply is None:
                 break
-            try:
-                reply = json.loads(m[1])
-            except ValueError:
+            locked = not reply.get("ok") and str(reply.get("error", "")).startswith("door_locked")
+            if locked and time.monotonic() < patience:
+                time.sleep(0.2)
                 continue
-            if isinstance(reply, dict) and reply.get("action") == args.action:
-                print(json.dumps(reply))
-                return 0 if reply.get("ok") else 1
+            print(json.dumps(reply))
+            return 0 if reply.get("ok") else 1
     finally:
         client.close()
     print("tukar world: no sim/ack from %s within %.0f s (is `tukar sim` running on this broker?)"

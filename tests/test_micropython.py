@@ -1,0 +1,190 @@
+"""The firmware process of the MicroPython runtime: it really is the 32-bit MicroPython unix port
+with a GIL and the firmware frozen; its `machine` reaches the host's chip models; a heap too small
+ends in a clear MemoryError report with the process's last output; a reset the firmware asks for,
+a power cut and a starved watchdog each start it again with the ESP32's reset cause; a hang at
+boot is reported, never a silent stall."""
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import hosttime
+import machine as host_machine
+from tukar_tools import broker, mprt, sim
+
+ROOT = mprt.ROOT
+
+
+@pytest.fixture(scope="module")
+def mqtt_broker():
+    b = broker.start()
+    yield b
+    b.stop()
+
+
+def run_sim(s, script, timeout=60):
+    """Run Simulation `s` on a loop of its own while `script(s)` runs in this thread."""
+    result = {}
+    ready = threading.Event()
+    stop = threading.Event()
+
+    async def main():
+        until = asyncio.Event()
+        task = asyncio.ensure_future(s.run(until))
+        while s.loop is None:
+            await asyncio.sleep(0.01)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        until.set()
+        await task
+
+    def loop():
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # reported to the test
+            result["error"] = e
+
+    hosttime.install(hosttime.SimClock())
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        return script(s)
+    finally:
+        stop.set()
+        t.join(timeout)
+        if "error" in result:
+            raise result["error"]
+
+
+def wait(pred, timeout_s, what):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("%s not within %s s" % (what, timeout_s))
+
+
+def mp_sim(mqtt_broker, tmp_path, heap="192K", fill=4):
+    return sim.Simulation("127.0.0.1", mqtt_broker.port, prefix="mp", cabinets=1, slots=12,
+                          state_dir=str(tmp_path), fill=fill, runtime="micropython", heap=heap)
+
+
+def test_the_binary_is_32_bit_micropython_with_a_gil_and_the_firmware_frozen():
+    code = ("import sys, tukar, umqtt.simple, asyncio\n"
+            "print(sys.implementation.name, sys.implementation._thread, sys.maxsize, "
+            "sys.implementation.version[:2])")
+    out = subprocess.run([str(mprt.binary()), "-c", code], capture_output=True, text=True,
+                         cwd="/", timeout=30, env={"MICROPYPATH": ".frozen"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["micropython", "GIL", str(2**31 - 1), "(1,", "28)"]
+
+
+def test_a_cabinet_runs_in_that_process_and_its_machine_reaches_the_host_models(mqtt_broker,
+                                                                                 tmp_path):
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+
+    def script(s):
+        fw = cab.fw
+        wait(lambda: fw.server.hello, 20, "the firmware process's hello")
+        # The firmware armed the watchdog and feeds it through the host's model.
+        feeds = wait(lambda: cab.phys.hw.wdt.feeds >= 3, 20, "watchdog feeds")
+        assert cab.phys.hw.wdt.timeout_ms == 5000 and feeds
+        # Chargers of the stocked slots were switched on by the firmware over the expanders.
+        wait(lambda: any(cab.phys.charger_ma(i) > 0 for i in range(cab.n)), 20, "a charger on")
+        return fw.server.hello, fw.server.calls, fw.proc.proc.pid
+    hello, calls, pid = run_sim(s, script)
+    assert hello == "micropython GIL %d frozen" % (2**31 - 1)
+    assert calls > 100
+    assert pid > 0
+
+
+def test_a_heap_too_small_ends_in_a_clear_memory_error_report(tmp_path, mqtt_broker):
+    r = subprocess.run([sys.executable, "-m", "tukar_tools.cli", "sim", "--broker",
+                        "127.0.0.1:%d" % mqtt_broker.port, "--no-monitor", "--runtime",
+                        "micropython", "--heap", "40K", "--state-dir", str(tmp_path),
+                        "--prefix", "mp-small", "--duration", "6"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    err = r.stderr
+    assert "firmware process ended (MemoryError: the heap (-X heapsize=40K) is too small" in err, err
+    assert "Its last output:" in err and "MemoryError: memory allocation failed" in err, err
+
+
+def test_a_reset_the_firmware_asks_for_starts_it_again_with_the_hard_reset_cause(mqtt_broker,
+                                                                                  tmp_path):
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+
+    def script(s):
+        fw = cab.fw
+        wait(lambda: cab.phys.hw.wdt.feeds >= 2, 20, "a running firmware")
+        first = fw.proc.proc
+        with cab.lock:
+            fw._reset_requested()  # what machine.reset() does over the wire
+        wait(lambda: fw.proc.proc is not first and fw.server.hello, 20, "a new process")
+        return first.poll(), cab.phys.hw.reset_cause, fw.boots, list(cab.reports)
+    old_status, cause, boots, reports = run_sim(s, script)
+    assert old_status == -9  # SIGKILL: nothing of the old process ran on
+    assert cause == host_machine.HARD_RESET
+    assert boots == 2
+    assert reports == []  # a reset asked for is no failure
+
+
+def test_a_starved_watchdog_kills_the_process_and_boots_it_with_the_watchdog_cause(mqtt_broker,
+                                                                                   tmp_path):
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+
+    def script(s):
+        fw = cab.fw
+        wait(lambda: cab.phys.hw.wdt.feeds >= 2, 20, "a running firmware")
+        first = fw.proc.proc
+        first.send_signal(19)  # SIGSTOP: the firmware hangs, holding its last outputs
+        wait(lambda: fw.proc.proc is not first, 15, "the watchdog's reset")
+        chargers = [cab.phys.charger_ma(i) for i in range(cab.n)]
+        return cab.phys.hw.reset_cause, chargers, list(cab.reports), fw.boots
+    cause, chargers, reports, boots = run_sim(s, script)
+    assert cause == host_machine.WDT_RESET
+    assert boots == 2
+    assert chargers == [0] * 12  # the reset leaves every charger off until the firmware decides
+    assert any(r.startswith("watchdog: not fed for 5000 ms") for r in reports), reports
+
+
+def test_a_firmware_that_never_arms_its_watchdog_is_reported_hung(mqtt_broker, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(sim, "BOOT_HANG_S", 2)
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+    (tmp_path / "sim-1" / "main.py").write_text("import machine\nwhile True:\n    pass\n")
+
+    def script(s):
+        return wait(lambda: [r for r in cab.reports if "has not armed its watchdog" in r], 15,
+                    "the hang report")
+    assert run_sim(s, script)
+
+
+def test_the_flash_fault_reaches_the_firmware_process(mqtt_broker, tmp_path):
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+    state = tmp_path / "sim-1" / "state" / "state.json"
+
+    def script(s):
+        wait(lambda: state.exists(), 20, "the first persist")
+        s.loop.call_soon_threadsafe(cab.fault, "flash", True)
+        time.sleep(0.5)
+        before = state.stat().st_mtime_ns
+        s.loop.call_soon_threadsafe(lambda: cab.set_battery(1, temp_c=52))  # events to persist
+        time.sleep(3)
+        broken = state.stat().st_mtime_ns
+        s.loop.call_soon_threadsafe(cab.fault, "flash", False)
+        wait(lambda: state.stat().st_mtime_ns != broken, 10, "a write once the flash works")
+        return before, broken
+    before, broken = run_sim(s, script)
+    assert before == broken  # nothing reached the flash while it failed
