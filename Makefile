@@ -39,8 +39,10 @@ $(TYPINGS_STAMP): $(STAMP)
 typings: $(TYPINGS_STAMP)
 
 ## test: every test: firmware compiled by mpy-cross, core under CPython and the MicroPython VM
+# The end-to-end tests mostly wait on brokers and simulated time: 4 workers on 2 cores.
+PYTEST_WORKERS ?= 4
 test: needs $(STAMP) $(TYPINGS_STAMP) $(MICROPYTHON)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## sim: a simulated cabinet you can watch and drive (RUNTIME=micropython: the firmware in MicroPython)
 RUNTIME ?= cpython

@@ -354,6 +354,7 @@ class FirmwareProcess:
         self._killed = set()  # processes whose end we caused (a power cut, a reset): no report
         self.ended = None  # the last abnormal end: {"code", "why", "output"}
         self.probes = []  # (used, free, max_free_bytes) for each heap probe answered
+        self.memory_errors = 0  # MemoryError lines printed, over every start
         self._probe = None
         self._log = None
         self.starts = 0
@@ -379,6 +380,8 @@ class FirmwareProcess:
                 log.flush()
             except (OSError, ValueError):
                 pass
+            if "MemoryError" in line:
+                self.memory_errors += 1
             m = _HEAP_LINE.search(line)
             if m:
                 self._probe = [int(m.group(1)), int(m.group(2)), None]

@@ -1,0 +1,333 @@
+"""`make bench`, MicroPython section: the firmware frozen in the 32-bit unix port (the production
+freeze), one 12-slot cabinet (`tukar sim --runtime micropython`) on a loopback Mosquitto.
+
+For each phase, boot, a swap, and a broker outage with the outbox at its cap followed by the
+reconnection and the drain, it reports the GC heap's high-water mark and the smallest largest free
+block. A probe runs every PROBE_S in the firmware process: gc.collect(), then gc.mem_alloc() (live
+data) and micropython.mem_info()'s largest free block. Then, by bisection, the smallest
+`-X heapsize` with which each phase completes: its expectations met, no MemoryError printed, no
+crash or watchdog reset.
+
+    python -m tukar_tools.bench_mpy [--outage-s 600] [--bisect-outage-s 60] [--json]
+"""
+import argparse
+import asyncio
+import json
+import re
+import sys
+import tempfile
+import threading
+import time
+
+import hosttime
+from tukar_tools import broker, sim
+from tukar_tools.cmdline import SIM_KEY_HEX
+from tukar_tools.scenario import Runner, ScenarioFailed
+from tukar_tools.sign import parse_key
+
+PROBE_S = 0.5
+PHASES = ("boot", "swap", "outage")
+FILL = 11  # every slot but one holds a pack: a swap has its empty slot, and 11 packs charge
+CAP = 64  # the outbox's capacity_events: saturated at this many waiting events
+HEAP_RANGE_K = (32, 320)
+HEAP_STEP_K = 4
+
+
+def run_sim(s, script, timeout=60):
+    """Run Simulation `s` on an event loop in a thread of its own while `script(s)` runs here."""
+    result = {}
+    ready = threading.Event()
+    stop = threading.Event()
+
+    async def main():
+        until = asyncio.Event()
+        task = asyncio.ensure_future(s.run(until))
+        while s.loop is None:
+            await asyncio.sleep(0.01)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        until.set()
+        await task
+
+    def loop():
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # reported to the caller
+            result["error"] = e
+
+    hosttime.install(hosttime.SimClock())
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    if not ready.wait(10):
+        raise RuntimeError("the simulator did not start")
+    try:
+        return script(s)
+    finally:
+        stop.set()
+        t.join(timeout)
+        if "error" in result:
+            raise result["error"]
+
+
+class Prober:
+    """Heap probes of one cabinet's firmware process every PROBE_S, filed under the phase now set."""
+
+    def __init__(self, cab):
+        self.cab = cab
+        self.phase = None
+        self.by_phase = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        fw = self.cab.fw
+        while not self._stop.wait(PROBE_S):
+            if self.phase is None or not fw.proc.running:
+                continue
+            p = fw.proc.probe(fw.server, timeout=2.0)
+            if p is not None and self.phase is not None:
+                self.by_phase.setdefault(self.phase, []).append(p)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
+
+    def summary(self, phase):
+        ps = self.by_phase.get(phase, [])
+        if not ps:
+            return None
+        return {"probes": len(ps), "high_water": max(p[0] for p in ps),
+                "min_largest_free": min(p[2] for p in ps if p[2] is not None),
+                "heap": ps[0][0] + ps[0][1]}
+
+
+def _call(s, fn):
+    done = threading.Event()
+    s.loop.call_soon_threadsafe(lambda: (fn(), done.set()))
+    done.wait(5)
+
+
+def _event_counter(ev):
+    return int(ev["id"].rsplit("-", 1)[1])
+
+
+def phases(s, upto, outage_s, prober=None, out=lambda line: None):
+    """Drive the cabinet through the phases up to `upto`; returns {phase: seconds}. Raises
+    ScenarioFailed when a phase's expectation is not met."""
+    cab = s.cabinets[0]
+    r = Runner("127.0.0.1", s.port, s.prefix, cab.id, s.key, 1.0, out=out)
+    took = {}
+    try:
+        t0 = time.monotonic()
+        if prober:
+            prober.phase = "boot"
+        r.step({"do": "expect_status", "value": "online", "within_s": 30})
+        for n in range(1, FILL + 1):  # half-empty packs, so every one of them charges
+            _call(s, lambda n=n: cab.set_battery(n, soc=50))
+        r.step({"do": "expect_state", "match": {"charging": FILL, "session": None},
+                "within_s": 30})
+        took["boot"] = time.monotonic() - t0
+        if upto == "boot":
+            return took
+        t0 = time.monotonic()
+        if prober:
+            prober.phase = "swap"
+        for st in SWAP:
+            r.step(st)
+        took["swap"] = time.monotonic() - t0
+        if upto == "swap":
+            return took
+        t0 = time.monotonic()
+        if prober:
+            prober.phase = "outage"
+        before = max((_event_counter(e) for e in r.obs.events), default=0)
+        _call(s, lambda: cab.fault("mqtt", True))
+        queued = 0
+        while queued < CAP + 8:  # ChargeStopped and ChargeStarted for every pack, until at the cap
+            for temp in (52, 30):
+                for n in range(1, FILL + 1):
+                    _call(s, lambda n=n, temp=temp: cab.set_battery(n, temp_c=temp))
+                time.sleep(2.5)  # rule 1 acts within a second; the 3 degC hysteresis is passed
+                queued += FILL
+        rest = outage_s - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        _call(s, lambda: cab.fault("mqtt", False))
+        r.step({"do": "expect_status", "value": "online", "within_s": 120})
+        want = before + queued
+
+        def drained():
+            got = {_event_counter(e) for e in r.obs.events}
+            return all(i in got for i in range(before + 1, want + 1)) or None
+        r.wait_for(drained, 120, "every event queued in the outage")
+        took["outage"] = time.monotonic() - t0
+        took["outage_events"] = queued
+        return took
+    finally:
+        r.obs.close()
+
+
+SWAP = (
+    {"do": "cmd", "cmd": "start_swap", "args": {"id_token": "bench"}, "save": {"slot_in": "slot"}},
+    {"do": "expect_slot", "slot": "$slot_in", "match": {"state": "awaiting_battery",
+                                                         "lock": "unlocked"}, "within_s": 5},
+    {"do": "world", "action": "insert", "slot": "$slot_in",
+     "battery": {"serial": "BENCH-IN", "soc": 10, "soh": 90, "temp_c": 30}},
+    {"do": "world", "action": "close_door", "slot": "$slot_in"},
+    {"do": "expect_state", "match": {"session": {"phase": "dispensing"}}, "within_s": 10,
+     "save": {"slot_out": "session.slot_out"}},
+    {"do": "expect_slot", "slot": "$slot_out", "match": {"state": "dispensing",
+                                                          "lock": "unlocked"}, "within_s": 5},
+    {"do": "world", "action": "take", "slot": "$slot_out"},
+    {"do": "world", "action": "close_door", "slot": "$slot_out"},
+    {"do": "expect_event", "type": "SwapCompleted", "within_s": 10},
+)
+
+
+def attempt(port, heap, upto, outage_s, probe=False, micropython=None):
+    """One fresh cabinet with `heap`, driven through the phases up to `upto`. Returns
+    (ok, why, probes_by_phase, seconds_by_phase)."""
+    with tempfile.TemporaryDirectory(prefix="tukar-bench-mpy-") as state:
+        s = sim.Simulation("127.0.0.1", port, prefix="bmpy%d" % int(time.monotonic() * 1000 % 1e6),
+                           cabinets=1, slots=12, state_dir=state, fill=FILL, runtime="micropython",
+                           heap=heap, micropython=micropython, key=parse_key(SIM_KEY_HEX))
+        cab = s.cabinets[0]
+        box = {}
+
+        def script(s):
+            prober = Prober(cab) if probe else None
+            try:
+                box["took"] = phases(s, upto, outage_s, prober)
+            except ScenarioFailed as e:
+                box["why"] = str(e)
+            finally:
+                if prober:
+                    prober.stop()
+                    box["probes"] = {p: prober.summary(p) for p in PHASES}
+        run_sim(s, script)
+        memory = cab.fw.proc.memory_errors
+        bad = [x for x in cab.reports]
+        if memory:
+            return False, "MemoryError printed %d times" % memory, box.get("probes"), box.get("took")
+        if bad:
+            return False, bad[0].splitlines()[0], box.get("probes"), box.get("took")
+        if "why" in box:
+            return False, box["why"][:200], box.get("probes"), box.get("took")
+        return True, "", box.get("probes"), box.get("took")
+
+
+def smallest_heap(port, upto, outage_s, micropython=None, out=None):
+    """Bisection over -X heapsize (KB, in HEAP_STEP_K steps) for the phases up to `upto`."""
+    lo, hi = HEAP_RANGE_K
+    ok, why, _, _ = attempt(port, "%dK" % hi, upto, outage_s, micropython=micropython)
+    if not ok:
+        return None, why
+    while hi - lo > HEAP_STEP_K:
+        mid = (lo + hi) // 2 // HEAP_STEP_K * HEAP_STEP_K
+        ok, why, _, _ = attempt(port, "%dK" % mid, upto, outage_s, micropython=micropython)
+        if out:
+            out("  %-6s -X heapsize=%dK: %s" % (upto, mid, "completes" if ok else "fails (%s)" % why))
+        if ok:
+            hi = mid
+        else:
+            lo = mid
+    return hi, ""
+
+
+def measure(outage_s=600.0, bisect_outage_s=60.0, heap="256K", bisect=True, micropython=None,
+            out=None):
+    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.start()
+    try:
+        ok, why, probes, took = attempt(b.port, heap, "outage", outage_s, probe=True,
+                                        micropython=micropython)
+        res = {"heap": heap, "completed": ok, "why": why, "phases": probes or {},
+               "seconds": took or {}, "outage_s": outage_s, "smallest_heap_k": {},
+               "bisect_outage_s": bisect_outage_s, "shim_heap": shim_heap(micropython)}
+        if bisect:
+            for phase in PHASES:
+                k, why = smallest_heap(b.port, phase, bisect_outage_s, micropython, out)
+                res["smallest_heap_k"][phase] = k
+    finally:
+        b.stop()
+    return res
+
+
+_SHIM_COST = """
+import gc
+gc.collect()
+a = gc.mem_alloc()
+import network, ntptime
+gc.collect()
+b = gc.mem_alloc()
+f = open(%r)
+c = compile(f.read(), "machine.py", "exec")
+f.close()
+gc.collect()
+print(b - a, gc.mem_alloc() - b)
+"""
+
+
+def shim_heap(micropython=None):
+    """Heap that the host's stand-ins for C built-ins take in the firmware process (included in
+    every figure above): network and ntptime as imported, machine as compiled bytecode."""
+    import subprocess
+    from tukar_tools import mprt
+    r = subprocess.run([str(mprt.binary(micropython)), "-c", _SHIM_COST % str(mprt.MPSHIM / "machine.py")],
+                       capture_output=True, text=True, timeout=30,
+                       env={"MICROPYPATH": "%s:.frozen" % mprt.MPSHIM})
+    try:
+        net, mach = (int(x) for x in r.stdout.split())
+    except ValueError:
+        return {}
+    return {"network_ntptime": net, "machine_code": mach}
+
+
+def print_report(r, out=sys.stdout):
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("MicroPython 1.28 unix port, 32-bit, GIL, firmware frozen; one 12-slot cabinet, %d packs"
+      % FILL)
+    p("  run at -X heapsize=%s: %s" % (r["heap"], "completed" if r["completed"] else
+                                       "FAILED (%s)" % r["why"]))
+    p("  %-44s %12s %18s %8s" % ("phase", "high water", "min largest free", "probes"))
+    labels = {"boot": "boot, %d packs identified and charging" % FILL,
+              "swap": "a swap",
+              "outage": "%.0f s broker outage, outbox at its cap, drain" % r["outage_s"]}
+    for ph in PHASES:
+        s = r["phases"].get(ph)
+        if s:
+            p("  %-44s %10d B %16d B %8d" % (labels[ph], s["high_water"], s["min_largest_free"],
+                                             s["probes"]))
+        else:
+            p("  %-44s %12s" % (labels[ph], "not reached"))
+    if r.get("seconds", {}).get("outage_events"):
+        p("  events queued in the outage: %d (the outbox saturates at %d)"
+          % (r["seconds"]["outage_events"], CAP))
+    if r["smallest_heap_k"]:
+        p("  smallest -X heapsize that completes (%d K steps; outage phase with a %.0f s outage):"
+          % (HEAP_STEP_K, r["bisect_outage_s"]))
+        for ph in PHASES:
+            k = r["smallest_heap_k"].get(ph)
+            p("    %-8s %s" % (ph, "%d K" % k if k else "none up to %d K" % HEAP_RANGE_K[1]))
+    sh = r.get("shim_heap") or {}
+    p("  included above, the host's stand-ins for what the ESP32 has in C: machine's bytecode %s B,"
+      " network and ntptime %s B" % (sh.get("machine_code"), sh.get("network_ntptime")))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--outage-s", type=float, default=600.0)
+    ap.add_argument("--bisect-outage-s", type=float, default=60.0)
+    ap.add_argument("--heap", default="256K")
+    ap.add_argument("--no-bisect", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    r = measure(a.outage_s, a.bisect_outage_s, a.heap, not a.no_bisect,
+                out=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(r, indent=2)) if a.json else print_report(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
