@@ -275,3 +275,38 @@ def test_broker_outage_during_a_swap_in_micropython_loses_no_event_and_retained_
         ws = world["slots"][n - 1]
         assert (got["door"], got["lock"]) == (ws["door"], ws["lock"])
         assert (got["battery"] or {}).get("serial") == (ws["battery"] or {}).get("serial")
+
+
+def test_the_firmware_imports_nothing_from_the_host_tools():
+    """With only firmware/ on the path and MicroPython's built-in names given by this test (not by
+    tools/), every firmware module imports, and no host module came in with them."""
+    import glob
+    import os
+    names = sorted("tukar." + os.path.basename(p)[:-3]
+                   for p in glob.glob(str(ROOT / "firmware" / "tukar" / "*.py"))
+                   if not p.endswith("__init__.py"))
+    code = (
+        "import sys, time, types\n"
+        "sys.path[:0] = [%r]\n"
+        "time.ticks_ms = lambda: 0\ntime.ticks_diff = lambda a, b: a - b\n"
+        "time.ticks_add = lambda a, b: a + b\ntime.sleep_ms = lambda ms: None\n"
+        "m = types.ModuleType('micropython'); m.const = lambda x: x\n"
+        "sys.modules['micropython'] = m\n"
+        "for n in %r:\n    __import__(n)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+        "('tukar_tools', 'hosttime', 'machine', 'hw')))\n") % (str(ROOT / "firmware"), names)
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert len(names) > 20
+
+
+def test_no_firmware_module_names_a_host_module():
+    import re
+    bad = []
+    for p in sorted((ROOT / "firmware").rglob("*.py")):
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if re.match(r"\s*(from|import)\s+(hosttime|tukar_tools|shim)\b", line):
+                bad.append("%s:%d: %s" % (p.name, i, line.strip()))
+    assert bad == []

@@ -11,7 +11,6 @@ from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
 from tukar.outbox import Outbox
-from tukar.profile import sbs_names
 from tukar.store import Store
 
 # Tasks whose progress the supervisor needs before it feeds the watchdog.
@@ -40,10 +39,6 @@ class App:
         self.outbox = Outbox()
         if isinstance(saved, dict) and isinstance(saved.get("outbox"), list):
             self.outbox.restore(saved["outbox"])
-        # The board's battery links learn the profiles: SBS by DeviceName, CAN by frame layout.
-        board.set_sbs_names(sbs_names(profiles))
-        board.attach_can_bms([p.data for p in profiles.values() if p.link == "can"],
-                             self.core.slot_inputs)
         self.cycle = cycle_class(board, self.core)
         self.gate = Gate(key)
         self.wall = wall  # callable: Unix seconds once the clock is synced, else None

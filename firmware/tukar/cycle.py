@@ -13,8 +13,15 @@ STAGES = ("scan", "bms", "can", "tick_apply", "repeat")
 
 class ControlCycle:
     def __init__(self, board, core):
+        """Wire `board` to `core` (the one place it is done, for the device, the simulator, the
+        rigs and the benches): the battery links learn the core's profiles, SBS by DeviceName and
+        CAN by frame layout, and fill the core's input snapshots."""
+        from tukar.profile import sbs_names
         self.board = board
         self.core = core
+        board.set_sbs_names(sbs_names(core.profiles))
+        board.attach_can_bms([p.data for p in core.profiles.values() if p.link == "can"],
+                             core.slot_inputs)
         n = core.n_slots
         self.ticks = 0
         self.escaped = [0] * len(STAGES)  # OSErrors caught here, per stage

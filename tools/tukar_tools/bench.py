@@ -1,4 +1,5 @@
-"""`make bench`: the firmware core's figures, measured inside the 32-bit MicroPython VM.
+"""`make bench`: the firmware's figures, measured on MicroPython: the core's cost in the 32-bit
+MicroPython VM (fuel), and the whole firmware's heap in the 32-bit unix port (bench_mpy).
 
 Cost is wasmtime fuel (deterministic: the same code burns the same fuel every run). The cost of
 N control ticks is the fuel of a run with N ticks minus the same run with 0, and the harness's
@@ -104,6 +105,12 @@ def add_arguments(ap):
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--sim-seconds", type=float, default=30.0,
                     help="how long the 50-cabinet simulator scale run lasts (0: skip it)")
+    ap.add_argument("--mpy-outage-s", type=float, default=600.0,
+                    help="MicroPython section: the broker outage's length (default 600 s)")
+    ap.add_argument("--mpy-bisect-outage-s", type=float, default=20.0,
+                    help="MicroPython section: the outage's length in the heap-size bisection")
+    ap.add_argument("--no-mpy", action="store_true",
+                    help="skip the MicroPython section (it takes about half an hour)")
 
 
 def main(argv=None):
@@ -113,15 +120,18 @@ def main(argv=None):
 
 
 def run(args):
-    from tukar_tools import bench_bus, bench_sim
+    from tukar_tools import bench_bus, bench_mpy, bench_sim
 
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
     buses = bench_bus.report()
     scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
+    mpy = None if args.no_mpy else bench_mpy.measure(
+        args.mpy_outage_s, args.mpy_bisect_outage_s,
+        out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     if args.json:
         print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "buses": buses,
-                          "simulator": scale}, indent=2))
+                          "simulator": scale, "micropython": mpy}, indent=2))
         return 0
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
@@ -139,6 +149,9 @@ def run(args):
     if scale is not None:
         print()
         bench_sim.print_report(scale)
+    if mpy is not None:
+        print()
+        bench_mpy.print_report(mpy)
     return 0
 
 

@@ -65,11 +65,10 @@ TABLE = %(table)s
 from tukar.board import Board
 from tukar.core import Core
 from tukar.cycle import ControlCycle
-from tukar.profile import load_dir, sbs_names
+from tukar.profile import load_dir
 b = Board(json.load(open('/input/board.json')), machine)
 b.safe_outputs()
 profiles = load_dir('/input/profiles')
-b.set_sbs_names(sbs_names(profiles))
 core = Core('bench-1', b.slot_count, profiles=profiles)
 cycle = ControlCycle(b, core)
 K = len(b._sbs_slots)

@@ -355,6 +355,7 @@ class FirmwareProcess:
         self.ended = None  # the last abnormal end: {"code", "why", "output"}
         self.probes = []  # (used, free, max_free_bytes) for each heap probe answered
         self.memory_errors = 0  # MemoryError lines printed, over every start
+        self.first_memory_error = None  # the output up to the first of them
         self._probe = None
         self._log = None
         self.starts = 0
@@ -382,6 +383,8 @@ class FirmwareProcess:
                 pass
             if "MemoryError" in line:
                 self.memory_errors += 1
+                if self.first_memory_error is None:
+                    self.first_memory_error = list(self.tail)[-8:]
             m = _HEAP_LINE.search(line)
             if m:
                 self._probe = [int(m.group(1)), int(m.group(2)), None]

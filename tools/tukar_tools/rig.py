@@ -23,7 +23,7 @@ import machine  # noqa: E402  (the host shim)
 from tukar.board import Board  # noqa: E402
 from tukar.core import Core  # noqa: E402
 from tukar.cycle import ControlCycle  # noqa: E402
-from tukar.profile import load_dir, sbs_names  # noqa: E402
+from tukar.profile import load_dir  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from tukar_tools.shim.board_hw import BoardHardware  # noqa: E402
 from tukar_tools.shim.canbus import CanBus  # noqa: E402
@@ -496,9 +496,6 @@ class Cabinet(Physical):
         self.board.safe_outputs()
         self.core = Core(cabinet_id, self.n, profiles=self.profiles, config=config, journal=journal,
                          now=self.now)
-        self.board.set_sbs_names(sbs_names(self.profiles))
-        can_profiles = [p.data for p in self.profiles.values() if p.link == "can"]
-        self.board.attach_can_bms(can_profiles, self.core.slot_inputs)
         self.serve_can(self.board)
         self.cycle = ControlCycle(self.board, self.core)
         self.events = []  # every event the core emitted, in order
