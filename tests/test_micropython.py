@@ -310,3 +310,19 @@ def test_no_firmware_module_names_a_host_module():
             if re.match(r"\s*(from|import)\s+(hosttime|tukar_tools|shim)\b", line):
                 bad.append("%s:%d: %s" % (p.name, i, line.strip()))
     assert bad == []
+
+
+def test_make_test_stops_at_once_with_the_one_command_that_installs_what_is_missing():
+    r = subprocess.run(["bash", str(ROOT / "tools" / "build" / "needs.sh")], capture_output=True,
+                       text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", "CC": "false", "TUKAR_NO_INSTALL": "1"})
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("install with: sudo apt-get install -y gcc-multilib"), lines
+
+
+def test_make_test_passes_the_check_when_everything_is_there():
+    r = subprocess.run(["bash", str(ROOT / "tools" / "build" / "needs.sh")], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == ""
