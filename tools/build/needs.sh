@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# What `make test` needs beyond Python: a 32-bit C toolchain (the MicroPython build) and Mosquitto
+# (the contract tests' broker). As root with apt, installs what is missing (unless TUKAR_NO_INSTALL
+# is set); otherwise stops at once with the one command that installs it.
+set -u
+missing=()
+printf 'int main(void){return 0;}\n' | ${CC:-cc} -m32 -x c - -o /dev/null 2>/dev/null || missing+=(gcc-multilib)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && [ -z "${TUKAR_NO_INSTALL:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "make: installing ${missing[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null && exit 0
+fi
+echo "make: missing ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2
+exit 1
