@@ -3,7 +3,6 @@ with a GIL and the firmware frozen; its `machine` reaches the host's chip models
 ends in a clear MemoryError report with the process's last output; a reset the firmware asks for,
 a power cut and a starved watchdog each start it again with the ESP32's reset cause; a hang at
 boot is reported, never a silent stall."""
-import asyncio
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import pytest
 import hosttime
 import machine as host_machine
 from tukar_tools import broker, mprt, sim
+from tukar_tools.bench_mpy import run_sim
 
 ROOT = mprt.ROOT
 
@@ -23,42 +23,6 @@ def mqtt_broker():
     b = broker.start()
     yield b
     b.stop()
-
-
-def run_sim(s, script, timeout=60):
-    """Run Simulation `s` on a loop of its own while `script(s)` runs in this thread."""
-    result = {}
-    ready = threading.Event()
-    stop = threading.Event()
-
-    async def main():
-        until = asyncio.Event()
-        task = asyncio.ensure_future(s.run(until))
-        while s.loop is None:
-            await asyncio.sleep(0.01)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        until.set()
-        await task
-
-    def loop():
-        try:
-            asyncio.run(main())
-        except BaseException as e:  # reported to the test
-            result["error"] = e
-
-    hosttime.install(hosttime.SimClock())
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    try:
-        return script(s)
-    finally:
-        stop.set()
-        t.join(timeout)
-        if "error" in result:
-            raise result["error"]
 
 
 def wait(pred, timeout_s, what):
