@@ -47,7 +47,6 @@ class App:
         self.info_extra = info_extra or {}
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
                          self.core.counters.get("bdseq", 0))
-        self.link_stack = 16384 if cfg.get("mqtt", {}).get("ssl") else 0  # TLS needs a bigger stack
         self.tick_ms = self.core.cfg["tick_ms"]
         self.progress = {}
         self.tasks = {}
@@ -220,7 +219,14 @@ class App:
                 self.wdt.feed()  # only on evidence that every critical task moved
             if not self.link.running and self.stopping is None:
                 self.faults.append(("link", self.link.last_error))
-                self.link.start(self.link_stack)  # its thread ended: start a new one
+                self.start_link()  # its thread ended: start a new one
+
+    def start_link(self):
+        """Start the link's thread; a failed start is a fault the supervisor retries each second."""
+        try:
+            self.link.start()
+        except Exception as e:  # MemoryError, OSError: no room for its stack now
+            self.faults.append(("link_start", repr(e)))
 
     async def guard(self, name, factory):
         """Run a task; if it raises, report it and restart it; too many crashes reset the device."""
@@ -244,7 +250,7 @@ class App:
         """Run until a reboot is needed; returns the reason ("command" or "crash")."""
         if self.wdt is not None:
             self.wdt.feed()
-        self.link.start(self.link_stack)
+        self.start_link()
         for n, f in (("control", self.control), ("persist", self.persister),
                      ("telemetry", self.telemetry_task), ("supervisor", self.supervisor),
                      ("can", self.can_rx)):

@@ -15,6 +15,8 @@ import random
 
 import _thread
 
+from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
+
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
 
@@ -283,11 +285,15 @@ class Link:
                 self.last_error = "drop: %r" % (e,)
 
     # == the thread ==========================================================================
-    def start(self, stack=0):
-        if stack:
-            _thread.stack_size(stack)  # TLS needs more than the default on the ESP32
+    def start(self):
+        """Start the link's thread, sized for TLS or plain TCP. Raises when it cannot start;
+        `running` then stays False, so the supervisor tries again."""
         self.running = True
-        _thread.start_new_thread(self._run, ())
+        try:
+            spawn(self._run, LINK_STACK_TLS if self.cfg.get("ssl") else LINK_STACK)
+        except BaseException:
+            self.running = False
+            raise
 
     def _run(self):
         try:

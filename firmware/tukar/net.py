@@ -28,8 +28,8 @@ def epoch_offset(gmtime=None):
 
 
 def _spawn(fn):
-    import _thread
-    _thread.start_new_thread(fn, ())
+    from tukar.threads import NTP_STACK, spawn
+    spawn(fn, NTP_STACK)
 
 
 class Net:
@@ -103,7 +103,12 @@ class Net:
         if self._ntp_at is None or wrap_diff(now, self._ntp_at) >= 0:
             self._ntp_busy = True
             self._ntp_at = wrap_add(now, self.resync_ms)  # no second thread while this one runs
-            self._spawn(self._ntp)
+            try:
+                self._spawn(self._ntp)
+            except Exception as e:  # no memory for its stack: try again after a back-off
+                self._ntp_busy = False
+                self.status["ntp_error"] = "thread: %r" % (e,)
+                self._ntp_at = wrap_add(now, self.ntp_backoff.next_ms())
 
     # -- Wi-Fi -----------------------------------------------------------------------------
     def start(self):

@@ -1,8 +1,8 @@
 """What MicroPython has built in, supplied on CPython under the same names, so that firmware/ runs
 unmodified on the host and never imports host code: `time.ticks_ms`, `ticks_diff`, `ticks_add` and
 `sleep_ms` over the simulator's clock (hosttime: real, sped up, or stepped by hand),
-`asyncio.sleep_ms` and `asyncio.wait_for_ms` scaled with that clock's speed, and the `micropython`
-module (`const`, `schedule`). `install()` also puts firmware/ and the shim on sys.path."""
+`asyncio.sleep_ms` and `asyncio.wait_for_ms` scaled with that clock's speed, `_thread.stack_size`
+with MicroPython's range, and the `micropython` module (`const`, `schedule`). `install()` also puts firmware/ and the shim on sys.path."""
 import asyncio
 import pathlib
 import sys
@@ -32,6 +32,21 @@ def _micropython():
     return m
 
 
+_stack = [0]
+stacks_asked = []  # every size the firmware asked for, newest last (the last 100)
+
+
+def _stack_size(size=None):
+    """MicroPython's `_thread.stack_size`: any size is taken and the previous one returned. The
+    host's threads keep CPython's own stacks (its minimum is 32 KB); the sizes are recorded."""
+    prev = _stack[0]
+    if size is not None:
+        _stack[0] = size
+        stacks_asked.append(size)
+        del stacks_asked[:-100]
+    return prev
+
+
 def install():
     """Idempotent: the host-side names, and firmware/ and the shim first on sys.path."""
     for p in (FIRMWARE, SHIM):
@@ -47,6 +62,8 @@ def install():
     def wait_for_ms(aw, ms):
         return asyncio.wait_for(aw, ms / 1000 / hosttime.current().speed)
 
+    import _thread
+    _thread.stack_size = _stack_size
     time.ticks_ms = hosttime.ticks_ms
     time.ticks_diff = _ticks_diff
     time.ticks_add = _ticks_add
