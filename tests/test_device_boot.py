@@ -146,7 +146,7 @@ def test_app_gets_config_secrets_and_boot_reason(machine, board, tmp_path):
     assert store_root == str(tmp_path) + "/state"
     assert key == bytes.fromhex(KEY_HEX)
     assert app.kw["boot_reason"] == "watchdog"
-    assert app.kw["wdt"] is machine.WDT.return_value
+    assert app.wdt is machine.WDT.return_value
     assert app.kw["board_name"] == "tukar-12-wroom"
     assert app.kw["wall"] == app.net.wall
     assert app.kw["info_extra"] == {"rssi": None}
@@ -221,3 +221,34 @@ def test_device_info_with_rssi_and_crash_record_validates_against_the_schema():
             "bdseq": 3, "boot": {"reason": "watchdog", "count": 8}, "time_synced": True, "rssi": -61,
             "last_crash": {"boot": 7, "trace": "RuntimeError: bus gone\n"}}
     assert schemas.errors("info", info) == []
+
+
+def test_the_watchdog_is_armed_only_once_the_application_is_built(machine, board, tmp_path,
+                                                                   mocker):
+    provision(tmp_path)
+    order = []
+    machine.WDT.side_effect = lambda **kw: order.append("wdt") or mocker.Mock(name="wdt")
+
+    class App(FakeApp):
+        def __init__(self, *a, **kw):
+            order.append("app")
+            super().__init__(*a, **kw)
+    FakeApp.built = []
+    device.start(machine, root=str(tmp_path) + "/", app_class=App, cycle_class=object,
+                 client_class=object, net_class=FakeNet, run=lambda app, net: "command")
+    assert order == ["app", "wdt"]
+    assert FakeApp.built[0].kw["wdt"] is None and FakeApp.built[0].wdt is not None
+
+
+def test_a_construction_that_fails_arms_no_watchdog_and_resets(machine, board, tmp_path):
+    provision(tmp_path)
+
+    class Broken(FakeApp):
+        def __init__(self, *a, **kw):
+            raise MemoryError("journal too big")
+    assert device.start(machine, root=str(tmp_path) + "/", app_class=Broken, cycle_class=object,
+                        client_class=object, net_class=FakeNet,
+                        run=lambda app, net: "command") == "crash"
+    machine.WDT.assert_not_called()
+    machine.reset.assert_called_once_with()
+    assert "MemoryError: journal too big" in (tmp_path / "crash.json").read_text()

@@ -200,9 +200,9 @@ class Cabinet:
 
 def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_class=None,
          client_class=None, net_class=None):
-    """Everything up to the running application, in rule 9's order. Returns a Cabinet, or the
-    reason to stay in the REPL: "no_board", "escape" or "no_setup". Raises what construction
-    raised once the watchdog runs (finish() records it)."""
+    """Everything up to the running application, in rule 9's order, the watchdog armed last.
+    Returns a Cabinet, or the reason to stay in the REPL: "no_board", "escape" or "no_setup".
+    A construction that raised is in Cabinet.app (finish() records it and resets)."""
     try:
         board = safe_board(machine, root)
     except Exception as e:  # BoardError, OSError: the hardware's pull-downs keep outputs safe
@@ -225,7 +225,6 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
     report: dict = {"rssi": None}  # the app's info_extra: Net keeps "rssi" current for telemetry
     if crash is not None:
         report["last_crash"] = crash
-    wdt = machine.WDT(timeout=setup.wdt_ms)
     try:
         if app_class is None:
             from tukar.app import App as app_class  # type: ignore[no-redef]
@@ -240,11 +239,15 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
                         report=report, ntp_host=ntp.get("host"), resync_s=ntp.get("resync_s", 21600),
                         hostname=setup.app_cfg["id"])
         app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR, setup.key,
-                        profiles, boot_reason=reason, wall=net.wall, wdt=wdt, board_name=board.name,
+                        profiles, boot_reason=reason, wall=net.wall, wdt=None, board_name=board.name,
                         info_extra=report)
     except Exception as e:
-        return Cabinet(board, setup, wdt, None, e)  # finish() records it and resets
-    return Cabinet(board, setup, wdt, net, app)
+        return Cabinet(board, setup, None, None, e)  # finish() records it and resets
+    # Armed only now: construction (imports, the journal, the board) may take longer than the
+    # shortest timeout, and an armed watchdog cannot be stopped, so a slow boot would reset forever.
+    # Until here the outputs are safe and nothing moves.
+    app.wdt = machine.WDT(timeout=setup.wdt_ms)
+    return Cabinet(board, setup, app.wdt, net, app)
 
 
 def finish(machine, root, cab, why, exc=None):
