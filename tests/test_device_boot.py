@@ -71,11 +71,35 @@ def start(machine, root, outcome="command", exc=None):
                         client_class=object, net_class=FakeNet, run=run)
 
 
-@pytest.mark.parametrize("cause,reason", [(1, "power_on"), (2, "hard"), (3, "watchdog"),
+@pytest.mark.parametrize("cause,reason", [(1, "power_on"), (2, "panic"), (3, "watchdog"),
                                           (4, "deep_sleep"), (5, "soft"), (99, "unknown")])
-def test_reset_cause_maps_to_the_boot_reason(machine, cause, reason):
+def test_reset_cause_maps_to_the_boot_reason(machine, cause, reason, tmp_path):
     machine.reset_cause.return_value = cause
-    assert device.boot_reason(machine) == reason
+    assert device.boot_reason(machine, str(tmp_path) + "/") == reason
+
+
+@pytest.mark.parametrize("outcome,exc,reason", [("command", None, "reboot"), ("crash", None, "crash"),
+                                                (None, RuntimeError("bus gone"), "crash")])
+def test_a_hard_reset_is_a_reboot_or_a_crash_by_the_note_written_before_it(
+        machine, board, tmp_path, outcome, exc, reason):
+    """The ESP32 reports machine.reset() and a panic alike (HARD_RESET): the firmware's note
+    before its own reset tells them apart, and it is used by one boot only."""
+    provision(tmp_path)
+    start(machine, tmp_path, outcome, exc=exc)
+    machine.reset.assert_called_once_with()
+    machine.reset_cause.return_value = 2  # HARD_RESET
+    root = str(tmp_path) + "/"
+    assert device.boot_reason(machine, root) == reason
+    assert device.boot_reason(machine, root) == "panic"  # the next one, without a note
+
+
+def test_a_reset_note_does_not_outlive_a_power_cut(machine, tmp_path):
+    root = str(tmp_path) + "/"
+    device.note_reset(root, "command")
+    machine.reset_cause.return_value = 1  # the power went before the reset happened
+    assert device.boot_reason(machine, root) == "power_on"
+    machine.reset_cause.return_value = 2
+    assert device.boot_reason(machine, root) == "panic"
 
 
 def test_brownout_maps_where_the_port_reports_it(machine):

@@ -19,22 +19,55 @@ CRASH_MAX = 1024  # characters of traceback kept: the tail, where the exception 
 WDT_DEFAULT_MS = 5000
 WDT_MIN_MS = 2000  # the supervisor feeds once a second: less would bite a healthy loop
 
+RESET_FILE = "reset.json"  # why the firmware itself reset the board; read (and removed) at boot
+
 # machine.reset_cause() -> the Boot event's reason. The ESP32 port reports a brown-out and the EN
-# button as PWRON_RESET and a panic as SOFT_RESET; BROWNOUT_RESET exists on other ports only.
+# button as PWRON_RESET, and both machine.reset() and a panic as HARD_RESET: the note the firmware
+# writes before it resets tells them apart ("reboot" or "crash"; no note: "panic").
+# BROWNOUT_RESET exists on other ports only.
 _CAUSES = (("PWRON_RESET", "power_on"), ("WDT_RESET", "watchdog"), ("SOFT_RESET", "soft"),
-           ("BROWNOUT_RESET", "brownout"), ("DEEPSLEEP_RESET", "deep_sleep"), ("HARD_RESET", "hard"))
+           ("BROWNOUT_RESET", "brownout"), ("DEEPSLEEP_RESET", "deep_sleep"))
 
 
 class SetupError(ValueError):
     pass
 
 
-def boot_reason(machine):
+def boot_reason(machine, root=""):
+    """The Boot event's reason. Takes (removes) the note of the last reset the firmware made, so
+    a note never outlives the boot it was written for (a power cut may come between)."""
+    note = _take_reset_note(root)
     cause = machine.reset_cause()
+    if getattr(machine, "HARD_RESET", None) == cause:
+        if note is None:
+            return "panic"  # nobody in Python asked for it: a fatal error below the interpreter
+        return "reboot" if note == "command" else "crash"
     for name, reason in _CAUSES:
         if getattr(machine, name, None) == cause:
             return reason
     return "unknown"
+
+
+def _take_reset_note(root):
+    try:
+        with open(root + RESET_FILE) as f:
+            why = json.load(f).get("why")
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        os.remove(root + RESET_FILE)
+    except OSError:
+        pass
+    return why
+
+
+def note_reset(root, why):
+    """Written just before the firmware resets the board; never raises."""
+    try:
+        with open(root + RESET_FILE, "w") as f:
+            json.dump({"why": why}, f)
+    except OSError:
+        pass
 
 
 def safe_board(machine, root=""):
@@ -213,7 +246,7 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
         _say("maintenance escape: %s exists. Outputs safe, no watchdog, staying in the REPL. "
              "`mpremote rm :%s + reset` starts the cabinet." % (root + ESCAPE_FILE, ESCAPE_FILE))
         return "escape"
-    reason = boot_reason(machine)
+    reason = boot_reason(machine, root)
     try:
         setup = load_setup(root, board.slot_count)
         from tukar.profile import load_dir
@@ -261,6 +294,7 @@ def finish(machine, root, cab, why, exc=None):
         cab.board.safe_outputs()
     finally:
         _say("reset (%s)" % why)
+        note_reset(root, why)
         machine.reset()
     return why
 
