@@ -214,3 +214,34 @@ def test_a_flash_that_cannot_be_written_is_a_cabinet_fault_until_it_writes_again
     assert codes == [("Fault", "flash_write"), ("FaultCleared", "flash_write")]
     saved = json.loads((tmp_path / "flash" / "state.json").read_text())
     assert saved["journal"]["counters"]["event"] == app.core.event_n
+
+
+def test_a_ghost_edge_on_the_can_int_line_reads_nothing_from_the_mcp2515(tmp_path, clock):
+    """ESP32 erratum 3.11: GPIO39 sees falling edges while ADC1 and Wi-Fi work. The receive task
+    checks INT's level before it drains: a ghost starts no drain."""
+    phys, app = build(tmp_path)
+    phys.can.paced = True  # frames wait in the chip for the firmware, as from another process
+    int_pin = phys.cfg["mcp2515"]["int"]
+    seen = {}
+
+    def during(now):
+        if "drains" not in seen and now > 1500:
+            phys.can.nodes.clear()  # the bus falls silent: INT stays high from here on
+            seen["drains"] = app.progress.get("can", 0)
+            seen["ghosts"] = app.can_ghosts
+        elif "drains" in seen and now > 1700 and "after" not in seen:
+            for _ in range(5):
+                phys.hw.ghost_edge(int_pin)
+            seen["after"] = True
+    asyncio.run(run_for(app, phys, 2500, during))
+    assert phys.hw.pin(int_pin).value == 1
+    assert app.can_ghosts > seen["ghosts"]  # the ghost woke the task ...
+    assert app.progress.get("can", 0) == seen["drains"]  # ... and it drained nothing
+
+
+def test_a_real_can_interrupt_is_drained_by_the_receive_task(tmp_path, clock):
+    phys, app = build(tmp_path)
+    phys.can.paced = True
+    phys.insert_can(1)
+    asyncio.run(run_for(app, phys, 1500))
+    assert app.progress.get("can", 0) > 0

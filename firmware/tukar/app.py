@@ -59,6 +59,7 @@ class App:
         self.tick_lag_ms = 0  # worst lateness of a control tick, for the operator
         self.lag_hist = [0] * len(LAG_BUCKETS_MS)  # ticks late by less than each bound (the last: more)
         self.ticks = 0
+        self.can_ghosts = 0  # CAN interrupts whose INT line was not low: ghost edges, ignored
 
     # -- what the link publishes at every connect ----------------------------------------
     def info(self):
@@ -186,6 +187,9 @@ class App:
             await flag.wait()
             if flag_class is None:
                 flag.clear()
+            if not self.board.can_pending():
+                self.can_ghosts += 1  # an edge with INT high: nothing to read, no SPI traffic
+                continue
             self.board.drain_can(ticks_ms())
             self.progress["can"] = self.progress.get("can", 0) + 1
 

@@ -807,6 +807,11 @@ class Board:
         self.can_int.irq(handler=handler, trigger=self._m.Pin.IRQ_FALLING)
         return True
 
+    def can_pending(self):
+        """INT is low: the MCP2515 really has something for us. An edge alone is no proof: on
+        GPIO36/39 the ESP32 sees ghost edges while ADC1 and Wi-Fi are in use (erratum 3.11)."""
+        return self.can_int is not None and self.can_int.value() == 0
+
     def drain_can(self, now_ms):
         """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.
         poll_bms calls it every tick; an INT-driven task may call it between ticks too."""

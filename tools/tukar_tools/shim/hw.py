@@ -408,6 +408,13 @@ class Hardware:
             pm = self.pins[n] = PinModel(self, n)
         return pm
 
+    def ghost_edge(self, n):
+        """An edge the pin's IRQ sees without the level changing (ESP32 erratum 3.11: GPIO36/39
+        with ADC1 and Wi-Fi in use)."""
+        m = self.pin(n)
+        if m.irq_handler is not None and m.irq_trigger & 2:  # IRQ_FALLING
+            m.irq_handler(m.irq_pin)
+
     def set_input(self, n, level):
         """The world drives pin n (level 0/1, or None to let it float)."""
         pm = self.pin(n)
