@@ -238,3 +238,27 @@ def test_soft_i2c_on_the_pins_of_a_hardware_bus_shares_its_devices(hw):
     machine.I2C(0, scl=22, sda=21)
     hw.i2c_bus(0).attach(Echo(0x27))
     assert machine.SoftI2C(scl=machine.Pin(22), sda=machine.Pin(21)).scan() == [0x27]
+
+
+def test_hardware_i2c_is_one_object_per_bus_with_no_init_as_on_the_esp32_port():
+    hw = install(Hardware())
+    a = machine.I2C(0, scl=18, sda=19, freq=100000)
+    with pytest.raises(OSError) as e:
+        a.init(scl=18, sda=19, freq=400000)
+    assert e.value.errno == 95  # EOPNOTSUPP: machine_i2c_init without the port's init
+    b = machine.I2C(0, scl=18, sda=19, freq=400000, timeout=10000)
+    assert b is a  # constructing again configures the same bus afresh
+    assert (a.freq, a.timeout) == (400000, 10000)
+    assert hw.i2c_bus(0).configured == 2
+    soft = machine.SoftI2C(scl=21, sda=22)
+    soft.init(scl=21, sda=22, freq=100000)  # the bit-banged one keeps its init()
+    assert soft.freq == 100000
+
+
+def test_the_board_sets_an_i2c_timeout_well_under_the_ports_50_ms():
+    from tukar import board as boardmod
+    from tukar_tools.rig import Physical
+    phys = Physical("tukar-12-wroom")
+    boardmod.Board(phys.cfg, machine)
+    for b in phys.cfg["i2c"]:
+        assert phys.hw.i2c_bus(b["id"]).timeout_us == boardmod.I2C_TIMEOUT_US == 10000

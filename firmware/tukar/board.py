@@ -9,6 +9,10 @@ from tukar.inputs import SENSOR_OK
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
 
+# Per I2C transaction (microseconds). The ESP32 default is 50 ms, so one stuck or stretched
+# transaction could take a whole tick; 10 ms is above what an SBS gauge stretches the clock for.
+I2C_TIMEOUT_US = 10000
+
 CHIPS = ("esp32", "esp32s3")
 _CAN_DRAIN_MAX = 32  # frames per poll_bms: 24 packs at 10 Hz send about 12 frames per 50 ms tick
 
@@ -483,7 +487,8 @@ class Board:
         self.i2c_recoveries = [0, 0]
         self.spi_errors = 0
         for b in cfg["i2c"]:
-            self.i2c[b["id"]] = machine.I2C(b["id"], scl=Pin(b["scl"]), sda=Pin(b["sda"]), freq=b["freq"])
+            self.i2c[b["id"]] = machine.I2C(b["id"], scl=Pin(b["scl"]), sda=Pin(b["sda"]),
+                                            freq=b["freq"], timeout=I2C_TIMEOUT_US)
             self._sda[b["id"]] = Pin(b["sda"])
 
         self.expanders = []
@@ -875,7 +880,11 @@ class Board:
                     clock_free(scl, sda)
                 for m in muxes:
                     m.forget()
-                self.i2c[bus].init(scl=scl, sda=sda, freq=b["freq"])
+                # The ESP32's hardware I2C has no init() (OSError): constructing it again takes
+                # the pins back from GPIO and resets the controller. The port keeps one object per
+                # bus, so the drivers' references stay valid.
+                self.i2c[bus] = self._m.I2C(bus, scl=scl, sda=sda, freq=b["freq"],
+                                            timeout=I2C_TIMEOUT_US)
                 self.i2c_recoveries[bus] += 1
                 return not self.i2c_stuck(bus)
         return False

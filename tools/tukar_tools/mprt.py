@@ -157,16 +157,15 @@ class HardwareServer:
             else:
                 self._pin(pid).irq(handler=None)
             return None
-        if op == 10:  # I2C(id, scl, sda, freq, timeout) or i2c.init(...)
+        if op in (10, 16):  # I2C(id, scl, sda, freq, timeout), or i2c.init(...)
             bid, scl, sda, freq, timeout = struct.unpack_from("<BbbII", a)
             scl_a = None if scl < 0 else scl
             sda_a = None if sda < 0 else sda
-            bus = objs.get(("i2c", bid))
-            if bus is not None:
-                bus.init(scl=scl_a, sda=sda_a, freq=freq, timeout=timeout)
+            if op == 16:
+                self._i2c(bid).init(scl=scl_a, sda=sda_a, freq=freq, timeout=timeout)
             elif bid == 255:
                 objs[("i2c", bid)] = m.SoftI2C(scl_a, sda_a, freq=freq, timeout=timeout)
-            else:
+            else:  # the port's one object per bus, configured afresh
                 objs[("i2c", bid)] = m.I2C(bid, scl=scl_a, sda=sda_a, freq=freq, timeout=timeout)
             return None
         if op == 11:

@@ -73,7 +73,7 @@ class Pin:
     def init(self, *a, **k):
         pass
 class I2C:
-    def __init__(self, id, scl=None, sda=None, freq=400000):
+    def __init__(self, id, scl=None, sda=None, freq=400000, timeout=50000):
         pass
     def init(self, *a, **k):
         pass

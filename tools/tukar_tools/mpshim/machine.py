@@ -26,7 +26,8 @@ _PIN_INIT = 1
 _PIN_GET = 2
 _PIN_SET = 3
 _PIN_IRQ = 4
-_I2C_INIT = 10
+_I2C_NEW = 10
+_I2C_INIT = 16
 _I2C_RMEM = 11
 _I2C_WMEM = 12
 _I2C_READ = 13
@@ -162,12 +163,16 @@ class Pin:
 class I2C:
     def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
         self.id = id
-        self.init(scl=scl, sda=sda, freq=freq, timeout=timeout)
+        self._send(_I2C_NEW, scl, sda, freq, timeout)
 
     def init(self, scl=None, sda=None, freq=400000, timeout=50000):
+        """The ESP32's hardware I2C raises OSError here, as the port does; SoftI2C re-inits."""
+        self._send(_I2C_INIT, scl, sda, freq, timeout)
+
+    def _send(self, op, scl, sda, freq, timeout):
         struct.pack_into("<BbbII", _req, 3, self.id, -1 if scl is None else _pin_id(scl),
                          -1 if sda is None else _pin_id(sda), freq, timeout)
-        _call(_I2C_INIT, 11)
+        _call(op, 11)
 
     def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
         struct.pack_into("<BBIBH", _req, 3, self.id, addr, memaddr, addrsize, len(buf))
@@ -213,7 +218,7 @@ class I2C:
 class SoftI2C(I2C):
     def __init__(self, scl, sda, *, freq=400000, timeout=50000):
         self.id = 255  # the host finds the bus by its pins
-        self.init(scl=scl, sda=sda, freq=freq, timeout=timeout)
+        self._send(_I2C_NEW, scl, sda, freq, timeout)
 
 
 class SPI:

@@ -12,6 +12,7 @@ DEEPSLEEP_RESET = _hw.DEEPSLEEP_RESET
 SOFT_RESET = _hw.SOFT_RESET
 
 _MAX_GPIO = 48
+_EOPNOTSUPP = 95
 
 
 class ResetRequested(SystemExit):
@@ -98,9 +99,21 @@ class _PinIRQ:
 
 
 class I2C:
-    """Hardware I2C of the ESP32 port (ids 0 and 1): a NACK raises ENODEV, a stuck bus ETIMEDOUT."""
+    """Hardware I2C of the ESP32 port (ids 0 and 1): a NACK raises ENODEV, a stuck bus ETIMEDOUT.
+    As on the port, there is one object per bus: constructing I2C(id, ...) again returns it,
+    configured afresh (pins, freq, timeout), and init() raises OSError (EOPNOTSUPP)."""
 
     _DEFAULT_PINS = {0: (18, 19), 1: (25, 26)}
+
+    def __new__(cls, id=0, **kw):
+        if cls is not I2C:
+            return super().__new__(cls)
+        hw = _hw.current()
+        objs = hw.__dict__.setdefault("_i2c_objects", {})
+        obj = objs.get(id)
+        if obj is None:
+            obj = objs[id] = super().__new__(cls)
+        return obj
 
     def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
         if id not in self._DEFAULT_PINS:
@@ -109,15 +122,20 @@ class I2C:
         self._hw = _hw.current()
         self._bus = self._hw.i2c_bus(id)
         self.id = id
-        self.init(scl=d_scl if scl is None else scl, sda=d_sda if sda is None else sda,
-                  freq=freq, timeout=timeout)
+        self._configure(scl=d_scl if scl is None else scl, sda=d_sda if sda is None else sda,
+                        freq=freq, timeout=timeout)
 
-    def init(self, scl=None, sda=None, freq=400000, timeout=50000):
+    def init(self, *a, **k):
+        raise OSError(_EOPNOTSUPP, "EOPNOTSUPP: the ESP32's hardware I2C has no init()")
+
+    def _configure(self, scl=None, sda=None, freq=400000, timeout=50000):
         if scl is not None and sda is not None:
             self._scl, self._sda = _pin_id(scl), _pin_id(sda)
             self._bus.bind_pins(self._scl, self._sda)
         self.freq = freq
         self.timeout = timeout
+        self._bus.timeout_us = timeout
+        self._bus.configured = getattr(self._bus, "configured", 0) + 1
 
     def deinit(self):
         pass
@@ -179,7 +197,7 @@ class I2C:
 
 
 class SoftI2C(I2C):
-    """Bit-banged I2C: same bus model, found by its pins."""
+    """Bit-banged I2C: same bus model, found by its pins; it does have init()."""
 
     def __init__(self, scl, sda, *, freq=400000, timeout=50000):
         self._hw = _hw.current()
@@ -190,7 +208,10 @@ class SoftI2C(I2C):
                 bus = b
         self._bus = bus or self._hw.i2c_bus(("soft", s, d))
         self.id = -1
-        self.init(scl=s, sda=d, freq=freq, timeout=timeout)
+        self._configure(scl=s, sda=d, freq=freq, timeout=timeout)
+
+    def init(self, scl=None, sda=None, freq=400000, timeout=50000):
+        self._configure(scl=scl, sda=sda, freq=freq, timeout=timeout)
 
 
 class SPI:
