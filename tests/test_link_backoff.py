@@ -116,3 +116,27 @@ def test_posting_never_raises_even_with_an_unserialisable_payload():
     link.post_state("state", {"x": object()})
     link.post_ack({"x": object()})
     assert "post_state" in link.last_error or "post_ack" in link.last_error
+
+
+def test_no_tls_handshake_is_tried_before_the_clock_is_set():
+    """Certificate dates fail until NTP sets the clock, and a handshake holds the GIL for 1.2 to
+    2 s on an ESP32: the link waits for the time, then connects."""
+    RefusingClient.attempts = []
+    known = [False]
+    link = Link({"id": "cab-1", "host": "b", "ssl": True}, RefusingClient, Outbox(), info,
+                clock=CLOCK, time_known=lambda: known[0])
+    for _ in range(50):
+        link.step()
+    assert RefusingClient.attempts == []
+    assert link.last_error == "waiting for the clock (NTP) before TLS"
+    known[0] = True
+    link.step()
+    assert len(RefusingClient.attempts) == 1
+
+
+def test_plain_mqtt_does_not_wait_for_the_clock():
+    RefusingClient.attempts = []
+    link = Link({"id": "cab-1", "host": "b"}, RefusingClient, Outbox(), info, clock=CLOCK,
+                time_known=lambda: False)
+    link.step()
+    assert len(RefusingClient.attempts) == 1

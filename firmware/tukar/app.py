@@ -46,7 +46,8 @@ class App:
         self.board_name = board_name
         self.info_extra = info_extra or {}
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
-                         self.core.counters.get("bdseq", 0))
+                         self.core.counters.get("bdseq", 0),
+                         time_known=lambda: self._wall() is not None)
         self.tick_ms = self.core.cfg["tick_ms"]
         self.progress = {}
         self.tasks = {}

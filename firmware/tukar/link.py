@@ -165,7 +165,8 @@ def tls_context(cfg):
 
 
 class Link:
-    def __init__(self, cfg, client_class, outbox, info, bdseq=0, clock=None, rand=None):
+    def __init__(self, cfg, client_class, outbox, info, bdseq=0, clock=None, rand=None,
+                 time_known=None):
         p = "%s/%s/" % (cfg.get("prefix") or "tukar", cfg["id"])
         self.prefix = p
         self.t_status = (p + "status").encode()
@@ -182,6 +183,9 @@ class Link:
         self.keepalive_s = cfg.get("keepalive_s") or 60
         self.io_timeout_s = cfg.get("io_timeout_s") or 10
         self.clock = clock if clock is not None else RealClock()
+        # TLS checks the certificates' dates: before NTP has set the clock every handshake fails,
+        # and each one holds the GIL for 1.2 to 2 s on an ESP32. `time_known()` says when to try.
+        self.time_known = time_known
         self.backoff = Backoff(cfg.get("backoff_base_ms") or BACKOFF_BASE_MS,
                                cfg.get("backoff_cap_ms") or BACKOFF_CAP_MS, rand)
         self._lock = _thread.allocate_lock()
@@ -317,6 +321,10 @@ class Link:
                 if wait > 0:
                     self.clock.sleep_ms(wait if wait < 100 else 100)  # stop() stays prompt
                     return
+            if self.cfg.get("ssl") and self.time_known is not None and not self.time_known():
+                self.last_error = "waiting for the clock (NTP) before TLS"
+                self.clock.sleep_ms(100)
+                return
             try:
                 self._connect()
                 self._retry_at = None
