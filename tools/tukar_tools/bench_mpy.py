@@ -126,6 +126,9 @@ def phases(s, upto, outage_s, prober=None, out=lambda line: None):
         if prober:
             prober.phase = "boot"
         r.step({"do": "expect_status", "value": "online", "within_s": 30})
+        fw = cab.fw
+        if fw.server.wdt_armed_at is not None and fw.proc.started_at is not None:
+            took["to_watchdog_ms"] = round((fw.server.wdt_armed_at - fw.proc.started_at) * 1000)
         for n in range(1, FILL + 1):  # half-empty packs charge; the last is full
             _call(s, lambda n=n: cab.set_battery(n, soc=50 if n <= CHARGING else 100))
         r.step({"do": "expect_state", "match": {"charging": CHARGING, "ready": 1,
@@ -304,6 +307,9 @@ def print_report(r, out=sys.stdout):
                                              s["probes"]))
         else:
             p("  %-44s %12s" % (labels[ph], "not reached"))
+    if r.get("seconds", {}).get("to_watchdog_ms") is not None:
+        p("  process start to watchdog armed (imports, journal, board, app; this host's time): %d ms"
+          % r["seconds"]["to_watchdog_ms"])
     if r.get("seconds", {}).get("outage_events"):
         p("  events queued in the outage: %d (the outbox saturates at %d)"
           % (r["seconds"]["outage_events"], CAP))

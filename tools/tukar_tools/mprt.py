@@ -58,6 +58,7 @@ class HardwareServer:
         self.port = self.listener.getsockname()[1]
         self.calls = 0
         self.hello = None  # what the firmware process says it is: "micropython GIL 2147483647 frozen"
+        self.wdt_armed_at = None  # time.monotonic() when the firmware armed its watchdog
         self.note = None
         self.closed = False
         self._objs = {}
@@ -211,6 +212,7 @@ class HardwareServer:
         if op == 40:
             (timeout,) = struct.unpack_from("<I", a)
             objs["wdt"] = m.WDT(timeout=timeout)
+            self.wdt_armed_at = time.monotonic()
             return None
         if op == 41:
             wdt = objs.get("wdt")
@@ -358,12 +360,14 @@ class FirmwareProcess:
         self._probe = None
         self._log = None
         self.starts = 0
+        self.started_at = None  # time.monotonic() of the last start
 
     def start(self):
         env = dict(os.environ)
         env["TUKAR_HW"] = "127.0.0.1:%d" % self.hw_port
         env["MICROPYPATH"] = "%s:.frozen" % MPSHIM
         self._log = open(self.flash / "console.log", "a")
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen([str(self.binary), "-X", "heapsize=%s" % self.heap, "main.py"],
                                      cwd=self.flash, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
