@@ -51,7 +51,7 @@ sim: $(STAMP) $(if $(filter micropython,$(RUNTIME)),$(MICROPYTHON))
 
 ## bench: figures measured under the MicroPython VM (fuel, heap, allocations per tick)
 bench: $(STAMP) $(MICROPYTHON)
-	$(PY) -m tukar_tools.bench
+	$(PY) -m tukar_tools.bench $(BENCH_ARGS)
 
 ## flash: erase a board and write a MicroPython image: make flash PORT=/dev/ttyUSB0 FIRMWARE=fw.bin
 flash: $(STAMP)
