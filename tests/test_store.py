@@ -1,4 +1,4 @@
-"""Persistence: write temp, close, rename; writes on change only; rate-limited keys; faults."""
+"""Persistence: write temp, close, rename; streamed text; rate-limited keys; faults."""
 import json
 import os
 
@@ -11,11 +11,33 @@ def test_save_then_load_round_trips(tmp_path):
     assert Store(str(tmp_path / "st")).load("journal") == {"a": [1, 2]}
 
 
-def test_unchanged_value_is_not_written_again(tmp_path):
+def test_a_writer_streams_its_text_piece_by_piece_and_the_store_keeps_no_copy(tmp_path):
+    pieces = []
+
+    def writer(f):
+        for piece in ('{"journal":', '{"a":1}', ',"outbox":[', '{"id":"c-1-1"}', "]}"):
+            pieces.append(piece)
+            f.write(piece)
     s = Store(str(tmp_path))
-    s.save("k", {"x": 1}, 0)
-    assert s.save("k", {"x": 1}, 10) is False
-    assert s.writes == 1
+    assert s.save("state", writer, 0)
+    assert len(pieces) == 5
+    assert Store(str(tmp_path)).load("state") == {"journal": {"a": 1}, "outbox": [{"id": "c-1-1"}]}
+    assert not any(isinstance(v, str) and "journal" in v for v in vars(s).values())
+
+
+def test_a_failed_writer_is_retried_with_what_is_current_then(tmp_path):
+    value = ["old"]
+    s = Store(str(tmp_path))
+    real = s._open
+
+    def broken(*a, **k):
+        raise OSError(5, "EIO")
+    s._open = broken
+    assert s.save("k", lambda f: f.write('"%s"' % value[0]), 0) is False
+    value[0] = "new"
+    s._open = real
+    s.flush(10)
+    assert Store(str(tmp_path)).load("k") == "new"
 
 
 def test_rate_limited_key_writes_its_latest_value_after_the_interval(tmp_path):

@@ -10,7 +10,7 @@ from tukar.clock import asleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
 from tukar.link import Link
-from tukar.outbox import Outbox
+from tukar.outbox import Outbox, dump
 from tukar.store import Store
 
 # Tasks whose progress the supervisor needs before it feeds the watchdog.
@@ -147,14 +147,22 @@ class App:
             return False
         if not urgent and not force and wrap_diff(now, self.last_persist) < ACK_ONLY_PERSIST_MS:
             return False
-        state = {"journal": core.journal(), "outbox": self.outbox.snapshot()}
         core.jdirty = 0
         self.outbox.dirty = False
         self.last_persist = now
         errors = self.store.errors
-        self.store.save("state", state, now)
+        self.store.save("state", self._write_state, now)
         self._flash_health(self.store.errors == errors)
         return True
+
+    def _write_state(self, f):
+        """{"journal": ..., "outbox": [...]} streamed into the store's file: the journal by the
+        JSON encoder, the events as the texts the outbox already holds."""
+        f.write('{"journal":')
+        dump(self.core.journal(), f)
+        f.write(',"outbox":')
+        self.outbox.write_events(f)
+        f.write("}")
 
     def _flash_health(self, ok):
         """A failing flash is a cabinet fault (state may not survive a power cut) until it writes."""

@@ -1,6 +1,6 @@
 # The event outbox: events (and the latest telemetry) waiting for the broker, oldest first.
 # The control loop adds, the MQTT link's thread takes and removes after PUBACK; a lock guards both.
-# The app persists snapshot() with the core's journal whenever `dirty` is set, then clears it.
+# The app persists write_events() with the core's journal whenever `dirty` is set, then clears it.
 #
 # Bounds, decided here (mqtt.md: "when full, the oldest telemetry is dropped first, never a swap
 # or safety event"):
@@ -36,6 +36,18 @@ def _separators_by():
 
 
 _BY = _separators_by()
+
+
+def dump(obj, f):
+    """dumps() streamed into file f."""
+    if _BY == 2:
+        return json.dump(obj, f, separators=_SEP)  # type: ignore  (CPython)
+    if _BY == 1:
+        try:
+            return json.dump(obj, f, _SEP)  # type: ignore  (MicroPython takes them by position)
+        except TypeError:  # a build whose dump() lacks them: raised before anything is written
+            pass
+    return json.dump(obj, f)
 
 
 def dumps(obj):
@@ -141,11 +153,25 @@ class Outbox:
                     return
 
     # -- persistence ----------------------------------------------------------------------
-    def snapshot(self):
-        """The events still owed to the broker, as JSON-able dicts, oldest first."""
+    def event_texts(self):
+        """The events still owed to the broker, as the JSON texts they are published as, oldest
+        first (a new list of the same strings: nothing is copied or parsed)."""
         with self._lock:
-            texts = [it[2] for it in self._items if it[0] == EVENT]
-        return [json.loads(t) for t in texts]
+            return [it[2] for it in self._items if it[0] == EVENT]
+
+    def write_events(self, f):
+        """The events owed, streamed into file `f` as a JSON array, one text at a time."""
+        f.write("[")
+        sep = ""
+        for t in self.event_texts():
+            f.write(sep)
+            f.write(t)
+            sep = ","
+        f.write("]")
+
+    def snapshot(self):
+        """The events still owed to the broker, as dicts, oldest first (tests, tools)."""
+        return [json.loads(t) for t in self.event_texts()]
 
     def restore(self, events):
         """Put back persisted events (dicts or JSON text) ahead of anything added since boot."""

@@ -1,7 +1,9 @@
 # Persistence on the device's LittleFS: each key is one JSON file, written to a temporary file,
 # closed (LittleFS commits on close) and renamed over the old one (atomic across power loss).
-# Writes happen on change only; a key that changes often can be given a minimum interval, and
-# its latest value is written when the interval has passed (flash wear).
+# The text is streamed into the file piece by piece: no copy of a whole state in the heap (at the
+# outbox's cap that would be a 9 KB block, which a fragmented 64 KB heap may not have). The caller
+# saves only what changed; a key that changes often can be given a minimum interval, and its
+# latest value is written when the interval has passed (flash wear).
 import json
 import os
 
@@ -11,9 +13,8 @@ from tukar.clock import wrap_diff
 class Store:
     def __init__(self, root):
         self.root = root
-        self.last = {}  # key -> text last written (or read)
         self.when = {}  # key -> ticks of the last write
-        self.pending = {}  # key -> text waiting for its interval
+        self.pending = {}  # key -> value (or writer) waiting for its interval, or for a retry
         self.interval = {}  # key -> minimum ms between writes
         self.writes = 0
         self.errors = 0
@@ -39,27 +40,23 @@ class Store:
         """The stored value, or None when absent or unreadable (a torn write never replaces it)."""
         try:
             with self._open(self._path(key)) as f:
-                text = f.read()
-            value = json.loads(text)
+                return json.load(f)
         except (OSError, ValueError) as e:
             if not isinstance(e, OSError):
                 self.errors += 1
                 self.last_error = "%s: %r" % (key, e)
             return None
-        self.last[key] = text
-        return value
 
     def save(self, key, value, now_ms):
-        """Persist `value` if it differs from what is stored; returns True when written now."""
-        text = json.dumps(value)
-        if self.last.get(key) == text:
-            self.pending.pop(key, None)
-            return False
+        """Persist `value`: a JSON-able value, or a writer, a callable that writes the JSON text
+        piece by piece into the file it is given (called again for a retry, so it writes what is
+        current then). Returns True when written now."""
         gap = self.interval.get(key, 0)
         if gap and key in self.when and wrap_diff(now_ms, self.when[key]) < gap:
-            self.pending[key] = text
+            self.pending[key] = value
             return False
-        return self._write(key, text, now_ms)
+        self.pending.pop(key, None)
+        return self._write(key, value, now_ms)
 
     def flush(self, now_ms, force=False):
         """Write pending keys whose interval has passed (all of them when `force`)."""
@@ -67,19 +64,21 @@ class Store:
             if force or wrap_diff(now_ms, self.when.get(key, now_ms)) >= self.interval.get(key, 0):
                 self._write(key, self.pending.pop(key), now_ms)
 
-    def _write(self, key, text, now_ms):
+    def _write(self, key, value, now_ms):
         path = self._path(key)
         tmp = path + ".tmp"
         try:
             with self._open(tmp, "w") as f:
-                f.write(text)
+                if callable(value):
+                    value(f)
+                else:
+                    json.dump(value, f)
             os.rename(tmp, path)
         except OSError as e:
             self.errors += 1
             self.last_error = "%s: %r" % (key, e)
-            self.pending[key] = text  # retried by flush()
+            self.pending[key] = value  # retried by flush()
             return False
-        self.last[key] = text
         self.when[key] = now_ms
         self.writes += 1
         return True
@@ -89,4 +88,3 @@ class Store:
             os.remove(self._path(key))
         except OSError:
             pass
-        self.last.pop(key, None)
