@@ -475,7 +475,7 @@ class Board:
             import machine  # type: ignore[no-redef]
         self._m = machine
         p = validate(cfg)
-        self.cfg = cfg
+        # Only what the running board needs is kept: not the parsed board file (7 KB of heap).
         self.name = cfg["board"]
         self.chip = cfg["chip"]
         n = self.slot_count = cfg["slot_count"]
@@ -486,7 +486,10 @@ class Board:
         self.i2c_errors = [0, 0]  # failed transactions per I2C bus id
         self.i2c_recoveries = [0, 0]
         self.spi_errors = 0
+        self._i2c_pins = {}  # bus id -> (scl, sda, freq), to construct the bus again
+        self._mux_buses = [m["bus"] for m in cfg.get("muxes", ())]
         for b in cfg["i2c"]:
+            self._i2c_pins[b["id"]] = (b["scl"], b["sda"], b["freq"])
             self.i2c[b["id"]] = machine.I2C(b["id"], scl=Pin(b["scl"]), sda=Pin(b["sda"]),
                                             freq=b["freq"], timeout=I2C_TIMEOUT_US)
             self._sda[b["id"]] = Pin(b["sda"])
@@ -624,11 +627,10 @@ class Board:
         self.canbms = None
         self.can_fed = [False] * n  # a CAN pack spoke for the slot's battery: no SBS polls there
         self._rx = bytearray(13)  # one received frame: SIDH SIDL EID8 EID0 DLC D0..D7
-        self.plan = p
 
     # -- construction helpers ----------------------------------------------------------------------
     def _mux_bus(self, m):
-        return self.i2c[self.cfg["muxes"][m]["bus"]]
+        return self.i2c[self._mux_buses[m]]
 
     def _input(self, v, role):
         r = _ref(v, role)
@@ -868,26 +870,25 @@ class Board:
         """Free a stuck bus: 9 SCL clocks and a STOP, the muxes on it reset (they isolate a battery
         that holds its channel low), then the bus re-initialised. True if SDA is high again."""
         from tukar.tca9548a import clock_free
-        for b in self.cfg["i2c"]:
-            if b["id"] == bus:
-                Pin = self._m.Pin
-                scl = Pin(b["scl"])
-                sda = Pin(b["sda"])
-                muxes = [self.muxes[j] for j in range(len(self.muxes)) if self.cfg["muxes"][j]["bus"] == bus]
-                if muxes:
-                    muxes[0].recover(scl, sda)  # the muxes share one reset line
-                else:
-                    clock_free(scl, sda)
-                for m in muxes:
-                    m.forget()
-                # The ESP32's hardware I2C has no init() (OSError): constructing it again takes
-                # the pins back from GPIO and resets the controller. The port keeps one object per
-                # bus, so the drivers' references stay valid.
-                self.i2c[bus] = self._m.I2C(bus, scl=scl, sda=sda, freq=b["freq"],
-                                            timeout=I2C_TIMEOUT_US)
-                self.i2c_recoveries[bus] += 1
-                return not self.i2c_stuck(bus)
-        return False
+        pins = self._i2c_pins.get(bus)
+        if pins is None:
+            return False
+        Pin = self._m.Pin
+        scl = Pin(pins[0])
+        sda = Pin(pins[1])
+        muxes = [self.muxes[j] for j in range(len(self.muxes)) if self._mux_buses[j] == bus]
+        if muxes:
+            muxes[0].recover(scl, sda)  # the muxes share one reset line
+        else:
+            clock_free(scl, sda)
+        for m in muxes:
+            m.forget()
+        # The ESP32's hardware I2C has no init() (OSError): constructing it again takes the pins
+        # back from GPIO and resets the controller. The port keeps one object per bus, so the
+        # drivers' references stay valid.
+        self.i2c[bus] = self._m.I2C(bus, scl=scl, sda=sda, freq=pins[2], timeout=I2C_TIMEOUT_US)
+        self.i2c_recoveries[bus] += 1
+        return not self.i2c_stuck(bus)
 
     # -- outputs -------------------------------------------------------------------------------------
     def _flush(self):
