@@ -2,10 +2,13 @@
 # maintenance escape before the watchdog, the provisioned files, the crash record, and the reset
 # with outputs safe whenever the application ends. `machine`, the board and the App are fakes.
 import json
+import pathlib
 
 import pytest
 
 from tukar import device
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 
@@ -276,3 +279,15 @@ def test_a_construction_that_fails_arms_no_watchdog_and_resets(machine, board, t
     machine.WDT.assert_not_called()
     machine.reset.assert_called_once_with()
     assert "MemoryError: journal too big" in (tmp_path / "crash.json").read_text()
+
+
+def test_once_the_links_are_wired_the_profiles_source_data_is_let_go(machine, board, tmp_path):
+    provision(tmp_path)
+    pdir = tmp_path / "profiles"
+    pdir.mkdir()
+    import shutil
+    shutil.copy(ROOT / "firmware" / "profiles" / "ref48v.json", pdir / "ref48v.json")
+    start(machine, tmp_path)
+    profiles = FakeApp.built[0].args[4]
+    assert list(profiles) == ["ref48v"]
+    assert profiles["ref48v"].data is None and profiles["ref48v"].capacity_mah > 0
