@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench check clean typings flash deploy micropython needs
+.PHONY: test sim bench check clean typings flash deploy micropython needs image
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -62,6 +62,12 @@ flash: $(STAMP)
 deploy: $(STAMP)
 	@test -n "$(PORT)" -a -n "$(BOARD)" || { echo "usage: make deploy PORT=/dev/ttyUSB0 BOARD=tukar-12-wroom [DEPLOY_ARGS=--verbose]"; exit 2; }
 	$(VENV)/bin/tukar deploy --port $(PORT) --board $(BOARD) $(DEPLOY_ARGS)
+
+## image: the production image with the firmware frozen: make image BOARD=tukar-12-wroom
+## (ESP-IDF on PATH and MICROPYTHON_DIR, a MicroPython v1.28.0 checkout; fails clearly without)
+image:
+	@test -n "$(BOARD)" || { echo "usage: make image BOARD=tukar-12-wroom [MICROPYTHON_DIR=...]"; exit 2; }
+	tools/build/image.sh $(BOARD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis typings build

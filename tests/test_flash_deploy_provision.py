@@ -164,17 +164,52 @@ def test_deploy_reports_the_bundle_size_and_every_file_when_verbose(bundle, caps
     assert "%7d  tukar/core.mpy" % sizes["tukar/core.mpy"] in out
 
 
-def test_deploy_enters_maintenance_then_copies_in_one_mpremote_call(sub, tmp_path):
+def board_image(sub, frozen=False, heap=2_000_000):
+    """What the board answers to the deploy's probe."""
+    sub.run.return_value.stdout = "tukar-image " + json.dumps({"frozen": frozen, "heap": heap})
+    sub.run.return_value.stderr = ""
+
+
+def test_deploy_enters_maintenance_asks_the_image_then_copies_in_one_mpremote_call(sub, tmp_path):
+    board_image(sub, heap=4_000_000)  # PSRAM: the .mpy firmware fits
     out = tmp_path / "b"
     assert cli(deploy, ["--port", PORT, "--board", "tukar-12-wroom", "--build-dir", str(out)]) == 0
-    first, second = ran(sub)
+    first, probe, second = ran(sub)
     assert first == [PY, "-m", "mpremote", "connect", PORT, "touch", ":maintenance", "+", "reset"]
+    assert probe[:6] == [PY, "-m", "mpremote", "connect", PORT, "exec"]
+    assert "'.frozen'" in probe[6] and "mem_free" in probe[6]
     assert second[:12] == [PY, "-m", "mpremote", "connect", PORT, "cp", "-r", str(out / "tukar"),
                            str(out / "profiles"), ":", "+", "cp"]
     assert second[12:24] == [str(out / "main.py"), ":main.py", "+", "cp", str(out / "boot.py"), ":boot.py",
                              "+", "cp", str(out / "board.json"), ":board.json", "+", "exec"]
     assert second[25:] == ["+", "rm", ":maintenance", "+", "reset"]
     devport.time.sleep.assert_called_once_with(3)
+
+
+def test_deploy_refuses_the_mpy_route_on_an_image_without_frozen_tukar_and_psram(sub, tmp_path,
+                                                                                capsys):
+    board_image(sub, frozen=False, heap=111_000)  # a stock ESP32-WROOM-32: 56 KB growing to ~112
+    out = tmp_path / "b"
+    assert cli(deploy, ["--port", PORT, "--board", "tukar-12-wroom", "--build-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no frozen tukar and a 108 KB heap" in err
+    assert "make image BOARD=tukar-12-wroom" in err
+    calls = ran(sub)
+    assert not any("cp" in c for c in calls)  # nothing copied
+    assert calls[-1][5:] == ["rm", ":maintenance", "+", "reset"]  # the cabinet runs on as it was
+
+
+def test_deploy_onto_a_frozen_image_copies_only_main_the_board_file_and_profiles(sub, tmp_path,
+                                                                                capsys):
+    board_image(sub, frozen=True, heap=111_000)
+    out = tmp_path / "b"
+    assert cli(deploy, ["--port", PORT, "--board", "tukar-12-wroom", "--build-dir", str(out)]) == 0
+    copy = ran(sub)[-1]
+    assert str(out / "tukar") not in copy
+    assert copy[5:10] == ["cp", "-r", str(out / "profiles"), ":", "+"]
+    prune = copy[copy.index("exec") + 1]
+    assert '"tukar"' in prune and "tukar/" not in prune.split("keep=")[1].split("\n")[0]
+    assert "frozen in" in capsys.readouterr().out
 
 
 def test_deploy_removes_files_the_bundle_no_longer_has(tmp_path):
@@ -354,3 +389,44 @@ def test_commands_are_listed_in_the_tukar_cli():
     from tukar_tools import cli as tcli
     names = [n for n, _, _ in tcli._available()]
     assert {"flash", "deploy", "provision"} <= set(names)
+
+
+def test_deploy_onto_a_frozen_image_removes_a_tukar_package_left_on_the_file_system():
+    script = deploy.prune_script({"profiles/ref48v.json": 2, "main.py": 3})
+    fs = {"tukar": ["core.mpy", "app.mpy"], "profiles": ["ref48v.json"]}
+    removed = []
+    os_fake = type("os", (), {"listdir": staticmethod(lambda d: list(fs[d])),
+                              "remove": staticmethod(removed.append),
+                              "rmdir": staticmethod(removed.append)})
+    exec(script.replace("import os\n", ""), {"os": os_fake, "print": lambda *a: None})
+    assert removed == ["tukar/core.mpy", "tukar/app.mpy", "tukar"]
+
+
+def test_the_prune_step_passes_over_a_directory_the_board_does_not_have():
+    script = deploy.prune_script({"profiles/ref48v.json": 2})
+    removed = []
+
+    def listdir(d):
+        if d == "tukar":
+            raise OSError(2, "ENOENT")
+        return ["ref48v.json"]
+    os_fake = type("os", (), {"listdir": staticmethod(listdir), "remove": staticmethod(removed.append),
+                              "rmdir": staticmethod(removed.append)})
+    exec(script.replace("import os\n", ""), {"os": os_fake, "print": lambda *a: None})
+    assert removed == []
+
+
+def test_make_image_without_esp_idf_fails_saying_what_to_install(tmp_path):
+    import subprocess
+    r = subprocess.run(["bash", str(deploy.ROOT / "tools" / "build" / "image.sh"), "tukar-12-wroom"],
+                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert r.returncode == 2
+    assert "ESP-IDF not found" in r.stderr and "export.sh" in r.stderr
+
+
+def test_make_image_names_the_boards_there_are_for_an_unknown_one():
+    import subprocess
+    r = subprocess.run(["bash", str(deploy.ROOT / "tools" / "build" / "image.sh"), "tukar-99"],
+                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert r.returncode == 2
+    assert "unknown board 'tukar-99'" in r.stderr and "tukar-12-wroom" in r.stderr

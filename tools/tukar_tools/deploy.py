@@ -6,8 +6,11 @@ and profiles the bundle no longer has, and resets.
 
     tukar deploy --port /dev/ttyUSB0 --board tukar-12-wroom
 
-A package on the file system comes before a frozen one on sys.path: deploying onto a frozen image
-overrides the frozen firmware (`mpremote rm -r :tukar` goes back to it)."""
+Before copying, the board is asked what its image offers. The .mpy firmware is loaded into the heap
+(about 169 KB measured in the 32-bit unix port), which a stock ESP32 without PSRAM does not have
+(56 KB, growing to about 112 KB): there deploy refuses and names the frozen build (`make image`).
+Onto an image with `tukar` frozen in, deploy copies only main.py, boot.py, board.json and the
+profiles, and removes any tukar/ package left on the file system (it would shadow the frozen one)."""
 import json
 import pathlib
 import shutil
@@ -18,6 +21,7 @@ from tukar_tools import devport
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_BUILD = ROOT / "build" / "deploy"
+MPY_HEAP_NEEDED = 200 * 1024  # the .mpy firmware's heap with room to run (make bench: 169 KB to import)
 
 
 class DeployError(Exception):
@@ -69,19 +73,38 @@ def build(board, out, root=ROOT):
 
 def prune_script(sizes):
     """Device-side code that deletes files in tukar/ and profiles/ the bundle does not have
-    (a stale core.py would even shadow the new core.mpy)."""
+    (a stale core.py would even shadow the new core.mpy), and a tukar/ left with nothing to keep
+    (onto a frozen image, any file-system copy would shadow the frozen package)."""
     keep = json.dumps(sorted(p for p in sizes if "/" in p))
     return ('import os\nkeep=%s\nfor d in ("tukar","profiles"):\n'
-            ' for f in os.listdir(d):\n'
-            '  if d+"/"+f not in keep:\n   os.remove(d+"/"+f); print("removed",d+"/"+f)\n' % keep)
+            ' try:\n  names=os.listdir(d)\n except OSError:\n  continue\n'
+            ' for f in names:\n'
+            '  if d+"/"+f not in keep:\n   os.remove(d+"/"+f); print("removed",d+"/"+f)\n'
+            ' if not [k for k in keep if k.startswith(d+"/")]:\n'
+            '  os.rmdir(d); print("removed",d)\n' % keep)
 
 
-def commands(port, out, sizes):
-    chain = ["cp", "-r", str(out / "tukar"), str(out / "profiles"), ":"]
+def commands(port, out, sizes, frozen=False):
+    """The copy (the second mpremote call). Onto a frozen image: no tukar/ package, and any left
+    on the file system removed, so the frozen one is what runs."""
+    chain = ["cp", "-r"] + ([] if frozen else [str(out / "tukar")]) + [str(out / "profiles"), ":"]
     for name in ("main.py", "boot.py", "board.json"):
         chain += ["+", "cp", str(out / name), ":" + name]
+    if frozen:
+        sizes = {k: v for k, v in sizes.items() if not k.startswith("tukar/")}
     chain += ["+", "exec", prune_script(sizes)]
-    return [devport.enter_maintenance(port), devport.mpremote(port, *chain) + devport.leave_maintenance()]
+    return devport.mpremote(port, *chain) + devport.leave_maintenance()
+
+
+def refusal(image, board):
+    """Why the .mpy route cannot run on this image, or None."""
+    if image.get("frozen") or image.get("heap", 0) >= MPY_HEAP_NEEDED:
+        return None
+    return ("this board's MicroPython image has no frozen tukar and a %d KB heap: the .mpy firmware "
+            "needs about 169 KB of heap to import, which an ESP32 without PSRAM does not have. Build "
+            "the frozen image with `make image BOARD=%s` (ESP-IDF), flash it with `make flash`, then "
+            "deploy again: it copies only main.py, board.json and the profiles."
+            % (image.get("heap", 0) // 1024, board))
 
 
 def source_bytes(root=ROOT):
@@ -118,4 +141,24 @@ def run(args):
         print("error: %s" % e, file=sys.stderr)
         return 2
     report(sizes, args.verbose)
-    return devport.run(commands(args.port, out, sizes), args.dry_run, devport.BOOT_WAIT_S)
+    enter = devport.enter_maintenance(args.port)
+    if args.dry_run:
+        return devport.run([enter, devport.mpremote(args.port, "exec", "<probe: frozen tukar? heap?>"),
+                            commands(args.port, out, sizes)], True, devport.BOOT_WAIT_S)
+    rc = devport.run([enter])
+    if rc:
+        return rc
+    devport.time.sleep(devport.BOOT_WAIT_S)  # the board resets into maintenance
+    try:
+        image = devport.probe(args.port)
+    except devport.DeviceError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    why = refusal(image, args.board)
+    if why is not None:
+        print("error: %s" % why, file=sys.stderr)
+        devport.run([devport.mpremote(args.port, *devport.leave_maintenance()[1:])])
+        return 2
+    if image.get("frozen"):
+        print("the image has tukar frozen in: copying the board file, profiles and main.py only")
+    return devport.run([commands(args.port, out, sizes, frozen=bool(image.get("frozen")))])

@@ -68,3 +68,25 @@ def run(commands, dry_run=False, wait_s=0, out=None):
             print("error: %s exited with %d" % (cmd[2] if len(cmd) > 2 else cmd[0], rc), file=sys.stderr)
             return rc
     return 0
+
+
+# Run on the board in maintenance: is `tukar` frozen into its image, and how big is its heap?
+PROBE = ("import sys, gc, json\n"
+         "p = sys.path[:]\nsys.path[:] = ['.frozen']\n"
+         "try:\n import tukar\n f = True\nexcept ImportError:\n f = False\n"
+         "sys.path[:] = p\ngc.collect()\n"
+         "print('tukar-image ' + json.dumps({'frozen': f, 'heap': gc.mem_free() + gc.mem_alloc()}))\n")
+
+
+def probe(port):
+    """What the running image offers: {"frozen": bool, "heap": bytes}. Raises DeviceError."""
+    import json
+    r = subprocess.run(mpremote(port, "exec", PROBE), capture_output=True, text=True)
+    for line in (r.stdout or "").splitlines():
+        if line.startswith("tukar-image "):
+            try:
+                return json.loads(line[len("tukar-image "):])
+            except ValueError:
+                break
+    raise DeviceError("could not read the board's image (mpremote exited %d: %s)"
+                      % (r.returncode, (r.stderr or r.stdout or "").strip()[-200:]))
