@@ -134,6 +134,20 @@ def test_a_firmware_that_never_arms_its_watchdog_is_reported_hung(mqtt_broker, t
     assert run_sim(s, script)
 
 
+def test_a_firmware_that_crashes_is_reported_with_its_last_output(mqtt_broker, tmp_path):
+    s = mp_sim(mqtt_broker, tmp_path)
+    cab = s.cabinets[0]
+    (tmp_path / "sim-1" / "main.py").write_text(
+        "import machine\nprint('booting')\nraise RuntimeError('bus gone')\n")
+
+    def script(s):
+        return wait(lambda: [r for r in cab.reports if "firmware process ended" in r], 15,
+                    "the crash report")
+    report = run_sim(s, script)[0]
+    assert "crash: an uncaught exception" in report
+    assert "booting" in report and "RuntimeError: bus gone" in report
+
+
 def test_the_flash_fault_reaches_the_firmware_process(mqtt_broker, tmp_path):
     """`fault flash` makes the process's flash writes fail: the firmware reports flash_write as a
     cabinet fault, and clears it once the flash writes again."""

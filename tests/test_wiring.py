@@ -41,3 +41,12 @@ def test_wiring_table_of_the_24_slot_board_shows_can_chargers_and_two_analog_mux
 def test_wiring_cli_prints_the_table(capsys):
     assert wiring.main([os.path.join(ROOT, "boards", "tukar-24-s3", "board.json")]) == 0
     assert capsys.readouterr().out.startswith("# Wiring of tukar-24-s3 (esp32s3, 24 slots)")
+
+
+def test_wiring_cli_checks_the_board_file_as_the_device_does(capsys, tmp_path):
+    cfg = load("tukar-12-wroom")
+    cfg["slots"][3]["lock"] = 40
+    bad = tmp_path / "board.json"
+    bad.write_text(json.dumps(cfg))
+    assert wiring.main([str(bad)]) == 2
+    assert "slots[3].lock: pin 40 does not exist on esp32" in capsys.readouterr().err

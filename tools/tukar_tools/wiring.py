@@ -95,8 +95,14 @@ def main(argv=None):
     if len(argv) != 1:
         print("usage: python -m tukar_tools.wiring BOARD_JSON", file=sys.stderr)
         return 2
-    with open(argv[0]) as f:
-        sys.stdout.write(markdown(json.load(f)))
+    from tukar_tools import hostenv  # noqa: F401  (firmware/ on the path)
+    from tukar.boardfile import BoardError, load  # the device's own checks, field by field
+    try:
+        cfg = load(argv[0])
+    except (OSError, BoardError) as e:
+        print("wiring: %s" % e, file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown(cfg))
     return 0
 
 

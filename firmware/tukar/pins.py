@@ -1,0 +1,121 @@
+# Pins as the drivers see them (value 1 = asserted, whatever the wiring): GPIOs, MCP23017
+# expander bits with their shadow registers, and the CAN charger link. What each input reads when
+# its chip does not answer (FAIL_LEVEL) is the safe level of cabinet.md.
+class GpioIn:
+    def __init__(self, pin, invert):
+        self._pin = pin
+        self._inv = 1 if invert else 0
+
+    def value(self):
+        return self._pin.value() ^ self._inv
+
+
+class GpioOut:
+    def __init__(self, pin, invert):
+        self._pin = pin
+        self._inv = 1 if invert else 0
+        self.level = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self.level
+        self.level = 1 if v else 0
+        self._pin.value(self.level ^ self._inv)
+
+
+class Expander:
+    """One MCP23017: the inputs latched by one read per scan, the outputs as a shadow word."""
+
+    def __init__(self, dev, board, bus):
+        self.dev = dev  # the MCP23017 driver; its masks are set once every pin is known
+        self._board = board
+        self.bus = bus  # I2C bus id, for the board's error counters
+        self.inputs = 0xFFFF  # direction mask; output bits are cleared as outputs are attached
+        self.pullups = 0
+        self.invert = 0  # inputs inverted by the chip (IPOL)
+        self.out_invert = 0  # outputs inverted here
+        self.fail = 0  # logical input levels assumed when the chip does not answer
+        self.state = 0
+        self.out = 0  # logical output levels
+        self.written = -1  # word last written to OLAT; -1 = unknown
+        self.ok = False
+        self.errors = 0
+
+    def word(self):
+        return self.out ^ self.out_invert
+
+    def latch(self):
+        try:
+            self.state = self.dev.read()
+            self.ok = True
+        except OSError:
+            self.state = self.fail
+            self.ok = False
+            self.errors += 1
+            self._board.i2c_errors[self.bus] += 1
+
+    def flush(self):
+        w = self.word()
+        if w == self.written:
+            return True
+        try:
+            self.dev.write(w)
+        except OSError:
+            self.written = -1
+            self.errors += 1
+            self._board.i2c_errors[self.bus] += 1
+            return False
+        self.written = w
+        return True
+
+
+class XIn:
+    def __init__(self, x, bit):
+        self._x = x
+        self._bit = bit
+
+    def value(self):
+        return (self._x.state >> self._bit) & 1
+
+
+class XOut:
+    def __init__(self, x, bit):
+        self._x = x
+        self._mask = 1 << bit
+
+    def value(self, v=None):
+        if v is None:
+            return 1 if self._x.out & self._mask else 0
+        if v:
+            self._x.out |= self._mask
+        else:
+            self._x.out &= ~self._mask
+
+
+# Logical level an input is taken to have when its expander does not answer: fail towards
+# "no charging, no dispensing, alarm" (door open, unlocked, battery present, smoke, estop).
+FAIL_LEVEL = {"door": 0, "presence": 1, "lock_feedback": 0, "smoke": 1, "estop": 1}
+
+
+class CanChargerLink:
+    """One slot's CAN charger, as tukar.charger.Charger drives it: a command on every change."""
+
+    def __init__(self, board, slot):
+        self._board = board
+        self._slot = slot
+        self.ma = 0
+
+    def set_current(self, ma):
+        if ma != self.ma:
+            self.ma = ma
+            self.send()
+
+    def send(self):
+        b = self._board
+        can = b.can
+        bank = b.can_charger_bank
+        if can is not None and bank is not None:
+            try:
+                bank.send(can, self._slot, b.charge_voltage_mv[self._slot], self.ma)
+            except OSError:
+                b.spi_errors += 1  # the enable pin, the charger's own 5 s time-out still act
