@@ -1,0 +1,138 @@
+# The journal, what must survive a power cut (inventory, the session, counters, mode and latched
+# causes, config), and the recovery at the first tick after a boot: what is found again, what is
+# missing, an interrupted session ended or resumed. Core derives from Journal (`self` is the Core).
+# pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
+from tukar import config as cf
+from tukar import slot as sl
+from tukar.clock import wrap_diff
+from tukar.session import Session
+from tukar.states import (EMERGENCY, IN_SERVICE, J_SESSION, JOURNAL_VERSION, MAINTENANCE,
+                          OUT_OF_SERVICE, S_DISPENSING)
+
+
+class Journal:
+    def journal(self):
+        """Everything that must survive a power cut, as one JSON-able dict."""
+        ss = self.session
+        sj = None
+        if ss is not None:
+            sj = {"id": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
+                  "phase": ss.phase, "slot_in": ss.slot_in, "slot_out": ss.slot_out,
+                  "battery_in": ss.battery_in, "battery_out": ss.battery_out,
+                  "in_recorded": ss.in_recorded, "age_ms": wrap_diff(self.now, ss.t_start)}
+        counters = {"boot": self.boot, "event": self.event_n, "session": self.session_n}
+        for k in self.counters:
+            counters[k] = self.counters[k]
+        return {"v": JOURNAL_VERSION, "counters": counters, "mode": self.mode,
+                "causes": self.causes, "config": self.settable_config(),
+                "inventory": [[s.serial, s.profile.name if s.profile else None, s.accepted,
+                               s.quarantine] for s in self.slots],
+                "session": sj}
+
+    def _restore(self, j):
+        """Load a journal. Anything malformed is skipped rather than trusted."""
+        c = j.get("counters") or {}
+        for k in c:
+            if isinstance(c[k], int):
+                if k == "boot":
+                    self.boot = c[k]
+                elif k == "event":
+                    self.event_n = c[k]
+                elif k == "session":
+                    self.session_n = c[k]
+                else:
+                    self.counters[k] = c[k]
+        if j.get("mode") in (IN_SERVICE, MAINTENANCE, OUT_OF_SERVICE, EMERGENCY):
+            self.mode = j["mode"]
+        if isinstance(j.get("causes"), int):
+            self.causes = j["causes"] & 7
+        if self.causes:
+            self.mode = EMERGENCY
+        try:
+            self.cfg = cf.validate_update(self.cfg, j.get("config") or {})
+            self.lim = cf.Limits(self.cfg)
+        except cf.ConfigError:
+            pass
+        inv = j.get("inventory") or []
+        for i in range(min(len(inv), self.n_slots)):
+            e = inv[i]
+            s = self.slots[i]
+            if not isinstance(e, list) or len(e) != 4:
+                continue
+            s.serial = e[0] if isinstance(e[0], str) else None
+            s.profile = self.profiles.get(e[1]) if isinstance(e[1], str) else None
+            s.accepted = e[2] is True and s.profile is not None
+            s.quarantine = e[3] if isinstance(e[3], str) else None
+            if s.accepted:
+                s.phase = sl.P_STORED
+            elif s.serial is not None or s.quarantine is not None:
+                s.phase = sl.P_HELD
+        sj = j.get("session")
+        if isinstance(sj, dict) and isinstance(sj.get("slot_in"), int):
+            self.restored_session = sj
+
+    def _reconcile(self, now):
+        """First tick after boot: compare the journal with what the sensors see (cabinet.md)."""
+        sj = self.restored_session
+        self.restored_session = None
+        missing = []
+        found = []
+        for s in self.slots:
+            known = s.serial is not None or s.accepted
+            if known and not s.inp.present:
+                missing.append(s.n)
+            elif not known and s.inp.present and s.quarantine is None:
+                found.append(s.n)
+        self._emit("Boot", {"reason": self.boot_reason, "recovered": {
+            "session": sj.get("id") if sj else None,
+            "session_phase": sj.get("phase") if sj else None,
+            "batteries": sum(1 for s in self.slots if s.serial is not None),
+            "missing": missing, "found": found, "mode": self.mode}})
+        # Rule 9: every lock commanded locked before anything else.
+        for s in self.slots:
+            s.lock_cmd = True
+            s.lock_pending = True
+            s.lock_t = now
+        for n in missing:
+            s = self.slots[n - 1]
+            self._emit("BatteryMissing", {"slot": n, "serial": s.serial})
+            self._clear_battery(s)
+            s.phase = sl.P_EMPTY
+        for s in self.slots:
+            if s.inp.present and s.quarantine is None:
+                s.phase = sl.P_IDENTIFYING  # check that the battery is the one the journal names
+                s.ident_t = now
+        if sj:
+            self._resume_session(sj, now)
+
+    def _resume_session(self, sj, now):
+        n_in = sj.get("slot_in")
+        n_out = sj.get("slot_out")
+        valid_in = isinstance(n_in, int) and 1 <= n_in <= self.n_slots
+        valid_out = isinstance(n_out, int) and 1 <= n_out <= self.n_slots
+        sid = sj.get("id")
+        ss = Session(sid if isinstance(sid, str) else "s-?", sj.get("request_id"),
+                     sj.get("id_token"), n_in if valid_in else 0, now)
+        ss.slot_out = n_out if valid_out else None
+        ss.battery_in = sj.get("battery_in")
+        ss.battery_out = sj.get("battery_out")
+        ss.in_recorded = sj.get("in_recorded") is True
+        age = sj.get("age_ms")
+        if isinstance(age, int):
+            ss.t_start = now - age
+        self.session = ss
+        if not ss.in_recorded or not valid_out or not valid_in:
+            ss.slot_out = None
+            self._abort_session("power_loss", now)
+            return
+        s_out = self.slots[n_out - 1]
+        if not s_out.inp.present:
+            self._complete(ss, s_out, now)  # taken just before the power went
+        elif self.mode != IN_SERVICE or s_out.quarantine is not None:
+            self._abort_session("emergency" if self.mode == EMERGENCY else "power_loss", now)
+        else:
+            s_out.phase = sl.P_DISPENSING
+            s_out.command_lock(False, now)
+            ss.phase = S_DISPENSING
+            ss.t_phase = now
+            self.jdirty |= J_SESSION

@@ -1,0 +1,169 @@
+# The swap session, one rider's swap from the open door to the battery handed out: the Session
+# record and the session's steps, which Core runs as its own methods (Core derives from
+# SessionSteps; `self` is the Core). Timeouts, refusal and give-back, the dispense choice.
+# pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
+from tukar import slot as sl
+from tukar.clock import wrap_diff
+from tukar.states import J_SESSION, S_AWAITING, S_DISPENSING, S_IDENTIFYING, S_REJECTED
+
+
+class Session:
+    """One swap: the rider's battery in, a charged one out. Separate from any charging."""
+
+    def __init__(self, sid, request_id, id_token, slot_in, now):
+        self.id = sid
+        self.request_id = request_id
+        self.id_token = id_token
+        self.phase = S_AWAITING
+        self.slot_in = slot_in  # 0 only for a journal's session that names no valid slot
+        self.slot_out: "int | None" = None
+        self.battery_in: "dict | None" = None  # battery view at BatteryIn
+        self.battery_out: "dict | None" = None  # battery view when its door opened
+        self.in_recorded = False  # BatteryIn was emitted: the swap must complete or be not_taken
+        self.t_start = now
+        self.t_phase = now
+
+    def view(self):
+        return {"id": self.id, "request_id": self.request_id, "phase": self.phase,
+                "slot_in": self.slot_in, "slot_out": self.slot_out}
+
+
+def _serial_of(view):
+    return view.get("serial") if isinstance(view, dict) else None
+
+
+class SessionSteps:
+    def _session_step(self, ss, now):
+        lim = self.lim
+        s_in = self.slots[ss.slot_in - 1]
+        inp = s_in.inp
+        if ss.phase == S_AWAITING:
+            if inp.present and inp.door_closed:
+                s_in.command_lock(True, now)
+                s_in.phase = sl.P_IDENTIFYING
+                s_in.ident_t = now
+                self._phase(ss, S_IDENTIFYING, now)
+            elif wrap_diff(now, ss.t_phase) >= lim.insert_ms:
+                s_in.command_lock(True, now)
+                self._after_relock(s_in, now)
+                self._abort_session("timeout", now)
+        elif ss.phase == S_IDENTIFYING:
+            r = self._identify(s_in, now)
+            if r == 1:
+                self._accept(s_in)
+                ss.battery_in = s_in.battery_view()
+                ss.in_recorded = True
+                self._emit("BatteryIn", {"session": ss.id, "request_id": ss.request_id,
+                                         "id_token": ss.id_token, "slot": s_in.n,
+                                         "battery": ss.battery_in})
+                best = self._choose_dispense()
+                if best is None:
+                    self._abort_session("no_battery_available", now)
+                else:
+                    self._dispense(ss, best, now)
+            elif r == "removed":
+                # The rider pulled the battery back out before the lock caught it.
+                self._clear_battery(s_in)
+                s_in.command_lock(False, now)
+                s_in.phase = sl.P_AWAITING
+                self._phase(ss, S_AWAITING, now)
+            elif r:
+                s_in.command_lock(False, now)
+                s_in.phase = sl.P_REJECTED
+                self._phase(ss, S_REJECTED, now)
+                self._emit("BatteryRejected", {"session": ss.id, "slot": s_in.n,
+                                               "battery": s_in.battery_view(), "reason": r})
+        elif ss.phase == S_REJECTED:
+            if not inp.present and inp.door_closed:
+                s_in.command_lock(True, now)
+                self._clear_battery(s_in)
+                s_in.phase = sl.P_EMPTY
+                self._abort_session("rejected", now)
+            elif wrap_diff(now, ss.t_phase) >= lim.take_ms:
+                s_in.command_lock(True, now)
+                if inp.present:
+                    self._abort_session("rejected", now)
+                    s_in.phase = sl.P_HELD
+                    self._quarantine(s_in, "rejected_not_taken", now)
+                else:
+                    self._clear_battery(s_in)
+                    s_in.phase = sl.P_EMPTY
+                    self._abort_session("rejected", now)
+        elif ss.phase == S_DISPENSING:
+            assert ss.slot_out is not None
+            s_out = self.slots[ss.slot_out - 1]
+            o = s_out.inp
+            if not o.present and o.door_closed:
+                s_out.command_lock(True, now)
+                self._complete(ss, s_out, now)
+            elif wrap_diff(now, ss.t_phase) >= lim.take_ms:
+                s_out.command_lock(True, now)
+                if not o.present:
+                    self._complete(ss, s_out, now)  # taken, door left open: the lock latches later
+                else:
+                    s_out.phase = sl.P_STORED
+                    self._emit("BatteryOutTimeout", {"session": ss.id,
+                                                     "request_id": ss.request_id,
+                                                     "slot": s_out.n, "battery": ss.battery_out})
+                    self._abort_session("not_taken", now)
+
+    def _phase(self, ss, phase, now):
+        ss.phase = phase
+        ss.t_phase = now
+        self.jdirty |= J_SESSION
+        self.dirty |= 1
+
+    def _dispense(self, ss, s_out, now):
+        # The charger goes off in this same tick (_charge), and the shell applies chargers first.
+        s_out.phase = sl.P_DISPENSING
+        s_out.command_lock(False, now)
+        ss.slot_out = s_out.n
+        ss.battery_out = s_out.battery_view()
+        self._phase(ss, S_DISPENSING, now)
+
+    def _complete(self, ss, s_out, now):
+        self._emit("BatteryOut", {"session": ss.id, "request_id": ss.request_id,
+                                  "id_token": ss.id_token, "slot": s_out.n,
+                                  "battery": ss.battery_out})
+        self._emit("SwapCompleted", {
+            "session": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
+            "slot_in": ss.slot_in, "slot_out": ss.slot_out,
+            "battery_in": _serial_of(ss.battery_in), "battery_out": _serial_of(ss.battery_out),
+            "duration_ms": wrap_diff(now, ss.t_start)})
+        self._clear_battery(s_out)
+        s_out.phase = sl.P_EMPTY
+        self._end_session()
+
+    def _abort_session(self, reason, now):
+        ss = self.session
+        if ss is None:
+            return
+        self._emit("SwapAborted", {"session": ss.id, "request_id": ss.request_id,
+                                   "reason": reason})
+        for n in (ss.slot_in, ss.slot_out):
+            if n:
+                s = self.slots[n - 1]
+                if not s.lock_cmd:
+                    s.command_lock(True, now)
+                if s.phase in (sl.P_AWAITING, sl.P_DISPENSING, sl.P_REJECTED, sl.P_IDENTIFYING):
+                    self._after_relock(s, now)
+        self._end_session()
+
+    def _end_session(self):
+        self.session = None
+        self.jdirty |= J_SESSION
+        self.dirty |= 1
+
+    def _choose_dispense(self):
+        """Dispensable battery with the highest SoC; ties: fewest cycles, then lowest slot."""
+        best = None
+        for s in self.slots:
+            if s.check_dispensable(self.now, self.lim):
+                if best is None:
+                    best = s
+                else:
+                    a = s.inp.bms
+                    b = best.inp.bms
+                    if a.soc_pm > b.soc_pm or a.soc_pm == b.soc_pm and a.cycles < b.cycles:
+                        best = s
+        return best
