@@ -22,3 +22,12 @@ def test_full_scan_and_control_tick_allocate_nothing_under_micropython():
     assert a["charging"] == 12 and a["events"] == []  # steady state: every pack charging
     assert a["per_scan"] == 0
     assert a["per_tick"] == 0
+
+
+def test_the_calibration_turns_fuel_into_esp32_time_from_pystone():
+    from tukar_tools import bench
+    cal = bench.calibration(loops=20)
+    assert cal is not None  # make test builds the MicroPython tree it reads perf_bench from
+    # The published ESP32 pystone rate puts an ESP32 millisecond at 100 to 220 k fuel at 240 MHz.
+    assert 100_000 <= cal["fuel_per_ms_240mhz"] <= 220_000
+    assert cal["fuel_per_ms_160mhz"] == round(cal["fuel_per_ms_240mhz"] * 160 / 240)

@@ -100,6 +100,23 @@ def reference_loop_fuel(n=1000):
     return round((mpvm.run(code % n).fuel_used - mpvm.run(code % 0).fuel_used) / n)
 
 
+PYSTONE_PER_S_240MHZ = 1700  # published ESP32 results (micropython issues #6565, #5673)
+
+
+def calibration(loops=200):
+    """Fuel per ESP32 millisecond: MicroPython's own perf_bench pystone in the same VM, against
+    the published ESP32 figure. None when the MicroPython source tree (make micropython) is absent."""
+    src = ROOT / "build" / "micropython-1.28.0" / "tests" / "perf_bench" / "misc_pystone.py"
+    if not src.is_file():
+        return None
+    code = src.read_text() + "\nSetup()\nProc0(%d)\n"
+    per_loop = (mpvm.run(code % loops, fuel=10**11).fuel_used
+                - mpvm.run(code % 0, fuel=10**11).fuel_used) / loops
+    at_240 = per_loop * PYSTONE_PER_S_240MHZ / 1000
+    return {"fuel_per_pystone": round(per_loop), "fuel_per_ms_240mhz": round(at_240),
+            "fuel_per_ms_160mhz": round(at_240 * 160 / 240)}
+
+
 def add_arguments(ap):
     ap.add_argument("--ticks", type=int, default=200, help="control ticks per measurement")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -124,14 +141,15 @@ def run(args):
 
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
+    cal = calibration()
     buses = bench_bus.report()
     scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
     mpy = None if args.no_mpy else bench_mpy.measure(
         args.mpy_outage_s, args.mpy_bisect_outage_s,
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     if args.json:
-        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "buses": buses,
-                          "simulator": scale, "micropython": mpy}, indent=2))
+        print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "calibration": cal,
+                          "buses": buses, "simulator": scale, "micropython": mpy}, indent=2))
         return 0
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
@@ -144,8 +162,17 @@ def run(args):
     print("  reference: one iteration of `for i in range(n): s += i` = %d fuel" % ref)
     for r in rows:
         print("  %s tick = %.0f such iterations" % (r["case"], r["fuel_per_tick"] / ref))
+    if cal is not None:
+        print("  calibration: pystone in this VM costs %d fuel a loop; at the published %d pystones/s"
+              " an ESP32 millisecond is %d k fuel at 240 MHz, %d k at 160 MHz (the stock clock)"
+              % (cal["fuel_per_pystone"], PYSTONE_PER_S_240MHZ, cal["fuel_per_ms_240mhz"] // 1000,
+                 cal["fuel_per_ms_160mhz"] // 1000))
+        for r in rows:
+            print("  %s tick = %.1f ms at 160 MHz" % (r["case"], r["fuel_per_tick"] / cal["fuel_per_ms_160mhz"]))
     print()
     bench_bus.print_report(buses)
+    if cal is not None:
+        print("  = %.1f ms at 160 MHz, against a 50 ms tick" % (buses["fuel_per_step"] / cal["fuel_per_ms_160mhz"]))
     if scale is not None:
         print()
         bench_sim.print_report(scale)

@@ -95,14 +95,23 @@ def measure(now, n, whole):
             full_scan(now)
         alloc += gc.mem_alloc() - m0
     return alloc
-gc.collect()
-gc.disable()
-measure(now, 2, 0)
-scan = measure(now + 100, %(n)d, 0)
-tick = measure(now + 100 + 50 * %(n)d, %(n)d, 1)
-gc.enable()
-print(json.dumps({"scan": scan, "tick": tick, "charging": sum(1 for x in core.charge_ma if x),
-                  "events": [e["type"] for e in core.events]}))
+def steps(now, n):  # the fuel runs: n control steps, nothing else
+    for i in range(n):
+        now += 50
+        cycle.step(now)
+FUEL = %(fuel)d
+if FUEL >= 0:
+    steps(now + 100, FUEL)
+    print(json.dumps({"steps": FUEL}))
+else:
+    gc.collect()
+    gc.disable()
+    measure(now, 2, 0)
+    scan = measure(now + 100, %(n)d, 0)
+    tick = measure(now + 100 + 50 * %(n)d, %(n)d, 1)
+    gc.enable()
+    print(json.dumps({"scan": scan, "tick": tick, "charging": sum(1 for x in core.charge_ma if x),
+                      "events": [e["type"] for e in core.events]}))
 '''
 
 
@@ -129,11 +138,23 @@ def vm_allocations(board="tukar-12-wroom", n=20):
     """Bytes allocated per full scan and per ControlCycle.step, under the MicroPython VM."""
     from tukar_tools.rig import board_path
 
-    code = _VM % {"table": repr(_sbs_table()), "n": n}
+    code = _VM % {"table": repr(_sbs_table()), "n": n, "fuel": -1}
     res = mpvm.run(mpvm.FAKE_MACHINE + code, files={"board.json": board_path(board)}, fuel=10**11)
     info = json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
     return {"per_scan": info["scan"] / n, "per_tick": info["tick"] / n,
             "charging": info["charging"], "events": info["events"]}
+
+
+def step_fuel(board="tukar-12-wroom", n=20):
+    """Fuel of one whole ControlCycle.step (drivers over the VM's fake buses, an SBS pack answering
+    in every slot, the core), as the difference between runs of n steps and of none."""
+    from tukar_tools.rig import board_path
+
+    def run(k):
+        code = _VM % {"table": repr(_sbs_table()), "n": n, "fuel": k}
+        return mpvm.run(mpvm.FAKE_MACHINE + code, files={"board.json": board_path(board)},
+                        fuel=10**11).fuel_used
+    return round((run(n) - run(0)) / n)
 
 
 def report(board="tukar-12-wroom"):
@@ -141,6 +162,7 @@ def report(board="tukar-12-wroom"):
     a = vm_allocations(board)
     b["alloc_per_scan"] = a["per_scan"]
     b["alloc_per_tick"] = a["per_tick"]
+    b["fuel_per_step"] = step_fuel(board)
     return b
 
 
@@ -157,6 +179,8 @@ def print_report(r):
           % (s["bytes"], s["transactions"], s["us_at_10mhz"]))
     print("  allocated under MicroPython: %.1f bytes per full scan, %.1f bytes per control tick"
           % (r["alloc_per_scan"], r["alloc_per_tick"]))
+    print("  one whole control step (every driver and the core, an SBS pack in every slot): %d fuel"
+          % r["fuel_per_step"])
 
 
 def main(argv=None):
