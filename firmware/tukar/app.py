@@ -90,29 +90,20 @@ class App:
         self.cycle.step(now, self._wall())
         self.ticks += 1
         if core.events:
-            for ev in core.events:
-                self.outbox.add_event(ev)
-            core.events.clear()
+            core.take_events(self.outbox.add_event)
         # Swap events are never dropped; rather than let the outbox grow without end, no new
         # swap starts while it is full (a long broker outage).
-        core.hold_swaps = "event outbox full (broker unreachable)" if self.outbox.saturated else None
-        if core.rebirth:
-            core.rebirth = False
+        core.hold("event outbox full (broker unreachable)" if self.outbox.saturated else None)
+        if core.take_rebirth():
             link.request_rebirth()
-        dirty = core.dirty
+        core.connected(link.bdseq)  # a new connection: bdseq persisted, every state published afresh
+        dirty = core.take_dirty()
         if dirty:
-            core.dirty = 0
             if dirty & 1:
                 link.post_state("state", core.cabinet_state())
             for n in range(1, core.n_slots + 1):
                 if dirty & (1 << n):
                     link.post_state("slot/%d/state" % n, core.slot_state(n))
-        if link.bdseq != core.counters.get("bdseq"):
-            # A new connection: persist bdseq, and publish every state afresh (the birth repeats
-            # the last posted texts, whose measurements may be minutes old after an outage).
-            core.counters["bdseq"] = link.bdseq
-            core.jdirty |= 4
-            core.dirty |= (2 << core.n_slots) - 1
         if core.jdirty or self.outbox.dirty:
             self.persist_now.set()
         if core.reboot and self.stopping is None:
@@ -147,7 +138,7 @@ class App:
             return False
         if not urgent and not force and wrap_diff(now, self.last_persist) < ACK_ONLY_PERSIST_MS:
             return False
-        core.jdirty = 0
+        core.take_journal()  # the whole journal is written: every section at once
         self.outbox.dirty = False
         self.last_persist = now
         errors = self.store.errors

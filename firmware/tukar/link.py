@@ -449,6 +449,7 @@ class Link:
                 self._pending.remove(suffix)
         if text is None:
             return
+        now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
         try:
             self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()),
                           True, 1)
@@ -457,14 +458,14 @@ class Link:
                 if suffix not in self._pending:
                     self._pending.insert(0, suffix)
             raise
-        now = self.clock.ticks_ms()
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
         if self._n_sent < STATE_PER_S:
             self._n_sent += 1
 
     def _state_allowed(self, now):
-        return self._n_sent < STATE_PER_S or wrap_diff(now, self._sent[self._i_sent]) >= 1000
+        # > 1000: whole milliseconds, so two starts 1000 apart may be 999.x ms apart in fact
+        return self._n_sent < STATE_PER_S or wrap_diff(now, self._sent[self._i_sent]) > 1000
 
     def _service(self, now):
         c = self._client

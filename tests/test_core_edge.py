@@ -1,0 +1,56 @@
+"""The core's edge to the shell: the shell tells it things and takes what it decided through
+methods, and never writes a core field itself."""
+import pathlib
+import re
+
+from tukar.core import Core
+from tukar.states import J_COUNTERS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_hold_refuses_new_swaps_with_the_reason_until_released():
+    core = Core("c-1", 4)
+    core.hold("event outbox full (broker unreachable)")
+    ack = core.command({"cmd": "start_swap", "req_id": "r1", "id_token": "t"})
+    assert ack["ok"] is False and ack["error"] == "busy"
+    assert ack["detail"] == "event outbox full (broker unreachable)"
+    core.hold(None)
+    ack = core.command({"cmd": "start_swap", "req_id": "r2", "id_token": "t"})
+    assert ack["error"] != "busy"
+
+
+def test_a_new_connection_is_persisted_once_and_republishes_every_state():
+    core = Core("c-1", 4)
+    core.take_journal()
+    core.take_dirty()
+    assert core.connected(7) is True
+    assert core.counters["bdseq"] == 7
+    assert core.take_journal() & J_COUNTERS
+    assert core.take_dirty() == 0b11111  # the cabinet and its 4 slots
+    assert core.connected(7) is False  # the same connection: nothing to do
+    assert core.take_dirty() == 0 and core.take_journal() == 0
+
+
+def test_take_events_hands_over_in_order_and_empties():
+    core = Core("c-1", 2)
+    core.report_fault("task_control", "error")
+    core.report_fault("flash_write", "error")
+    got = []
+    core.take_events(got.append)
+    assert [e["code"] for e in got] == ["task_control", "flash_write"]
+    assert core.events == []
+
+
+def test_take_rebirth_is_true_once_after_the_command():
+    core = Core("c-1", 2)
+    assert core.take_rebirth() is False
+    assert core.command({"cmd": "rebirth", "req_id": "r"})["ok"]
+    assert core.take_rebirth() is True
+    assert core.take_rebirth() is False
+
+
+def test_the_application_never_writes_a_core_field():
+    text = (ROOT / "firmware" / "tukar" / "app.py").read_text()
+    writes = re.findall(r"\bcore\.[a-z_]+(?:\[[^\]]*\])?\s*(?:[|&+-]?=)(?!=)", text)
+    assert writes == []
