@@ -334,3 +334,22 @@ def test_make_test_passes_the_check_when_everything_is_there():
     r = subprocess.run(["bash", str(ROOT / "tools" / "build" / "needs.sh")], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_a_firmware_that_resets_in_a_loop_leaks_no_descriptor_in_the_simulator(mqtt_broker,
+                                                                                tmp_path):
+    """88 KB: the app cannot be built, the firmware records the crash and resets, again and again
+    (as a device would). Hundreds of processes come and go; the simulator must not run out of
+    file descriptors (it did, and then could not even reach its broker)."""
+    import os
+    s = mp_sim(mqtt_broker, tmp_path, heap="88K")
+    cab = s.cabinets[0]
+
+    def script(s):
+        wait(lambda: cab.fw.boots >= 30, 30, "thirty boots")
+        first = len(os.listdir("/proc/self/fd"))
+        n = cab.fw.boots
+        wait(lambda: cab.fw.boots >= n + 60, 30, "sixty more boots")
+        return first, len(os.listdir("/proc/self/fd"))
+    first, later = run_sim(s, script)
+    assert later <= first + 10

@@ -61,8 +61,12 @@ def run_sim(s, script, timeout=60):
     hosttime.install(hosttime.SimClock())
     t = threading.Thread(target=loop, daemon=True)
     t.start()
-    if not ready.wait(10):
-        raise RuntimeError("the simulator did not start")
+    end = time.monotonic() + 30
+    while not ready.wait(0.1):
+        if "error" in result:
+            raise result["error"]
+        if time.monotonic() > end:
+            raise RuntimeError("the simulator did not start within 30 s")
     try:
         return script(s)
     finally:
@@ -224,15 +228,27 @@ def attempt(port, heap, upto, outage_s, probe=False, micropython=None):
         return True, "", box.get("probes"), box.get("took")
 
 
+def _attempt(port, heap, upto, outage_s, micropython=None, out=None):
+    """attempt(), once more when the harness itself failed (not the firmware)."""
+    for i in range(2):
+        try:
+            return attempt(port, heap, upto, outage_s, micropython=micropython)[:2]
+        except (RuntimeError, OSError) as e:
+            if out:
+                out("  %-6s -X heapsize=%s: the harness failed (%s), %s" % (
+                    upto, heap, e, "again" if i == 0 else "counted as a failure"))
+    return False, "harness"
+
+
 def smallest_heap(port, upto, outage_s, micropython=None, out=None):
     """Bisection over -X heapsize (KB, in HEAP_STEP_K steps) for the phases up to `upto`."""
     lo, hi = HEAP_RANGE_K
-    ok, why, _, _ = attempt(port, "%dK" % hi, upto, outage_s, micropython=micropython)
+    ok, why = _attempt(port, "%dK" % hi, upto, outage_s, micropython, out)
     if not ok:
         return None, why
     while hi - lo > HEAP_STEP_K:
         mid = (lo + hi) // 2 // HEAP_STEP_K * HEAP_STEP_K
-        ok, why, _, _ = attempt(port, "%dK" % mid, upto, outage_s, micropython=micropython)
+        ok, why = _attempt(port, "%dK" % mid, upto, outage_s, micropython, out)
         if out:
             out("  %-6s -X heapsize=%dK: %s" % (upto, mid, "completes" if ok else "fails (%s)" % why))
         if ok:

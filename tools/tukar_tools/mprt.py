@@ -398,11 +398,14 @@ class FirmwareProcess:
                 self.probes.append(tuple(self._probe))
                 self._probe = None
         code = proc.wait()
-        try:
-            log.close()
-        except OSError:
-            pass
-        if proc not in self._killed:
+        for f in (log, proc.stdout):  # a boot loop starts hundreds: no descriptor may stay open
+            try:
+                f.close()
+            except (OSError, AttributeError):
+                pass
+        if proc in self._killed:
+            self._killed.discard(proc)
+        else:
             self.ended = {"code": code, "why": self.why(code), "output": list(self.tail)}
             self.report("firmware process ended (%s, exit status %s). Its last output:\n  %s" % (
                 self.ended["why"], code, "\n  ".join(self.ended["output"][-15:]) or "(none)"))
