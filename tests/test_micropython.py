@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-import hosttime
 import machine as host_machine
 from tukar_tools import broker, mprt, sim
 from tukar_tools.bench_mpy import run_sim

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tukar_tools import broker, mqttc, monitor, cmdline, statecmd, worldcmd
-from tukar_tools.scenario import Observer, Runner
+from tukar_tools.scenario import Runner
 from tukar_tools.cmdline import SIM_KEY_HEX
 from tukar_tools.sign import parse_key
 

@@ -19,9 +19,9 @@ from tukar.journal import Journal
 from tukar.payloads import Payloads
 from tukar.profile import DEFAULT
 from tukar.session import SessionSteps
-from tukar.states import (A_CABINET_OVERTEMP, A_DOOR_FORCED, ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE,
-                          EMERGENCY, IN_SERVICE, IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY,
-                          J_MODE, J_SESSION, S_DISPENSING, S_REJECTED)
+from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SERVICE,
+                          IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION,
+                          S_DISPENSING, S_REJECTED)
 
 
 class Core(Payloads, SessionSteps, Commands, Journal):

@@ -13,7 +13,6 @@ crash or watchdog reset.
 import argparse
 import asyncio
 import json
-import re
 import sys
 import tempfile
 import threading

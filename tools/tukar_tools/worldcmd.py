@@ -7,7 +7,6 @@ simulator's P/C/sim/cmd), wait for its sim/ack and print it. Exit 0 when done, 1
     tukar world sim-1 set_input name=smoke value=true
 """
 import json
-import os
 import sys
 import time
 
