@@ -8,7 +8,7 @@ from tukar.clock import ticks_diff
 from tukar.inputs import SENSOR_OK
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
-from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, GpioIn, GpioOut, XIn, XOut
+from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_pin
 
 # Per I2C transaction (microseconds). The ESP32 default is 50 ms, so one stuck or stretched
 # transaction could take a whole tick; 10 ms is above what an SBS gauge stretches the clock for.
@@ -183,37 +183,10 @@ class Board:
         return self.i2c[self._mux_buses[m]]
 
     def _input(self, v, role):
-        r = _ref(v, role)
-        if r[0] == "gpio":
-            Pin = self._m.Pin
-            if r[4] == "up":
-                return GpioIn(Pin(r[1], Pin.IN, Pin.PULL_UP), r[3])
-            if r[4] == "down":
-                return GpioIn(Pin(r[1], Pin.IN, Pin.PULL_DOWN), r[3])
-            return GpioIn(Pin(r[1], Pin.IN), r[3])
-        x = self.expanders[r[1]]
-        bit = 1 << r[2]
-        if r[4] != "none":
-            x.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
-        if r[3]:
-            x.invert |= bit
-        if FAIL_LEVEL[role]:
-            x.fail |= bit
-        return XIn(x, r[2])
+        return input_pin(self._m, self.expanders, v, role)
 
     def _output(self, v, level):
-        r = _ref(v, "output")
-        if r[0] == "gpio":
-            Pin = self._m.Pin
-            o = GpioOut(Pin(r[1], Pin.OUT, value=level ^ (1 if r[3] else 0)), r[3])
-            o.level = level
-        else:
-            x = self.expanders[r[1]]
-            x.inputs &= ~(1 << r[2])
-            if r[3]:
-                x.out_invert |= 1 << r[2]
-            o = XOut(x, r[2])
-            o.value(level)
+        o = output_pin(self._m, self.expanders, v, level)
         self._outs.append(o)
         return o
 

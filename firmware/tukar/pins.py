@@ -1,6 +1,7 @@
 # Pins as the drivers see them (value 1 = asserted, whatever the wiring): GPIOs, MCP23017
 # expander bits with their shadow registers, and the CAN charger link. What each input reads when
 # its chip does not answer (FAIL_LEVEL) is the safe level of cabinet.md.
+from tukar.boardfile import _ref
 class GpioIn:
     def __init__(self, pin, invert):
         self._pin = pin
@@ -119,3 +120,42 @@ class CanChargerLink:
                 bank.send(can, self._slot, b.charge_voltage_mv[self._slot], self.ma)
             except OSError:
                 b.spi_errors += 1  # the enable pin, the charger's own 5 s time-out still act
+
+
+def input_pin(machine, expanders, v, role):
+    """The adapter of a board-file input reference: a GPIO with its pull, or an expander bit (its
+    pull-up, inversion and fail level set in the expander's registers)."""
+    r = _ref(v, role)
+    if r[0] == "gpio":
+        Pin = machine.Pin
+        if r[4] == "up":
+            return GpioIn(Pin(r[1], Pin.IN, Pin.PULL_UP), r[3])
+        if r[4] == "down":
+            return GpioIn(Pin(r[1], Pin.IN, Pin.PULL_DOWN), r[3])
+        return GpioIn(Pin(r[1], Pin.IN), r[3])
+    x = expanders[r[1]]
+    bit = 1 << r[2]
+    if r[4] != "none":
+        x.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
+    if r[3]:
+        x.invert |= bit
+    if FAIL_LEVEL[role]:
+        x.fail |= bit
+    return XIn(x, r[2])
+
+
+def output_pin(machine, expanders, v, level):
+    """The adapter of a board-file output reference, driven to `level` (logical) at once."""
+    r = _ref(v, "output")
+    if r[0] == "gpio":
+        Pin = machine.Pin
+        o = GpioOut(Pin(r[1], Pin.OUT, value=level ^ (1 if r[3] else 0)), r[3])
+        o.level = level
+        return o
+    x = expanders[r[1]]
+    x.inputs &= ~(1 << r[2])
+    if r[3]:
+        x.out_invert |= 1 << r[2]
+    o = XOut(x, r[2])
+    o.value(level)
+    return o

@@ -1,0 +1,90 @@
+# The MQTT link's socket: every operation under the link's time limit (umqtt clears a socket's
+# timeout whenever it calls setblocking(True); the guard re-arms it), bytes counted both ways, and
+# when the broker last sent anything (the link's evidence of liveness). And the TLS context.
+
+
+class SocketGuard:
+    """The client's socket, re-armed: umqtt's setblocking(True) becomes the link's time limit.
+    It also counts bytes, notes when the broker last sent anything, and keeps the first byte of
+    the packet being read (umqtt does not pass a PUBLISH's retain flag to the callback)."""
+
+    def __init__(self, sock, raw, timeout_s, clock):
+        self.sock = sock
+        self.raw = raw  # the plain socket under TLS: MicroPython's SSL socket has no settimeout
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.rx = 0
+        self.tx = 0
+        self.last_rx = clock.ticks_ms()
+        self.header = 0
+        self._byte = 0
+        self.arm()
+
+    def arm(self):
+        s = self.sock
+        if hasattr(s, "settimeout"):
+            s.settimeout(self.timeout_s)
+        elif self.raw is not None:
+            s.setblocking(True)
+            self.raw.settimeout(self.timeout_s)
+
+    def read(self, n):
+        data = self.sock.read(n)
+        if data:
+            self.rx += len(data)
+            self.last_rx = self.clock.ticks_ms()
+            if n == 1:
+                self._byte = data[0]
+        return data
+
+    def write(self, buf, n=None):
+        if n is None:
+            r = self.sock.write(buf)
+        else:
+            r = self.sock.write(buf, n)
+        self.tx += n if n is not None else len(buf)
+        return r
+
+    def setblocking(self, flag):
+        if flag:
+            # umqtt calls this right after reading a packet's first byte: that byte is the header
+            self.header = self._byte
+            self.arm()
+        else:
+            self.sock.setblocking(False)
+
+    def settimeout(self, t):
+        self.arm()
+
+    def close(self):
+        self.sock.close()
+
+
+class TlsWrap:
+    """The `ssl` argument umqtt gets: wraps the socket with the context, keeping the raw socket."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.raw = None
+
+    def wrap_socket(self, sock, server_hostname=None):
+        self.raw = sock
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def tls_context(cfg):
+    """A verifying client context from cfg: `ca` (PEM), optional `cert` and `key` (bytes on the
+    device; file paths on both)."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # type: ignore[attr-defined]
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    ca = cfg.get("ca")
+    if ca:
+        try:
+            ctx.load_verify_locations(cadata=ca)
+        except Exception:  # CPython takes PEM as str only
+            pem = ca.decode() if isinstance(ca, bytes) else ca
+            ctx.load_verify_locations(cadata=pem)  # type: ignore[arg-type]
+    if cfg.get("cert"):
+        ctx.load_cert_chain(cfg["cert"], cfg.get("key") or cfg["cert"])
+    return ctx
