@@ -246,7 +246,7 @@ def test_unreadable_expander_reads_fail_safe(wroom):
 
 def _apply(b, locked, charge, fan=False, alarm=False, pulse=None):
     n = b.slot_count
-    return b.apply(locked, pulse or [0] * n, charge, fan, alarm)
+    return b.apply(locked, pulse or [0] * n, charge, fan, alarm) >= 0  # -1: a write failed
 
 
 def test_apply_drives_locks_chargers_fan_and_alarm(wroom):

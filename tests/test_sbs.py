@@ -204,14 +204,51 @@ def test_capacity_mode_10_mwh_keeps_soh_and_converts_remaining():
     assert c.driver.remaining_mah == 2400  # 124.8 Wh at 52 V
 
 
-def test_steady_poll_is_nine_word_reads_of_six_bytes_and_no_mux_write(cab):
+def test_steady_poll_is_seven_word_reads_of_six_bytes_and_no_mux_write(cab):
     cab.poll()
     cab.bus.stats.reset()
     writes = cab.mux_model.writes
     assert cab.poll()
     # write address, command, read address, 2 data bytes, PEC
-    assert (cab.bus.stats.bytes, cab.bus.stats.transactions) == (54, 9)
+    assert (cab.bus.stats.bytes, cab.bus.stats.transactions) == (42, 7)
     assert cab.mux_model.writes == writes
+
+
+def test_a_poll_spread_over_ticks_reads_at_most_its_budget_each_and_commits_once_whole(cab):
+    cab.poll()
+    cab.state.voltage_mv = 50123
+    stamp = cab.reading.t_ms
+    steps = []
+    for t in range(10):
+        cab.bus.stats.reset()
+        r = cab.driver.step(cab.reading, 2000 + 50 * t, 3)
+        steps.append((r, cab.bus.stats.transactions))
+        if r != sbs.MORE:
+            break
+        assert cab.reading.t_ms == stamp and cab.reading.voltage_mv != 50123  # nothing half-written
+    # Only the voltage moved: the rules' words are as before, and the step says so.
+    assert steps == [(sbs.MORE, 3), (sbs.MORE, 3), (sbs.SAME, 1)]
+    assert cab.reading.voltage_mv == 50123 and cab.reading.t_ms == 2100
+
+
+@pytest.mark.parametrize("field,value", [("temp_dk", 3081), ("soc_pct", 37), ("status", 0x1000)])
+def test_a_poll_that_moves_a_value_a_rule_reads_is_done_not_same(cab, field, value):
+    cab.poll()
+    assert cab.driver.step(cab.reading, 2000, 99) == sbs.SAME
+    setattr(cab.state, field, value)
+    assert cab.driver.step(cab.reading, 2050, 99) == sbs.DONE
+    assert cab.driver.step(cab.reading, 2100, 99) == sbs.SAME
+
+
+def test_capacities_and_cycles_are_read_at_identification_then_one_per_poll_in_turn(cab):
+    assert cab.poll()
+    assert (cab.reading.soh_pct, cab.reading.cycles) != (0, 0)  # known from the first reading
+    cab.state.cycles = 999
+    seen = []
+    for _ in range(3):
+        assert cab.poll()
+        seen.append(cab.reading.cycles)
+    assert seen[-1] == 999 and seen[0] != 999  # the cycle count comes round within three polls
 
 
 def test_battery_without_pec_is_read_two_bytes_per_word():
@@ -219,7 +256,7 @@ def test_battery_without_pec_is_read_two_bytes_per_word():
     c.poll()
     c.bus.stats.reset()
     assert c.poll() and not c.driver.pec
-    assert c.bus.stats.bytes == 45
+    assert c.bus.stats.bytes == 35  # seven words of five bytes
 
 
 def test_one_corrupt_pec_discards_the_reading_but_is_no_link_fault(cab):

@@ -14,7 +14,19 @@ from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_p
 # transaction could take a whole tick; 10 ms is above what an SBS gauge stretches the clock for.
 I2C_TIMEOUT_US = 10000
 
+# ADC codes a temperature may wander before it is stored again: the ESP32 ADC's noise. Two codes
+# are under 0.1 degC from 0 to 70 degC on the 10 k NTC divider.
+TEMP_NOISE = 2
+
 _CAN_DRAIN_MAX = 32  # frames per poll_bms: 24 packs at 10 Hz send about 12 frames per 50 ms tick
+
+
+def _gray_rank(ch):
+    """The position of 4-bit code ch in the Gray sequence 0, 1, 3, 2, 6, 7, 5, 4, 12, ..."""
+    r = ch
+    r ^= r >> 1
+    r ^= r >> 2
+    return r
 
 
 class Board:
@@ -106,6 +118,7 @@ class Board:
         self.can_charger_bank = None  # tukar.cancharger.CanChargers, when a slot has a CAN charger
         self.charge_voltage_mv = [0] * n  # CAN chargers' voltage ceiling per slot; 0 keeps them off
         self._cmd_t = None
+        self.unflushed = False  # an expander's outputs did not reach it: apply() again next tick
         self.slot_x = []  # per slot: the expanders its inputs come from, to tell when they are unknown
         for i, s in enumerate(cfg["slots"]):
             door = self._input(s["door"], "door")
@@ -141,6 +154,31 @@ class Board:
                 if t[ch] >= 0:
                     self._steps.append(ch)
                     break
+        # The multi-rate scan (scan_switches): the slots each expander's inputs belong to, and
+        # the slots with an input on a GPIO of its own (read every tick).
+        self._x_slots = [0] * len(self.expanders)
+        self._gpio_slots = 0
+        for i in range(n):
+            for inp in (self.doors[i], self.presence[i], self.locks[i]._fb):
+                x = getattr(inp, "_x", None)
+                if x is None:
+                    self._gpio_slots |= 1 << (i + 1)
+                else:
+                    self._x_slots[self.expanders.index(x)] |= 1 << (i + 1)
+        self._x_last = [-2] * len(self.expanders)  # each expander's last word (-1: no answer)
+        self._x_reads = [(x.dev.i2c, x.dev.addr, x.dev._b2) for x in self.expanders]
+        # One temperature per tick (sample_temperature): (mux channel or -1, ADC, target) in turn.
+        samples = []
+        # Visited in Gray-code order: most steps change one select line, not two on average.
+        for ch in sorted(self._steps, key=_gray_rank):
+            for m in range(len(self._adcs)):
+                if self._tmap[m][ch] >= 0:
+                    samples.append((ch, self._adcs[m], self._tmap[m][ch]))
+        for adc, t in self._direct:
+            samples.append((-1, adc, t))
+        self._samples = samples
+        self._t_next = 0
+        self._t_code = [-100] * len(samples)  # each sensor's last stored ADC code
         for x in self.expanders:
             x.pullups &= x.inputs
             x.invert &= x.inputs
@@ -161,6 +199,7 @@ class Board:
         self._sbs_slots = []
         self._sbs_bus = [0] * n
         self._sbs_next = 0
+        self._sbs_cur = -1  # the slot whose battery poll_sbs is part-way through
         for i, s in enumerate(cfg["slots"]):
             sb = s["battery"].get("sbs")
             if sb is not None:
@@ -242,6 +281,7 @@ class Board:
                 x.ok = False
                 x.errors += 1
                 failed += 1
+        self.unflushed = failed > 0
         if self.can is not None:
             try:
                 self.can.init()
@@ -273,14 +313,9 @@ class Board:
         cabinet.smoke = self.smoke.value() == 1
         cabinet.estop = self.estop.value() == 1
         ntc = self.ntc
-        sel = self._select
         for ch in self._steps:
             if ch != self._sel_state:
-                changed = ch ^ self._sel_state if self._sel_state >= 0 else 0xF
-                for b in range(4):
-                    if changed & (1 << b):
-                        sel[b].value((ch >> b) & 1)
-                self._sel_state = ch
+                self._select_channel(ch)
             for m in range(len(self._adcs)):
                 t = self._tmap[m][ch]
                 if t >= 0:
@@ -296,6 +331,127 @@ class Board:
         else:
             cabinet.temp_dc = ntc.temp_dc(code)
             self.cabinet_sensor = ntc.status(code)
+
+    # -- the multi-rate scan: switches every tick, one temperature and a few SBS words per tick ---
+    def scan_switches(self, slot_inputs, cabinet):
+        """Read every expander once and the cabinet's switches; refill the inputs of the slots
+        whose switches changed. Returns their mask (bit n: slot n), with bit 0 when smoke or the
+        emergency stop changed."""
+        last = self._x_last
+        cand = self._gpio_slots
+        j = 0
+        for i2c, addr, buf in self._x_reads:  # the hot path: one read per expander, inline
+            try:
+                i2c.readfrom_mem_into(addr, 0x12, buf)  # GPIOA, GPIOB
+                v = buf[0] | (buf[1] << 8)
+            except OSError:
+                v = -1
+            if v != last[j]:
+                cand |= self._x_changed(j, v)
+            j += 1
+        changed = 0
+        if cand:
+            i = 0
+            cand >>= 1
+            while cand:
+                if cand & 1:
+                    s = slot_inputs[i]
+                    d = self.doors[i].value() == 1
+                    p = self.presence[i].value() == 1
+                    lk = self.locks[i].locked()
+                    ok = True
+                    for x in self.slot_x[i]:
+                        if not x.ok:
+                            ok = False
+                    if d != s.door_closed or p != s.present or lk != s.locked or ok != s.io_ok:
+                        s.door_closed = d
+                        s.present = p
+                        s.locked = lk
+                        s.io_ok = ok
+                        changed |= 2 << i
+                cand >>= 1
+                i += 1
+        sm = self.smoke.value() == 1
+        es = self.estop.value() == 1
+        if sm != cabinet.smoke or es != cabinet.estop:
+            cabinet.smoke = sm
+            cabinet.estop = es
+            changed |= 1
+        return changed
+
+    def _x_changed(self, j, v):
+        """Expander j read v (-1: it did not answer): its new state; the slots it carries."""
+        x = self.expanders[j]
+        if v < 0:
+            x.state = x.fail
+            x.ok = False
+            x.errors += 1
+            self.i2c_errors[x.bus] += 1
+        else:
+            x.state = v
+            x.ok = True
+        self._x_last[j] = v
+        return self._x_slots[j]
+
+    def sample_temperature(self, slot_inputs, cabinet):
+        """Read the next temperature sensor in turn (each one every len(_samples) calls). Returns
+        its target (the slot index, or slot_count for the cabinet) when its reading moved by more
+        than the ADC's noise (TEMP_NOISE codes) and was stored, else -1 - target."""
+        j = self._t_next
+        samples = self._samples
+        self._t_next = j + 1 if j + 1 < len(samples) else 0
+        ch, adc, t = samples[j]
+        if ch >= 0 and ch != self._sel_state:
+            self._select_channel(ch)
+        code = adc.read_u16() >> 4
+        d = code - self._t_code[j]
+        if -TEMP_NOISE <= d and d <= TEMP_NOISE:
+            return -1 - t
+        self._t_code[j] = code
+        self._store(t, code, self.ntc, slot_inputs, cabinet)
+        return t
+
+    def _select_channel(self, ch):
+        """Route analog mux channel ch: only the select lines that differ are written."""
+        sel = self._select
+        changed = ch ^ self._sel_state if self._sel_state >= 0 else 0xF
+        for b in range(4):
+            if changed & (1 << b):
+                sel[b].value((ch >> b) & 1)
+        self._sel_state = ch
+
+    def poll_sbs(self, slot_inputs, now_ms, budget):
+        """Advance the SBS poll by at most `budget` word reads (a battery's poll spans ticks, so the
+        SMBus time of one tick stays short). Returns the slot whose reading was just completed with
+        a change a rule may look at, or failed; -2 - slot for a completed reading that changed
+        nothing the rules look at; else -1."""
+        k = len(self._sbs_slots)
+        i = self._sbs_cur
+        if i < 0:
+            for _ in range(k):
+                j = self._sbs_slots[self._sbs_next]
+                self._sbs_next = self._sbs_next + 1 if self._sbs_next + 1 < k else 0
+                if slot_inputs[j].present and not self.can_fed[j]:
+                    i = j
+                    break
+            if i < 0:
+                return -1
+            bus = self._sbs_bus[i]
+            for other in self._mux_others[self._sbs_mux[i]]:
+                try:
+                    other.deselect()
+                except OSError:
+                    self.i2c_errors[bus] += 1  # the poll below fails on a collision: link_fault
+        r = self.sbs[i].step(slot_inputs[i].bms, now_ms, budget)
+        if r == 0:
+            self._sbs_cur = i
+            return -1
+        self._sbs_cur = -1
+        if r < 0:
+            self.i2c_errors[self._sbs_bus[i]] += 1
+        elif r == 2:
+            return -2 - i  # a fresh reading, every value a rule looks at as before
+        return i
 
     def set_sbs_names(self, names):
         """{SBS DeviceName: profile name} (tukar.profile.sbs_names) for every SBS slot."""
@@ -346,6 +502,8 @@ class Board:
         """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.
         poll_bms calls it every tick; an INT-driven task may call it between ticks too."""
         can = self.can
+        if self.can_int is not None and self.can_int.value():
+            return  # INT high: nothing waits (the level, not an edge: erratum 3.11)
         if self.canbms is not None and can is not None:
             rx = self._rx
             for _ in range(_CAN_DRAIN_MAX):  # bounded: a babbling node cannot stall the tick
@@ -369,6 +527,8 @@ class Board:
         """The slot emptied: forget its battery so that the next one is identified afresh."""
         reading.clear()
         self.can_fed[slot] = False
+        if self._sbs_cur == slot:
+            self._sbs_cur = -1
         bat = self.sbs[slot]
         if bat is not None:
             bat.forget()
@@ -419,23 +579,31 @@ class Board:
         for x in self.expanders:
             if not x.flush():
                 ok = False
+        self.unflushed = not ok
         return ok
 
-    def apply(self, lock_cmd, lock_pulse, charge_ma, fan, alarm):
-        """Drive outputs. Chargers switch off first and must reach the hardware before any lock
-        opens; a slot whose lock is commanded open never charges; chargers switch on last."""
+    def apply(self, lock_cmd, lock_pulse, charge_ma, fan, alarm, mask=-1):
+        """Drive the outputs of the slots in `mask` (bit n: slot n; bit 0 fan and alarm; -1 all).
+        Chargers switch off first and must reach the hardware before any lock opens; a slot whose
+        lock is commanded open never charges; chargers switch on last. Returns the slots that want
+        another call next tick (a lock re-issuing an unlock), or -1 when a write failed."""
         n = self.slot_count
         for i in range(n):
-            if charge_ma[i] <= 0 or not lock_cmd[i]:
+            if mask & (2 << i) and (charge_ma[i] <= 0 or not lock_cmd[i]):
                 self.chargers[i].set(0)
         if not self._flush():
-            return False  # a charger may still be on: open nothing this tick
+            return -1  # a charger may still be on: open nothing this tick
+        again = 0
         for i in range(n):
-            self.locks[i].command(lock_cmd[i], lock_pulse[i])
-        self.fan.value(1 if fan else 0)
-        self.alarm.value(1 if alarm else 0)
+            if mask & (2 << i) and self.locks[i].command(lock_cmd[i], lock_pulse[i]):
+                again |= 2 << i
+        if mask & 1:
+            self.fan.value(1 if fan else 0)
+            self.alarm.value(1 if alarm else 0)
         ok = self._flush()
         for i in range(n):
-            if charge_ma[i] > 0 and lock_cmd[i]:
+            if mask & (2 << i) and charge_ma[i] > 0 and lock_cmd[i]:
                 self.chargers[i].set(charge_ma[i])
-        return self._flush() and ok
+        if self._flush() and ok:
+            return again
+        return -1

@@ -124,6 +124,7 @@ def compile_profile(p):
     shift = node.get("shift", 0)
     nmask = (1 << node.get("bits", 0)) - 1
     frames = {}
+    k = 0  # the frame's index among the profile's signal frames (CanBms keeps its last data)
     for f in can["frames"]:
         fid = parse_id(f["id"])
         if f.get("extended"):
@@ -141,7 +142,8 @@ def compile_profile(p):
             fmask |= s[7]
             for step in s[1]:
                 need = max(need, step[0] + 1)
-        frames[fid] = (_K_SIGNALS, sigs, fmask, need)
+        frames[fid] = (_K_SIGNALS, sigs, fmask, need, k)
+        k += 1
     return (p["name"], ~(nmask << shift), shift, nmask, node.get("first", 0), frames)
 
 
@@ -163,11 +165,21 @@ class CanBms:
         self._ser_dirty = [False] * n
         self.frames = 0
         self.ignored = 0  # frames of no profile, of an unknown node, or too short
+        self.decoded = 0  # frames whose data differed from the last of their kind, so decoded
+        # The last data of each signal frame per slot: a frame that repeats it only refreshes the
+        # reading's time (a pack repeats its frames 10 times a second; most repeat unchanged).
+        nf = 1
+        for cp in self._profiles:
+            nf = max(nf, sum(1 for fr in cp[5].values() if fr[0] == _K_SIGNALS))
+        self._last = [bytearray(8 * nf) for _ in range(n)]
+        self._has = [0] * n  # bit k: frame k's data is in _last
+        self.changed = 0  # bit slot + 1: a value the rules read changed (take_changed)
 
     def forget(self, slot):
         """The slot's battery left: its serial is assembled anew from the next pack's pages."""
         self._ser_seen[slot] = 0
         self._ser_dirty[slot] = False
+        self._has[slot] = 0
         ser = self._ser[slot]
         for i in range(len(ser)):
             ser[i] = 0
@@ -185,9 +197,34 @@ class CanBms:
                 return -1
             r = self.readings[slot]
             if fr[0] == _K_SERIAL:
+                ser = r.serial
                 self._serial(slot, r, fr[1], data, off, dlc)
+                if r.serial != ser:
+                    self.changed |= 2 << slot
             else:
-                self._signals(slot, r, fr, data, off)
+                last = self._last[slot]
+                base = fr[4] * 8
+                bit = 1 << fr[4]
+                same = self._has[slot] & bit and r.valid
+                if same:
+                    for i in range(dlc):
+                        if last[base + i] != data[off + i]:
+                            same = False
+                            break
+                if not same:
+                    for i in range(dlc):
+                        last[base + i] = data[off + i]
+                    self._has[slot] |= bit
+                    f = r.faults
+                    t = r.temp_dc
+                    soc = r.soc_pm
+                    full = r.full
+                    req = r.req_current_ma
+                    self._signals(slot, r, fr, data, off)
+                    self.decoded += 1
+                    if (f != r.faults or t != r.temp_dc or soc != r.soc_pm or full != r.full
+                            or req != r.req_current_ma or not r.valid):
+                        self.changed |= 2 << slot
             r.profile = cp[0]
             r.t_ms = now_ms
             r.valid = True
@@ -195,6 +232,12 @@ class CanBms:
             return slot
         self.ignored += 1
         return -1
+
+    def take_changed(self):
+        """The slots (bit slot + 1) where a value the rules read changed since the last call."""
+        c = self.changed
+        self.changed = 0
+        return c
 
     def _signals(self, slot, r, fr, data, off):
         faults = r.faults & ~fr[2]

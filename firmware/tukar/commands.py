@@ -34,7 +34,9 @@ class Commands:
             handler = _HANDLERS.get(name) if isinstance(name, str) else None
             if handler is None:
                 raise CommandError(E.UNKNOWN_CMD, "unknown command %r" % (name,))
+            self._touch = self.all_slots  # what the next step evaluates afresh; a handler narrows it
             result = handler(self, body)
+            self.pending |= self._touch
             return make_ack(req_id, None, "", result)
         except CommandError as e:
             return make_ack(req_id, e.code, e.detail)
@@ -47,6 +49,7 @@ class Commands:
             raise CommandError(E.BAD_ARGS, "slot: an integer is required")
         if n < 1 or n > self.n_slots:
             raise CommandError(E.SLOT_RANGE, "slot %d is outside 1..%d" % (n, self.n_slots))
+        self._touch = 1 | 1 << n
         return self.slots[n - 1]
 
     def _no_emergency(self):
@@ -86,6 +89,7 @@ class Commands:
         self.session = ss
         free.phase = sl.P_AWAITING
         free.command_lock(False, now)
+        self._touch = 1 | 1 << free.n
         self.dirty |= 1
         self._emit("SwapStarted", {"session": ss.id, "request_id": request_id,
                                    "id_token": token, "slot": free.n})
@@ -106,6 +110,7 @@ class Commands:
         s.command_lock(True, self.now)
         self._after_relock(s, self.now)
         self._abort_session("cancelled", self.now)
+        self._touch = 1 | 1 << s.n
         return None
 
     def _cmd_set_mode(self, body):
@@ -123,6 +128,7 @@ class Commands:
         self.mode = mode
         self.jdirty |= J_MODE
         self.dirty |= 1
+        self._touch = 1  # no slot rule depends on these modes
         self._emit("ModeChanged", {"mode": mode, "by": body.get("req_id")})
         return {"mode": mode}
 
@@ -182,6 +188,7 @@ class Commands:
     def _cmd_rebirth(self, body):
         self.rebirth = True
         self.dirty |= (2 << self.n_slots) - 1
+        self._touch = 0
         return None
 
     def _cmd_set_config(self, body):

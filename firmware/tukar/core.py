@@ -69,6 +69,19 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         self.up_s = 0
         self.up_rem = 0
         self.booted = False
+        # The schedule (step): slots to evaluate every tick, slots a command touched, the
+        # evaluated slots of this tick (a list allocated once), and slots whose outputs changed.
+        self.all_slots = (2 << slots) - 1
+        self.watch = 0
+        self.pending = 0
+        self.outputs = self.all_slots
+        self._ev = list(self.slots)  # overwritten in place by _gather
+        self._bit_slot = {}
+        for s in self.slots:
+            self._bit_slot[1 << s.n] = s
+        self.n_forced = 0
+        self._touch = 0
+        self._cab_over = False
         if journal:
             self._restore(journal)
         self.boot += 1
@@ -144,6 +157,15 @@ class Core(Payloads, SessionSteps, Commands, Journal):
 
     # == the control tick ==================================================================
     def tick(self, now, wall=None):
+        """Every rule over every slot (boot, tests, rigs): step() with every slot in its mask."""
+        self.step(now, self.all_slots, wall)
+
+    def step(self, now, mask, wall=None):
+        """The multi-rate tick. `mask` (bit n: slot n) names the slots whose inputs the shell saw
+        change or sampled this tick; the cabinet rules run every tick, and so does every slot that
+        needs watching (a session's, a lock in motion, identifying, a fault timer running), every
+        slot a command touched, and, in an emergency, all of them. The others keep their last
+        decisions until the shell samples them again (docs/core.md: the schedule)."""
         dt = wrap_diff(now, self.now)
         if dt < 0:
             dt = 0
@@ -156,31 +178,110 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         if not self.booted:
             self.booted = True
             self._reconcile(now)
-        self._cabinet_safety(now)
-        for s in self.slots:
-            self._slot_watch(s, now)
+            mask = self.all_slots
+        elif not (mask | self.watch | self.pending) and self.mode != EMERGENCY:
+            return  # nothing changed, nothing sampled, nothing watched: the decisions stand
+        mask |= self.watch | self.pending
+        self.pending = 0
+        full = self.all_slots
+        over = self.cabinet.temp_dc > self.lim.cabinet_max_dc
+        if over != self._cab_over:  # every charger's rule 1 turns on the cabinet's temperature
+            self._cab_over = over
+            mask = full
+        if self.mode == EMERGENCY:
+            mask = full
+        ev = self._ev
+        k = self._gather(mask)
+        self._cabinet_safety(now, k)
+        if self.mode == EMERGENCY and mask != full:
+            mask = full
+            k = self._gather(full)
+            self._observe(now, k)
+        for j in range(k):
+            self._slot_watch(ev[j], now)
         ss = self.session
         if ss is not None:
             self._session_step(ss, now)
-        for s in self.slots:
-            self._slot_step(s, now)
-        self._charge(now, dt)
-        self._publishable(now)
+            # The session may have opened a dispense door outside the mask: it is decided now.
+            n = ss.slot_out
+            if n and not mask & (1 << n):
+                mask |= 1 << n
+                s = ev[k] = self.slots[n - 1]
+                k += 1
+                s.observe(now, self.lim.fresh_ms)
+        for j in range(k):
+            self._slot_step(ev[j], now)
+        self._charge(now, k)
+        self._publishable(now, k)
+        self._schedule(k)
 
-    def _cabinet_safety(self, now):
-        """Rule 4 (cabinet part): smoke, emergency stop, 70 degC anywhere -> latched emergency."""
-        cab = self.cabinet
+    def due(self, i, now):
+        """Slot index i must be evaluated for time alone (the shell asks at the slot's turn): its
+        BMS reading has just gone stale, or become fresh, or has been silent past bms_lost_ms."""
+        s = self.slots[i]
+        b = s.inp.bms
+        if not b.valid:
+            return False
+        age = wrap_diff(now, b.t_ms)
+        if s.fresh:
+            return age >= self.lim.fresh_ms
+        if not b.link_fault and age < self.lim.fresh_ms:
+            return True
+        return (s.phase == sl.P_STORED and not s.faults & sl.BMS_LINK and s.inp.present
+                and age >= self.lim.lost_ms)
+
+    def _gather(self, mask):
+        """The slots of `mask` into self._ev (allocated once); returns how many."""
+        ev = self._ev
+        bits = self._bit_slot
+        k = 0
+        m = mask & ~1
+        while m:
+            low = m & -m
+            m ^= low
+            ev[k] = bits[low]
+            k += 1
+        return k
+
+    def _observe(self, now, k):
         fresh = self.lim.fresh_ms
+        ev = self._ev
+        for j in range(k):
+            ev[j].observe(now, fresh)
+
+    def _schedule(self, k):
+        """Slots with a timer running or a door in motion are evaluated every tick until settled."""
+        w = self.watch
+        ev = self._ev
+        for j in range(k):
+            s = ev[j]
+            b = 1 << s.n
+            ph = s.phase
+            if ((ph != sl.P_EMPTY and ph != sl.P_STORED and ph != sl.P_HELD) or s.lock_pending
+                    or s.inp.locked != s.lock_cmd or s.io_bad_since is not None
+                    or s.mismatch_since is not None or (ph == sl.P_EMPTY and s.inp.present)):
+                w |= b
+            else:
+                w &= ~b
+        self.watch = w
+
+    def _cabinet_safety(self, now, k):
+        """Rule 4 (cabinet part): smoke, emergency stop, 70 degC anywhere -> latched emergency.
+        The slots evaluated this tick are observed afresh; the others keep their last hottest
+        reading (a slot's temperature is only new when the shell has sampled it)."""
+        cab = self.cabinet
         causes = 0
         if cab.smoke:
             causes |= C_SMOKE
         if cab.estop:
             causes |= C_ESTOP
+        self._observe(now, k)
         hot = cab.temp_dc
-        for s in self.slots:
-            s.observe(now, fresh)
-            if s.hot > hot:
-                hot = s.hot
+        ev = self._ev
+        for j in range(k):
+            t = ev[j].hot
+            if t > hot:
+                hot = t
         if hot >= cf.EMERGENCY_DC:
             causes |= C_OVERTEMP
         new = causes & ~self.causes
@@ -382,14 +483,19 @@ class Core(Payloads, SessionSteps, Commands, Journal):
             self._after_relock(s, now)
 
     # == charging ==========================================================================
-    def _charge(self, now, dt):
+    def _charge(self, now, k):
         em = self.mode == EMERGENCY
         cab = self.cabinet.temp_dc
         lim = self.lim
-        for s in self.slots:
+        ev = self._ev
+        for j in range(k):
+            s = ev[j]
             was = s.charge_ma
             if was:
-                s.add_energy(dt)
+                dt = wrap_diff(now, s.charge_t)
+                if dt > 0:
+                    s.add_energy(dt)
+            s.charge_t = now
             ma = s.charge_decision(now, lim, em, cab)
             if ma and not was:
                 s.energy_mwh = 0
@@ -399,5 +505,7 @@ class Core(Payloads, SessionSteps, Commands, Journal):
                 self._emit("ChargeStopped", {"slot": s.n, "serial": s.serial,
                                              "reason": s.reason or "stopped",
                                              "energy_wh": s.energy_mwh / 1000})
-            s.charge_ma = ma
-            self.charge_ma[s.n - 1] = ma
+            if ma != was:
+                s.charge_ma = ma
+                self.charge_ma[s.n - 1] = ma
+                self.outputs |= 1 << s.n

@@ -6,6 +6,10 @@ from tukar.clock import ticks_diff
 
 _BUS_OFF = 2  # tukar.mcp2515.BUS_OFF, without importing the driver on boards without CAN
 _RECOVER_MS = 1000  # at most one recovery attempt per second on a stuck I2C bus
+# SBS words read per tick: a poll (7 words) spans three ticks, so a tick's SMBus time stays
+# under 2 ms at 100 kHz, and each of 11 packs is read again every 1.3 s (fresh: < 2 s).
+SBS_WORDS = 3
+CAN_SERVICE_TICKS = 20  # without an interrupt, the CAN controller's state is read every 1 s
 
 # Stages whose OSError no driver caught (a bug or an unforeseen bus error), counted apart.
 STAGES = ("scan", "bms", "can", "tick_apply", "repeat")
@@ -40,47 +44,99 @@ class ControlCycle:
         self._can_up_t = 0  # when the controller came back from bus-off
         self._can_wait = False  # marked slots wait for a frame received since then
         self._present = [False] * n
+        self._again = 0  # outputs to drive again next tick (-1: all, after a failed write)
         self._seen = list(board.i2c_errors)
         self._recover_t = [0] * len(self._seen)
         self._recovered = [False] * len(self._seen)  # a recovery time is in _recover_t
 
     # -- the tick ----------------------------------------------------------------------------
     def step(self, now_ms, wall=None):
+        """One control tick, multi-rate (docs/core.md, the schedule): every tick the switches, the
+        emergency stop and smoke, the CAN controller and the outputs that changed; one temperature
+        sensor in turn; a few SBS words. The core evaluates the slots whose inputs changed or were
+        sampled, and the slots it watches; a quiet cabinet does little more than read its
+        expanders. The first tick reads everything and evaluates every slot."""
         b = self.board
         core = self.core
         inputs = core.slot_inputs
+        mask = 0
+        if self.ticks == 0:
+            mask = core.all_slots
+            try:
+                b.scan(inputs, core.cabinet, now_ms)
+            except OSError:
+                self.escaped[0] += 1
+                b.fail_inputs(inputs, core.cabinet)
+        else:
+            try:
+                mask = b.scan_switches(inputs, core.cabinet)
+            except OSError:
+                self.escaped[0] += 1
+                b.fail_inputs(inputs, core.cabinet)
+                mask = core.all_slots
+            try:
+                t = b.sample_temperature(inputs, core.cabinet)
+                if t >= 0:
+                    mask |= 2 << t if t < core.n_slots else 1
+                else:
+                    t = -1 - t  # unchanged; a slot's turn is when its BMS age is looked at
+                    if t < core.n_slots and core.due(t, now_ms):
+                        mask |= 2 << t
+            except OSError:
+                self.escaped[0] += 1
+        if mask > 1:
+            self._removals(inputs, mask)
         try:
-            b.scan(inputs, core.cabinet, now_ms)
-        except OSError:
-            self.escaped[0] += 1
-            b.fail_inputs(inputs, core.cabinet)
-        self._removals(inputs)
-        try:
-            b.poll_bms(inputs, now_ms)
+            i = b.poll_sbs(inputs, now_ms, SBS_WORDS)
+            if i >= 0:
+                mask |= 2 << i
+            elif i < -1 and not core.slots[-2 - i].fresh:
+                mask |= 2 << (-2 - i)  # the same values, but fresh again
         except OSError:
             self.escaped[1] += 1
-        self._i2c_recovery(now_ms)
-        self._can_service(now_ms)
-        core.tick(now_ms, wall)
-        try:
-            b.apply(core.lock_cmd, core.lock_pulse, core.charge_ma, core.fan, core.alarm)
-        except OSError:
-            self.escaped[3] += 1
-            self._chargers_off()
-        try:
-            b.repeat_charger_commands(now_ms)
-        except OSError:
-            self.escaped[4] += 1
+        if b.can is not None:
+            # The MCP2515 pulls INT low on a frame and on any change of its error flags (ERRIE):
+            # with INT high and the bus on, nothing waits and its error state is as last read.
+            # The receive task drains frames between ticks; this is the backstop. Read anyway
+            # once a second.
+            pin = b.can_int
+            if (pin is None or not pin.value() or self.can_state == _BUS_OFF
+                    or self.ticks % CAN_SERVICE_TICKS == 0):
+                try:
+                    b.drain_can(now_ms)
+                except OSError:
+                    self.escaped[2] += 1
+                mask |= self._can_service(now_ms)
+            if b.canbms is not None and b.canbms.changed:
+                mask |= b.canbms.take_changed()
+        if b.i2c_errors != self._seen:
+            self._i2c_recovery(now_ms)
+        core.step(now_ms, mask, wall)
+        if core.outputs or self._again or b.unflushed:
+            outs = core.take_outputs() | self._again
+            try:
+                self._again = b.apply(core.lock_cmd, core.lock_pulse, core.charge_ma, core.fan,
+                                      core.alarm, -1 if self._again < 0 else outs)
+            except OSError:
+                self.escaped[3] += 1
+                self._chargers_off()
+                self._again = -1
+        if b.can_charger_bank is not None:
+            try:
+                b.repeat_charger_commands(now_ms)
+            except OSError:
+                self.escaped[4] += 1
         self.ticks += 1
 
-    def _removals(self, inputs):
+    def _removals(self, inputs, mask):
         pres = self._present
         for i in range(len(pres)):
-            p = inputs[i].present
-            if pres[i] and not p:
-                self.board.battery_removed(i, inputs[i].bms)
-                self._marked[i] = False
-            pres[i] = p
+            if mask & (2 << i):
+                p = inputs[i].present
+                if pres[i] and not p:
+                    self.board.battery_removed(i, inputs[i].bms)
+                    self._marked[i] = False
+                pres[i] = p
 
     def _i2c_recovery(self, now_ms):
         """A bus whose transactions failed this tick while SDA stays low is clocked free."""
@@ -107,14 +163,17 @@ class ControlCycle:
         charger off; the driver restarts the controller with its back-off; recovery clears it."""
         can = self.board.can
         if can is None:
-            return
+            return 0
         try:
             st = can.service(now_ms)
         except OSError:
             self.can_restart_errors += 1
             self.board.spi_errors += 1
             st = _BUS_OFF  # the restart failed: still off, the next try backs off further
+        mask = 0
         if st == _BUS_OFF:
+            if self.can_state != _BUS_OFF:
+                mask = self.core.all_slots  # the marked slots' chargers go off this very tick
             inputs = self.core.slot_inputs
             names = self._can_names
             for i in range(len(inputs)):
@@ -129,7 +188,9 @@ class ControlCycle:
                 self._can_wait = True
             if self._can_wait:
                 self._can_wait = self._clear_marks()
+                mask = self.core.all_slots if not self._can_wait else 0
         self.can_state = st
+        return mask
 
     def _clear_marks(self):
         """Back on the bus: a slot's link is up again once its pack has spoken since the restart.

@@ -21,6 +21,7 @@ class Lock:
 
         Re-issuing an unlock drops the solenoid for this call so that the next call pulls it in
         afresh (one control tick, at least 50 ms off); re-issuing a lock needs no output change.
+        Returns True when such a next call is due.
         """
         retry = self._pulse is not None and pulse != self._pulse
         self._pulse = pulse
@@ -29,6 +30,7 @@ class Lock:
             self._out.value(0)
         else:
             self._out.value(1)
+        return retry and not locked  # the solenoid waits for the next call to pull in again
 
     def locked(self):
         """The feedback switch says the bolt is out."""

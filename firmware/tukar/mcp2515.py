@@ -26,6 +26,7 @@ _REC = const(0x1D)
 _CANSTAT = const(0x0E)
 _CANCTRL = const(0x0F)
 _CNF3 = const(0x28)
+_COUNTERS_EVERY = const(20)  # service() reads TEC and REC once a second (telemetry only)
 _CANINTE = const(0x2B)
 _CANINTF = const(0x2C)
 _EFLG = const(0x2D)
@@ -129,6 +130,7 @@ class MCP2515:
         mv = memoryview(self._buf)
         self._mv = mv
         self._by_len = tuple(mv[:n] for n in range(17))  # fixed slices: no allocation per transfer
+        self._rx13 = mv[1:14]  # a received frame as READ RX leaves it in the scratch buffer
         self._rx = bytearray(13)
         self._rxmv = memoryview(self._rx)
         self.mode = MODE_CONFIG
@@ -138,6 +140,7 @@ class MCP2515:
         self.eflg = 0
         self.bus_off_count = 0
         self.overflows = 0
+        self._polls = 0  # service() calls; the error counters are read every _COUNTERS_EVERY
         self._backoff_ms = _BACKOFF_MIN_MS
         self._restart_at = 0
         self._restarted_at = None
@@ -310,11 +313,8 @@ class MCP2515:
             return -1
         b = self._buf
         b[0] = _READ_RX0 if st & 1 else _READ_RX1  # READ RX clears RXnIF when CS rises
-        for i in range(1, 14):
-            b[i] = 0
-        self._xfer(14)
-        for i in range(13):
-            buf[i] = b[i + 1]
+        self._xfer(14)  # the chip ignores what follows the instruction on SI
+        buf[:13] = self._rx13
         return frame_id(buf)
 
     def recv(self, frame):
@@ -358,17 +358,22 @@ class MCP2515:
 
     # -- errors -----------------------------------------------------------------------------------
 
-    def read_errors(self):
-        """Refresh tec, rec, eflg; clears latched overflow flags (counted in self.overflows)."""
-        self.read_regs(_TEC, 2)
-        self.tec = self._buf[2]
-        self.rec = self._buf[3]
-        eflg = self.read_reg(_EFLG)
+    def read_errors(self, counters=True):
+        """Refresh eflg (and tec, rec with `counters`); clears latched overflow flags (counted in
+        self.overflows). CANINTF and EFLG are adjacent: one transaction reads both."""
+        b = self._buf
+        if counters:
+            self.read_regs(_TEC, 2)
+            self.tec = b[2]
+            self.rec = b[3]
+        self.read_regs(_CANINTF, 2)
+        intf = b[2]
+        eflg = b[3]
         self.eflg = eflg
         if eflg & _EFLG_OVR:
             self.overflows += 1
             self.modify_reg(_EFLG, _EFLG_OVR, 0)
-        if self.read_reg(_CANINTF) & _ERRIF:
+        if intf & _ERRIF:
             self.modify_reg(_CANINTF, _ERRIF, 0)
         return eflg
 
@@ -387,7 +392,8 @@ class MCP2515:
             except OSError:
                 self._restart_at = ticks_add(now_ms, self._backoff_ms)  # a failed restart backs off too
                 raise
-        eflg = self.read_errors()
+        eflg = self.read_errors(self._polls % _COUNTERS_EVERY == 0)
+        self._polls += 1
         if eflg & _EFLG_TXBO:
             self.state = BUS_OFF
             self.bus_off_count += 1

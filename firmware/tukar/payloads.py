@@ -8,11 +8,18 @@ from tukar.states import A_CABINET_OVERTEMP, A_DOOR_FORCED, ALARMS, EMERGENCY
 
 class Payloads:
     # == state to publish ==================================================================
-    def _publishable(self, now):
-        ready = empty = charging = faulted = 0
-        forced = False
+    def _publishable(self, now, k):
+        """The evaluated slots' published states, the cabinet's counts (kept per slot, so a tick
+        that evaluates one slot does not count them all), alarms, fan and outputs."""
         lim = self.lim
-        for s in self.slots:
+        ev = self._ev
+        c = self.counts
+        counts_were = c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24
+        outs = self.outputs
+        lock_cmd = self.lock_cmd
+        lock_pulse = self.lock_pulse
+        for j in range(k):
+            s = ev[j]
             s.check_dispensable(now, lim)
             st = s.derive_state()
             inp = s.inp
@@ -29,28 +36,38 @@ class Payloads:
                 s.pub_bfaults = inp.bms.faults
                 s.pub_reason = s.reason
                 self.dirty |= 1 << s.n
+            t = 0
             if s.dispensable:
-                ready += 1
+                t = 1
             if st == sl.EMPTY:
-                empty += 1
+                t |= 2
             elif st == sl.FAULT:
-                faulted += 1
+                t |= 8
             if s.charge_ma:
-                charging += 1
+                t |= 4
             if s.forced:
-                forced = True
+                t |= 16
+            was = s.tally
+            if t != was:
+                s.tally = t
+                d = t ^ was
+                for i in range(5):
+                    if d & (1 << i):
+                        if i == 4:
+                            self.n_forced += 1 if t & 16 else -1
+                        else:
+                            c[i] += 1 if t & (1 << i) else -1
             n = s.n - 1
-            self.lock_cmd[n] = s.lock_cmd
-            self.lock_pulse[n] = s.lock_pulse
-        c = self.counts
-        if c[0] != ready or c[1] != empty or c[2] != charging or c[3] != faulted:
-            c[0] = ready
-            c[1] = empty
-            c[2] = charging
-            c[3] = faulted
+            if lock_cmd[n] != s.lock_cmd or lock_pulse[n] != s.lock_pulse:
+                lock_cmd[n] = s.lock_cmd
+                lock_pulse[n] = s.lock_pulse
+                outs |= 1 << s.n
+        if counts_were != c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24:
             self.dirty |= 1
+        forced = self.n_forced > 0
+        cab = self.cabinet.temp_dc
         alarms = self.causes
-        if self.cabinet.temp_dc > lim.cabinet_max_dc:
+        if cab > lim.cabinet_max_dc:
             alarms |= A_CABINET_OVERTEMP
         if forced:
             alarms |= A_DOOR_FORCED
@@ -58,8 +75,20 @@ class Payloads:
             self.alarms = alarms
             self.dirty |= 1
         em = self.mode == EMERGENCY
-        self.alarm = em or forced
-        self.fan = em or charging > 0 or self.cabinet.temp_dc >= 400
+        alarm = em or forced
+        fan = em or c[2] > 0 or cab >= 400
+        if alarm != self.alarm or fan != self.fan:
+            self.alarm = alarm
+            self.fan = fan
+            outs |= 1
+        self.outputs = outs
+
+    def take_outputs(self):
+        """The outputs changed since the last call: bit 0 fan and alarm, bit n slot n's charger
+        and lock (the shell drives only those; all of them after a boot)."""
+        o = self.outputs
+        self.outputs = 0
+        return o
 
     # == payloads ==========================================================================
     def cabinet_state(self):

@@ -42,9 +42,18 @@ LINK_FAILS = const(3)  # failed polls in a row that make a link fault
 _ZERO_C_DK = const(2731)  # 0 degC in 0.1 K
 _NO_REQUEST = const(0xFFFF)
 _MAX_BLOCK = const(32)
-# Word commands of every poll, in the order poll() unpacks them.
-_POLLED = (_TEMPERATURE, _VOLTAGE, _CURRENT, _RSOC, _REMAINING, _FULL, _CHARGING_CURRENT, _STATUS,
-           _CYCLES)
+# Word commands of every poll, in the order step() stores them: what the charge rules, the
+# energy count and dispensing need each time, then one of _SLOW in turn (capacities and cycles
+# change over hours; all three are read when the battery is identified).
+_POLLED = (_TEMPERATURE, _STATUS, _CHARGING_CURRENT, _RSOC, _CURRENT, _VOLTAGE)
+_SLOW = (_REMAINING, _FULL, _CYCLES)
+WORDS = const(7)  # word reads of one poll
+
+# step() results
+DONE = const(1)
+SAME = const(2)  # done, and what the rules read (temperature, status, request, SoC) is unchanged
+MORE = const(0)
+FAILED = const(-1)
 
 
 def _make_table():
@@ -168,7 +177,19 @@ class SmartBattery:
         self.fails = 0  # failed polls in a row
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
-        self._words = [0] * len(_POLLED)
+        # The PEC of a word read up to its data: address (write), command, address (read).
+        self._pre = bytearray(0x40)
+        for cmd in range(0x40):
+            c = _CRC[addr << 1]
+            c = _CRC[c ^ cmd]
+            self._pre[cmd] = _CRC[c ^ ((addr << 1) | 1)]
+        self._words = [0] * (len(_POLLED) + 1)  # the polled words, then the one of _SLOW
+        self._k = 0  # the next word of the poll in progress
+        self._last = [-1, -1, -1, -1]  # the rule words of the last poll (temperature ... SoC)
+        self._slow = 0  # which of _SLOW this poll reads
+        self.full_raw = 0
+        self.rem_raw = 0
+        self.cycles = 0
         mv = memoryview(self._buf)
         self._w2 = mv[:2]
         self._w3 = mv[:3]
@@ -178,17 +199,25 @@ class SmartBattery:
         """A different battery may be in the slot: identify again at the next poll."""
         self.identified = False
         self.fails = 0
+        self._k = 0
+        self._last[0] = -1
 
     def _word(self, cmd):
         """One word command, PEC checked when the battery uses PEC; -1 on NACK or bad PEC."""
-        pec = self.pec
-        try:
-            self.i2c.readfrom_mem_into(self.addr, cmd, self._w3 if pec else self._w2)
-        except OSError:
-            return -1
         b = self._buf
-        if pec and not pec_ok(self.addr, cmd, b, 2):
-            return -1
+        if self.pec:
+            try:
+                self.i2c.readfrom_mem_into(self.addr, cmd, self._w3)
+            except OSError:
+                return -1
+            t = _CRC
+            if t[t[self._pre[cmd] ^ b[0]] ^ b[1]] != b[2]:
+                return -1
+        else:
+            try:
+                self.i2c.readfrom_mem_into(self.addr, cmd, self._w2)
+            except OSError:
+                return -1
         return b[0] | (b[1] << 8)
 
     def _block(self, cmd):
@@ -228,6 +257,17 @@ class SmartBattery:
         name = self._block(_DEVICE_NAME)
         if maker is None or name is None:
             return False
+        rem = self._word(_REMAINING)
+        full = self._word(_FULL)
+        cycles = self._word(_CYCLES)
+        if rem < 0 or full < 0 or cycles < 0:
+            return False
+        self.rem_raw = rem
+        self.full_raw = full
+        self.cycles = cycles
+        reading.cycles = cycles
+        reading.soh_pct = soh_pct(full, design)
+        self._last[0] = -1  # the first poll of this battery is news
         self.mode = mode
         self.design = design
         reading.serial = serial_string(maker, date, serial)
@@ -244,35 +284,87 @@ class SmartBattery:
         return False
 
     def poll(self, reading, now_ms):
-        """Read the battery into reading. False (reading untouched) on NACK or a bad PEC."""
-        if self.mux is not None:
-            try:
-                self.mux.select(self.channel)
-            except OSError:
-                return self._fail(reading)
-        if not (self.identified and reading.valid):
-            if not self._identify(reading):
-                return self._fail(reading)
+        """A whole poll at once. False (reading untouched) on NACK or a bad PEC."""
+        self._k = 0
+        return self.step(reading, now_ms, 99) > 0  # identification too, if due
+
+    def step(self, reading, now_ms, budget):
+        """Go on with the poll by at most `budget` word reads (identifying a new battery is done
+        whole, first). DONE: reading holds a complete fresh poll; MORE: not yet; FAILED: NACK or
+        a bad PEC (the poll starts again; reading untouched)."""
+        k = self._k
+        if k == 0:
+            if self.mux is not None:
+                try:
+                    self.mux.select(self.channel)
+                except OSError:
+                    self._fail(reading)
+                    return FAILED
+            if not (self.identified and reading.valid):
+                if not self._identify(reading):
+                    self._fail(reading)
+                    return FAILED
+                # Identifying is a dozen transactions (5 ms at 100 kHz): the poll goes on in the
+                # next tick, so no tick spends more than 10 ms on the bus.
+                self._k = 0 if budget >= WORDS + 12 else -1
+                if self._k < 0:
+                    return MORE
+        elif k < 0:
+            k = 0
         w = self._words
-        for k in range(len(_POLLED)):
-            v = self._word(_POLLED[k])
+        n = len(_POLLED)
+        while budget > 0 and k <= n:
+            v = self._word(_POLLED[k] if k < n else _SLOW[self._slow])
             if v < 0:
-                return self._fail(reading)  # the whole reading is discarded
+                self._k = 0
+                self._fail(reading)
+                return FAILED  # the whole poll is discarded
             w[k] = v
-        temp, volt, cur, rsoc, rem, full, req, status, cycles = w
-        reading.temp_dc = temp_dc(temp)
+            k += 1
+            budget -= 1
+        if k <= n:
+            self._k = k
+            return MORE
+        self._k = 0
+        slow = self._slow
+        self._slow = slow + 1 if slow < 2 else 0
+        v = w[n]
+        if slow == 0:
+            self.rem_raw = v
+        elif slow == 1:
+            self.full_raw = v
+        else:
+            self.cycles = v
+        temp = w[0]  # one by one: a six-name unpack of a tuple would build the tuple
+        status = w[1]
+        req = w[2]
+        rsoc = w[3]
+        cur = w[4]
+        volt = w[5]
+        last = self._last
+        same = (reading.valid and not reading.link_fault and last[0] == temp and last[1] == status
+                and last[2] == req and last[3] == rsoc)
+        if not same:
+            last[0] = temp
+            last[1] = status
+            last[2] = req
+            last[3] = rsoc
+            reading.temp_dc = temp - _ZERO_C_DK
+            reading.soc_pm = soc_pm(rsoc)
+            reading.req_current_ma = -1 if req == _NO_REQUEST else req
+            reading.faults = status_faults(status)
+            reading.full = status_full(status)
         reading.voltage_mv = volt
-        reading.current_ma = signed16(cur)
-        reading.soc_pm = soc_pm(rsoc)
-        reading.soh_pct = soh_pct(full, self.design)
-        reading.req_current_ma = charging_current(req)
-        reading.faults = status_faults(status)
-        reading.full = status_full(status)
-        reading.cycles = cycles
-        self.remaining_mah = capacity_mah(rem, self.mode, volt)
-        self.full_mah = capacity_mah(full, self.mode, volt)
+        reading.current_ma = cur - 0x10000 if cur & 0x8000 else cur
+        if slow == 1:
+            reading.soh_pct = soh_pct(self.full_raw, self.design)
+            self.full_mah = capacity_mah(self.full_raw, self.mode, volt)
+        elif slow == 0:
+            self.remaining_mah = capacity_mah(self.rem_raw, self.mode, volt)
+        else:
+            reading.cycles = self.cycles
         reading.t_ms = now_ms
         reading.valid = True
         reading.link_fault = False
         self.fails = 0
-        return True
+        return SAME if same else DONE

@@ -157,7 +157,9 @@ class SessionSteps:
     def _choose_dispense(self):
         """Dispensable battery with the highest SoC; ties: fewest cycles, then lowest slot."""
         best = None
+        fresh = self.lim.fresh_ms
         for s in self.slots:
+            s.observe(self.now, fresh)  # a slot not evaluated this tick: its BMS age now
             if s.check_dispensable(self.now, self.lim):
                 if best is None:
                     best = s

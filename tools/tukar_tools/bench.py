@@ -128,6 +128,8 @@ def add_arguments(ap):
                     help="MicroPython section: the outage's length in the heap-size bisection")
     ap.add_argument("--no-mpy", action="store_true",
                     help="skip the MicroPython section (it takes about half an hour)")
+    ap.add_argument("--no-cpu", action="store_true",
+                    help="skip the control tick's CPU and bus budgets (about ten minutes)")
 
 
 def main(argv=None):
@@ -137,20 +139,23 @@ def main(argv=None):
 
 
 def run(args):
-    from tukar_tools import bench_bus, bench_mpy, bench_sim
+    from tukar_tools import bench_bus, bench_cpu, bench_mpy, bench_sim
 
     rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
     ref = reference_loop_fuel()
     cal = calibration()
     buses = bench_bus.report()
+    cpu = None if args.no_cpu else bench_cpu.measure(
+        out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
     mpy = None if args.no_mpy else bench_mpy.measure(
         args.mpy_outage_s, args.mpy_bisect_outage_s,
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     if args.json:
         print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "calibration": cal,
-                          "buses": buses, "simulator": scale, "micropython": mpy}, indent=2))
-        return 0
+                          "buses": buses, "control_tick": cpu, "simulator": scale,
+                          "micropython": mpy}, indent=2))
+        return _exit(cpu)
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
     print("  heap of one Core(12 slots):      %6d bytes" % rows[0]["heap_core"])
@@ -173,12 +178,26 @@ def run(args):
     bench_bus.print_report(buses)
     if cal is not None:
         print("  = %.1f ms at 160 MHz, against a 50 ms tick" % (buses["fuel_per_step"] / cal["fuel_per_ms_160mhz"]))
+    if cpu is not None:
+        print()
+        bench_cpu.print_report(cpu, cal)
     if scale is not None:
         print()
         bench_sim.print_report(scale)
     if mpy is not None:
         print()
         bench_mpy.print_report(mpy)
+    return _exit(cpu)
+
+
+def _exit(cpu):
+    """make bench fails when the control tick exceeds one of its budgets."""
+    if cpu is None:
+        return 0
+    bad = [g["name"] for g in cpu["gates"] if not g["ok"]]
+    if bad:
+        print("bench: budget exceeded: %s" % "; ".join(bad), file=sys.stderr)
+        return 1
     return 0
 
 
