@@ -297,7 +297,7 @@ def test_wrong_bitrate_hears_only_errors():
     for _ in range(5):
         bus.transmit(Frame(0x301, bytes(8)))
     assert can.recv_into(bytearray(13)) == -1
-    can.read_errors()
+    can.read_errors(counters=True)  # under 96 no flag rises: the counters are read on request
     assert can.rec == 5
 
 

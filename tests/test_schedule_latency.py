@@ -172,3 +172,65 @@ def test_the_lock_feedback_500_ms_rule_holds_to_the_tick(phase, n):
     jam_at = c.now - t0
     assert pulses == [500] and jam_at == 1000, (pulses, jam_at)
     assert c.events_of("Fault", slot=n, code="lock_jam")
+
+
+def _step_checked(c):
+    """One tick, then rule 7 and the charger/lock ordering as the outputs show them."""
+    c.step()
+    ss = c.core.session
+    for n in range(1, c.n + 1):
+        if c.lock_energised(n):
+            assert ss is not None and n in (ss.slot_in, ss.slot_out), (n, ss and ss.view())
+            assert not c.charger_on(n)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 30), min_size=6, max_size=6), st.integers(0, 26))
+def test_a_swap_under_the_multi_rate_tick_completes_with_every_door_accounted_for(waits, phase):
+    """A rider at random speeds, from any phase of the sensor and SBS rounds: only the session's
+    doors ever unlock, a charger is never on behind an unlocked door, and the swap completes."""
+    c = _cabinet()
+    for n in SBS:
+        c.batteries[n - 1].state.soc_pct = 95
+    for n in CAN:
+        c.batteries[n - 1].set(SoC=95.0)
+    for _ in range(phase + 60):
+        _step_checked(c)
+    a = c.cmd("start_swap", id_token="prop")
+    assert a["ok"], a
+    n_in = a["slot"]
+    for _ in range(10):  # the rider's door unlocks within the lock's travel after the command
+        _step_checked(c)
+        if not c.locks[n_in - 1].locked:
+            break
+    for _ in range(waits[0]):
+        _step_checked(c)
+    assert c.open_door(n_in)
+    for _ in range(waits[1]):
+        _step_checked(c)
+    c.insert_sbs(n_in, soc_pct=20, serial=0x3000 + phase)
+    for _ in range(waits[2]):
+        _step_checked(c)
+    c.close_door(n_in)
+    for _ in range(120):
+        _step_checked(c)
+        ss = c.core.session
+        if ss is not None and ss.slot_out is not None and not c.locks[ss.slot_out - 1].locked:
+            break
+    ss = c.core.session
+    assert ss is not None and ss.slot_out is not None, c.events
+    n_out = ss.slot_out
+    for _ in range(waits[3]):
+        _step_checked(c)
+    assert c.open_door(n_out)
+    for _ in range(waits[4]):
+        _step_checked(c)
+    c.remove(n_out)
+    for _ in range(waits[5]):
+        _step_checked(c)
+    c.close_door(n_out)
+    for _ in range(40):
+        _step_checked(c)
+    kinds = [e["type"] for e in c.events]
+    assert "SwapCompleted" in kinds and "SwapAborted" not in kinds, kinds
+    assert c.core.session is None and all(c.core.lock_cmd)

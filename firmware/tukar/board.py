@@ -502,8 +502,6 @@ class Board:
         """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.
         poll_bms calls it every tick; an INT-driven task may call it between ticks too."""
         can = self.can
-        if self.can_int is not None and self.can_int.value():
-            return  # INT high: nothing waits (the level, not an edge: erratum 3.11)
         if self.canbms is not None and can is not None:
             rx = self._rx
             for _ in range(_CAN_DRAIN_MAX):  # bounded: a babbling node cannot stall the tick

@@ -12,7 +12,7 @@
 # Commands that passed the gate go to command(body) between ticks; it returns the ack.
 from tukar import config as cf
 from tukar import slot as sl
-from tukar.clock import wrap_diff
+from tukar.clock import wrap_add, wrap_diff
 from tukar.commands import Commands
 from tukar.inputs import CabinetInputs, SlotInputs
 from tukar.journal import Journal
@@ -21,7 +21,12 @@ from tukar.profile import DEFAULT
 from tukar.session import SessionSteps
 from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SERVICE,
                           IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION,
-                          S_DISPENSING, S_REJECTED)
+                          S_AWAITING, S_DISPENSING, S_REJECTED)
+
+
+def _earlier(a, b):
+    """The earlier of two tick times (a may be None)."""
+    return b if a is None or wrap_diff(b, a) < 0 else a
 
 
 class Core(Payloads, SessionSteps, Commands, Journal):
@@ -72,7 +77,8 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         # The schedule (step): slots to evaluate every tick, slots a command touched, the
         # evaluated slots of this tick (a list allocated once), and slots whose outputs changed.
         self.all_slots = (2 << slots) - 1
-        self.watch = 0
+        self.watch = 0  # evaluated every tick (a lock in motion)
+        self.timed = 0  # evaluated when their timer ends (Slot.wake), else on news
         self.pending = 0
         self.outputs = self.all_slots
         self._ev = list(self.slots)  # overwritten in place by _gather
@@ -179,7 +185,9 @@ class Core(Payloads, SessionSteps, Commands, Journal):
             self.booted = True
             self._reconcile(now)
             mask = self.all_slots
-        elif not (mask | self.watch | self.pending) and self.mode != EMERGENCY:
+        if self.timed:
+            mask |= self._timers_due(now)
+        if not (mask | self.watch | self.pending) and self.mode != EMERGENCY:
             return  # nothing changed, nothing sampled, nothing watched: the decisions stand
         mask |= self.watch | self.pending
         self.pending = 0
@@ -200,7 +208,7 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         for j in range(k):
             self._slot_watch(ev[j], now)
         ss = self.session
-        if ss is not None:
+        if ss is not None and mask & (1 << ss.slot_in | (1 << ss.slot_out if ss.slot_out else 0)):
             self._session_step(ss, now)
             # The session may have opened a dispense door outside the mask: it is decided now.
             n = ss.slot_out
@@ -250,20 +258,62 @@ class Core(Payloads, SessionSteps, Commands, Journal):
             ev[j].observe(now, fresh)
 
     def _schedule(self, k):
-        """Slots with a timer running or a door in motion are evaluated every tick until settled."""
+        """When the evaluated slots must be looked at again without news: every tick while a
+        lock moves (rule 8 counts to the tick) or a battery is being identified, at a timer's end
+        (a session's time-outs, a sensor mismatch or a switch fault lasting), else at their next
+        news (the shell's mask)."""
         w = self.watch
+        timed = self.timed
         ev = self._ev
+        ss = self.session
         for j in range(k):
             s = ev[j]
             b = 1 << s.n
+            inp = s.inp
             ph = s.phase
-            if ((ph != sl.P_EMPTY and ph != sl.P_STORED and ph != sl.P_HELD) or s.lock_pending
-                    or s.inp.locked != s.lock_cmd or s.io_bad_since is not None
-                    or s.mismatch_since is not None or (ph == sl.P_EMPTY and s.inp.present)):
+            if (s.lock_pending or inp.locked != s.lock_cmd or ph == sl.P_IDENTIFYING
+                    or (ph == sl.P_EMPTY and inp.present)):
+                # A lock in motion, or a battery waiting for its first reading since the door
+                # shut (a reading that repeats the last values is news here, and is not flagged).
                 w |= b
+                timed &= ~b
+                continue
+            w &= ~b
+            t = self._wake(s, ss)
+            if t is None:
+                timed &= ~b
             else:
-                w &= ~b
+                s.wake = t
+                timed |= b
         self.watch = w
+        self.timed = timed
+
+    def _wake(self, s, ss):
+        """The earliest time a timer of slot s ends (ticks), or None."""
+        t = None
+        if s.io_bad_since is not None and not s.faults & sl.SLOT_IO:
+            t = wrap_add(s.io_bad_since, IO_FAULT_MS)
+        if s.mismatch_since is not None:
+            t = _earlier(t, wrap_add(s.mismatch_since, cf.SENSOR_MISMATCH_MS))
+        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
+            ph = ss.phase
+            if ph == S_AWAITING:
+                t = _earlier(t, wrap_add(ss.t_phase, self.lim.insert_ms))
+            elif ph == S_REJECTED or ph == S_DISPENSING:
+                t = _earlier(t, wrap_add(ss.t_phase, self.lim.take_ms))
+        return t
+
+    def _timers_due(self, now):
+        """The slots (a mask) whose timer has ended."""
+        due = 0
+        m = self.timed
+        bits = self._bit_slot
+        while m:
+            low = m & -m
+            m ^= low
+            if wrap_diff(now, bits[low].wake) >= 0:
+                due |= low
+        return due
 
     def _cabinet_safety(self, now, k):
         """Rule 4 (cabinet part): smoke, emergency stop, 70 degC anywhere -> latched emergency.

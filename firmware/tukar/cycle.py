@@ -9,7 +9,7 @@ _RECOVER_MS = 1000  # at most one recovery attempt per second on a stuck I2C bus
 # SBS words read per tick: a poll (7 words) spans three ticks, so a tick's SMBus time stays
 # under 2 ms at 100 kHz, and each of 11 packs is read again every 1.3 s (fresh: < 2 s).
 SBS_WORDS = 3
-CAN_SERVICE_TICKS = 20  # without an interrupt, the CAN controller's state is read every 1 s
+CAN_SERVICE_TICKS = 20  # error passive or after a restart: the CAN controller is read every 1 s
 
 # Stages whose OSError no driver caught (a bug or an unforeseen bus error), counted apart.
 STAGES = ("scan", "bms", "can", "tick_apply", "repeat")
@@ -91,17 +91,19 @@ class ControlCycle:
             if i >= 0:
                 mask |= 2 << i
             elif i < -1 and not core.slots[-2 - i].fresh:
-                mask |= 2 << (-2 - i)  # the same values, but fresh again
+                mask |= 2 << (-2 - i)  # the same values, but fresh again (a slot identifying
+                # is watched every tick anyway)
         except OSError:
             self.escaped[1] += 1
         if b.can is not None:
             # The MCP2515 pulls INT low on a frame and on any change of its error flags (ERRIE):
-            # with INT high and the bus on, nothing waits and its error state is as last read.
-            # The receive task drains frames between ticks; this is the backstop. Read anyway
-            # once a second.
+            # with INT high and the bus error-free, nothing waits and its error state is as last
+            # read. The receive task drains frames between ticks; this is the backstop. Off the
+            # error-free state, or after a restart, the state is read once a second as well.
+            # (An INT line stuck high would starve the CAN packs: stale, their chargers stop.)
             pin = b.can_int
             if (pin is None or not pin.value() or self.can_state == _BUS_OFF
-                    or self.ticks % CAN_SERVICE_TICKS == 0):
+                    or (self.can_state or b.can.restarting()) and self.ticks % CAN_SERVICE_TICKS == 0):
                 try:
                     b.drain_can(now_ms)
                 except OSError:

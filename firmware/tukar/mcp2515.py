@@ -26,7 +26,6 @@ _REC = const(0x1D)
 _CANSTAT = const(0x0E)
 _CANCTRL = const(0x0F)
 _CNF3 = const(0x28)
-_COUNTERS_EVERY = const(20)  # service() reads TEC and REC once a second (telemetry only)
 _CANINTE = const(0x2B)
 _CANINTF = const(0x2C)
 _EFLG = const(0x2D)
@@ -140,7 +139,6 @@ class MCP2515:
         self.eflg = 0
         self.bus_off_count = 0
         self.overflows = 0
-        self._polls = 0  # service() calls; the error counters are read every _COUNTERS_EVERY
         self._backoff_ms = _BACKOFF_MIN_MS
         self._restart_at = 0
         self._restarted_at = None
@@ -358,24 +356,29 @@ class MCP2515:
 
     # -- errors -----------------------------------------------------------------------------------
 
-    def read_errors(self, counters=True):
-        """Refresh eflg (and tec, rec with `counters`); clears latched overflow flags (counted in
-        self.overflows). CANINTF and EFLG are adjacent: one transaction reads both."""
+    def read_errors(self, counters=False):
+        """Refresh eflg, and tec and rec when asked or while any warning or error flag is up (the
+        tick's check of a quiet bus is one transaction); clears latched overflow flags (counted in
+        self.overflows). CANINTF and EFLG are adjacent: one read takes both."""
         b = self._buf
-        if counters:
-            self.read_regs(_TEC, 2)
-            self.tec = b[2]
-            self.rec = b[3]
         self.read_regs(_CANINTF, 2)
         intf = b[2]
         eflg = b[3]
         self.eflg = eflg
+        if counters or eflg & 0x3F:  # EWARN RXWAR TXWAR RXEP TXEP TXBO
+            self.read_regs(_TEC, 2)
+            self.tec = b[2]
+            self.rec = b[3]
         if eflg & _EFLG_OVR:
             self.overflows += 1
             self.modify_reg(_EFLG, _EFLG_OVR, 0)
         if intf & _ERRIF:
             self.modify_reg(_CANINTF, _ERRIF, 0)
         return eflg
+
+    def restarting(self):
+        """After a bus-off restart, until 60 s without one have reset the back-off."""
+        return self._restarted_at is not None
 
     def service(self, now_ms):
         """Call every control tick: reads the error state; in bus-off, restarts the controller once
@@ -392,8 +395,7 @@ class MCP2515:
             except OSError:
                 self._restart_at = ticks_add(now_ms, self._backoff_ms)  # a failed restart backs off too
                 raise
-        eflg = self.read_errors(self._polls % _COUNTERS_EVERY == 0)
-        self._polls += 1
+        eflg = self.read_errors()
         if eflg & _EFLG_TXBO:
             self.state = BUS_OFF
             self.bus_off_count += 1

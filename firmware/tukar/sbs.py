@@ -88,6 +88,21 @@ def pec_ok(addr, cmd, buf, n):
     return crc == buf[n]
 
 
+_PRE = {}  # address -> the PEC of a word read up to its data, per command (shared by packs)
+
+
+def _prefix(addr):
+    """For each command: the PEC over address (write), command, address (read)."""
+    pre = _PRE.get(addr)
+    if pre is None:
+        pre = _PRE[addr] = bytearray(0x40)
+        for cmd in range(0x40):
+            c = _CRC[addr << 1]
+            c = _CRC[c ^ cmd]
+            pre[cmd] = _CRC[c ^ ((addr << 1) | 1)]
+    return pre
+
+
 def temp_dc(raw):
     """Temperature word (0.1 K) to 0.1 degC."""
     return raw - _ZERO_C_DK
@@ -177,13 +192,9 @@ class SmartBattery:
         self.fails = 0  # failed polls in a row
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
-        # The PEC of a word read up to its data: address (write), command, address (read).
-        self._pre = bytearray(0x40)
-        for cmd in range(0x40):
-            c = _CRC[addr << 1]
-            c = _CRC[c ^ cmd]
-            self._pre[cmd] = _CRC[c ^ ((addr << 1) | 1)]
-        self._words = [0] * (len(_POLLED) + 1)  # the polled words, then the one of _SLOW
+        self._pre = _prefix(addr)
+        self._words = [0] * WORDS  # the polled words, then the one of _SLOW
+        self._cmds = bytearray(_POLLED + (_SLOW[0],))  # the commands of the next poll
         self._k = 0  # the next word of the poll in progress
         self._last = [-1, -1, -1, -1]  # the rule words of the last poll (temperature ... SoC)
         self._slow = 0  # which of _SLOW this poll reads
@@ -312,22 +323,37 @@ class SmartBattery:
         elif k < 0:
             k = 0
         w = self._words
-        n = len(_POLLED)
-        while budget > 0 and k <= n:
-            v = self._word(_POLLED[k] if k < n else _SLOW[self._slow])
-            if v < 0:
+        end = k + budget
+        if end > WORDS:
+            end = WORDS
+        # The word reads inline (this loop is most of a quiet tick's SMBus work).
+        cmds = self._cmds
+        i2c = self.i2c
+        addr = self.addr
+        b = self._buf
+        pec = self.pec
+        dst = self._w3 if pec else self._w2
+        t = _CRC
+        pre = self._pre
+        for j in range(k, end):
+            cmd = cmds[j]
+            try:
+                i2c.readfrom_mem_into(addr, cmd, dst)
+            except OSError:
+                j = -1
+            if j < 0 or pec and t[t[pre[cmd] ^ b[0]] ^ b[1]] != b[2]:
                 self._k = 0
                 self._fail(reading)
                 return FAILED  # the whole poll is discarded
-            w[k] = v
-            k += 1
-            budget -= 1
-        if k <= n:
-            self._k = k
+            w[j] = b[0] | (b[1] << 8)
+        if end < WORDS:
+            self._k = end
             return MORE
         self._k = 0
         slow = self._slow
         self._slow = slow + 1 if slow < 2 else 0
+        cmds[WORDS - 1] = _SLOW[self._slow]
+        n = len(_POLLED)
         v = w[n]
         if slow == 0:
             self.rem_raw = v

@@ -159,6 +159,8 @@ class SessionSteps:
         best = None
         fresh = self.lim.fresh_ms
         for s in self.slots:
+            if not s.dispensable:
+                continue  # as of its last evaluation (a slot that became so is evaluated soon)
             s.observe(self.now, fresh)  # a slot not evaluated this tick: its BMS age now
             if s.check_dispensable(self.now, self.lim):
                 if best is None:

@@ -93,6 +93,7 @@ class Slot:
         self.fresh = False  # the BMS reading is younger than bms_fresh_ms (set by observe)
         self.hot = -1000  # highest trustworthy temperature this tick, 0.1 degC (set by observe)
         self.ident_t = 0  # when identification began
+        self.wake = 0  # when the core must look at the slot again without news (Core._schedule)
         self.io_bad_since: "int | None" = None  # ticks since the slot's switches read
         self.mismatch_since: "int | None" = None  # ticks since sensor and BMS disagree (rule 5)
         self.opened = False  # maintenance_open: the door has been opened since the unlock

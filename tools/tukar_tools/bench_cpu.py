@@ -37,13 +37,33 @@ CAN_SLOTS = range(9, 12)
 
 # -- recording on CPython ----------------------------------------------------------------------
 class _Tape:
+    """The answers in call order, as the bytes the VM's tape machine reads back (per call: a
+    status byte for what may fail, then the answer), and the kind of each call (to price it)."""
+
     def __init__(self):
-        self.items = []  # answers in call order (None: the call raised OSError)
-        self.kinds = []  # the kind of each call, to price the tape machine's own cost
+        self.blob = bytearray()
+        self.kinds = []
+        self.marks = []  # len(blob) after each call
 
     def put(self, kind, value):
-        self.items.append(value)
+        b = self.blob
+        if kind == "pin_get":
+            b.append(value & 1)
+        elif kind in ("i2c_read", "i2c_write", "i2c_writeto"):
+            if value is None:
+                b.append(1)
+            else:
+                b.append(0)
+                if kind == "i2c_read":
+                    b.extend(value)
+                elif kind == "i2c_writeto":
+                    b.append(value & 0xFF)
+        elif kind == "spi":
+            b.extend(value)
+        elif kind == "adc":
+            b.extend(bytes((value & 0xFF, value >> 8)))
         self.kinds.append(kind)
+        self.marks.append(len(b))
 
 
 def _recording_machine(real, tape):
@@ -100,7 +120,7 @@ def _recording_machine(real, tape):
             except OSError:
                 tape.put("i2c_write", None)
                 raise
-            tape.put("i2c_write", r)
+            tape.put("i2c_writeto", r)
             return r
 
         def readfrom_into(self, addr, buf, stop=True):
@@ -124,7 +144,7 @@ def _recording_machine(real, tape):
 
         def write(self, w):
             self._s.write(w)
-            tape.put("spi", None)
+            tape.put("spi_write", None)
 
     class ADC:
         ATTN_11DB = real.ADC.ATTN_11DB
@@ -178,7 +198,8 @@ def record(scenario):
         stats = [cab.hw.i2c_bus(b["id"]).stats for b in cab.cfg["i2c"]]
         spi = cab.hw.spi_bus(cab.cfg["spi"]["id"]).stats
         before = [(s.bytes, s.transactions) for s in stats] + [(spi.bytes, spi.transactions)]
-        start = len(tape.items)
+        start = len(tape.blob)
+        call0 = len(tape.kinds)
         step(now_ms, wall)
         us = 0.0
         for k, b in enumerate(cab.cfg["i2c"]):
@@ -187,14 +208,13 @@ def record(scenario):
             us += (9 * nb + 2 * nt) * 1e6 / b["freq"]
         us += (spi.bytes - before[-1][0]) * 8 * 1e6 / cab.cfg["spi"]["baudrate"]
         ticks.append({"now": now_ms, "cmds": pending["cmds"], "drains": pending["drains"],
-                      "start": start, "end": len(tape.items), "bus_us": round(us, 1)})
+                      "start": start, "end": len(tape.blob), "calls": (call0, len(tape.kinds)),
+                      "bus_us": round(us, 1)})
         pending["cmds"] = []
         pending["drains"] = 0
     cab.cycle.step = stepped
     windows = SCENARIOS[scenario](cab)
-    setup_end = ticks[0]["start"] if ticks else len(tape.items)
-    return {"tape": tape.items, "kinds": tape.kinds, "setup_end": setup_end, "ticks": ticks,
-            "windows": windows}
+    return {"blob": bytes(tape.blob), "kinds": tape.kinds, "ticks": ticks, "windows": windows}
 
 
 def _packs(cab, soc):
@@ -271,27 +291,28 @@ SCENARIOS = {"quiet": _quiet, "swap": _swap, "busy": _busy}
 # -- playing back in the VM --------------------------------------------------------------------
 _TAPE_MACHINE = r'''
 import gc, json
-_T = json.load(open('/input/tape.json'))
-TAPE = [bytes(v) if isinstance(v, list) else v for v in _T['tape']]
+_T = json.load(open('/input/ticks.json'))
 TICKS = _T['ticks']
 STOP = _T['stop']
-STEP_LAST = _T['step_last']
+CUT = _T['cut']  # where the last tick ends: 0 before the CAN receive task, 1 before the step, 2 after
+WSTART = _T.get('wstart', 1 << 30)  # from this tick on, WMODE: 1 skip the steps, 2 skip steps and receive
+WMODE = _T.get('wmode', 0)
 del _T
+F = open('/input/tape.bin', 'rb')
+_S = bytearray(1)
+_S2 = bytearray(2)
 gc.collect()
-P = 0
-def _nx():
-    global P
-    v = TAPE[P]
-    P += 1
-    return v
+def _st():
+    F.readinto(_S)
+    return _S[0]
 class Pin:
     IN = 1; OUT = 3; PULL_UP = 2; PULL_DOWN = 1; OPEN_DRAIN = 7; IRQ_FALLING = 2; IRQ_RISING = 1
     def __init__(self, n, mode=-1, pull=-1, value=None):
         pass
     def value(self, v=None):
-        r = _nx()
         if v is None:
-            return r
+            F.readinto(_S)
+            return _S[0]
     def irq(self, handler=None, trigger=0):
         pass
     def init(self, *a, **k):
@@ -300,36 +321,34 @@ class I2C:
     def __init__(self, id, scl=None, sda=None, freq=400000, timeout=50000):
         pass
     def readfrom_mem_into(self, addr, mem, buf):
-        v = _nx()
-        if v is None:
+        if _st():
             raise OSError(5)
-        buf[:] = v
+        F.readinto(buf)
     def readfrom_into(self, addr, buf, stop=True):
-        v = _nx()
-        if v is None:
+        if _st():
             raise OSError(5)
-        buf[:] = v
+        F.readinto(buf)
     def writeto_mem(self, addr, mem, buf):
-        if _nx() is None:
+        if _st():
             raise OSError(5)
     def writeto(self, addr, buf, stop=True):
-        v = _nx()
-        if v is None:
+        if _st():
             raise OSError(5)
-        return v
+        return _st()
 class SPI:
     def __init__(self, id, baudrate=0, sck=None, mosi=None, miso=None):
         pass
     def write_readinto(self, w, r):
-        r[:] = _nx()
+        F.readinto(r)
     def write(self, w):
-        _nx()
+        pass
 class ADC:
     ATTN_11DB = 3
     def __init__(self, pin, atten=None):
         pass
     def read_u16(self):
-        return _nx()
+        F.readinto(_S2)
+        return _S2[0] | (_S2[1] << 8)
 class M:
     pass
 machine = M(); machine.Pin = Pin; machine.I2C = I2C; machine.SPI = SPI; machine.ADC = ADC
@@ -354,22 +373,29 @@ def run():
         core.take_events(sink)
         core.take_dirty()
         core.take_journal()
-        if k == STOP - 1 and not STEP_LAST:
-            return
         now = t[0]
-        for d in range(t[2]):
+        if k == STOP - 1 and CUT == 0:
+            return
+        if k >= WSTART and WMODE == 2:
+            F.seek(t[3])  # past this tick's answers: its receive task and step do not run
+            continue
+        for d in range(t[2]):  # the CAN receive task, between ticks
             b.drain_can(now)
+        if k == STOP - 1 and CUT == 1:
+            return
+        if k >= WSTART and WMODE == 1:
+            F.seek(t[3])  # past the step's answers: the receive task stays in step with the tape
+            continue
         cycle.step(now)
-        if P != t[3]:
-            raise AssertionError('tick %d: the firmware left the tape at %d, not %d' % (k, P, t[3]))
+        if F.tell() != t[3]:
+            raise AssertionError('tick %d: the firmware left the tape at %d, not %d' % (k, F.tell(), t[3]))
 run()
-print(json.dumps({'p': P}))
+print(json.dumps({'p': F.tell()}))
 '''
 
 # Fuel of one call of each tape-machine method, less a C call's.
 _CALL_COST = r'''
 %s
-TAPE = [%s] * %d
 def probe(n):
     buf = bytearray(2)
     p = Pin(1); i = I2C(0); s = SPI(1); a = ADC(p); o = bytearray(2)
@@ -377,35 +403,33 @@ def probe(n):
         %s
 probe(%d)
 '''
-_KIND_CALLS = {"i2c_read": ("i.readfrom_mem_into(32, 18, buf)", "b'\\x01\\x02'"),
-               "i2c_write": ("i.writeto_mem(32, 20, buf)", "0"),
-               "pin_get": ("p.value()", "1"), "pin_set": ("p.value(1)", "None"),
-               "spi": ("s.write_readinto(buf, buf)", "b'\\x01\\x02'"),
-               "adc": ("a.read_u16()", "2048"), "native": ("isinstance(o, int)", "0"),
-               "none": ("pass", "0")}
-
-
-def _probe_machine():
-    return "import gc, json\nP = 0\n" + _TAPE_MACHINE.split("P = 0\n", 1)[1]
+# kind: (the call, one answer on the tape)
+_KIND_CALLS = {"i2c_read": ("i.readfrom_mem_into(32, 18, buf)", b"\x00\x01\x02"),
+               "i2c_write": ("i.writeto_mem(32, 20, buf)", b"\x00"),
+               "i2c_writeto": ("i.writeto(112, buf)", b"\x00\x01"),
+               "pin_get": ("p.value()", b"\x01"), "pin_set": ("p.value(1)", b""),
+               "spi": ("s.write_readinto(buf, buf)", b"\x01\x02"), "spi_write": ("s.write(buf)", b""),
+               "adc": ("a.read_u16()", b"\x00\x08"), "native": ("isinstance(o, int)", b""),
+               "none": ("pass", b"")}
 
 
 def call_costs(n=400):
     """Fuel of one call of each tape-machine method, less the fuel of a call into C."""
     def fuel(kind, k):
-        body, value = _KIND_CALLS[kind]
-        return mpvm.run(_CALL_COST % (_probe_machine(), value, n, body, k)).fuel_used
+        body, answer = _KIND_CALLS[kind]
+        files = {"tape.bin": answer * n, "ticks.json": json.dumps({"ticks": [], "stop": 0, "cut": 0})}
+        return mpvm.run(_CALL_COST % (_TAPE_MACHINE, body, k), files=files).fuel_used
     per = {kind: (fuel(kind, n) - fuel(kind, 0)) / n for kind in _KIND_CALLS}
     base = per.pop("none")
     native = per.pop("native") - base
     return {k: max(0.0, v - base - native) for k, v in per.items()}
 
 
-def _playback_fuel(rec, stop, step_last):
+def _playback_fuel(rec, stop, cut, wstart=1 << 30, wmode=0):
     ticks = [[t["now"], t["cmds"], t["drains"], t["end"]] for t in rec["ticks"][:stop]]
-    last_end = rec["ticks"][stop - 1]["end"]
-    tape = [list(v) if isinstance(v, bytes) else v for v in rec["tape"][:last_end]]
-    files = {"tape.json": json.dumps({"tape": tape, "ticks": ticks, "stop": stop,
-                                      "step_last": step_last}),
+    files = {"tape.bin": rec["blob"][:rec["ticks"][stop - 1]["end"]],
+             "ticks.json": json.dumps({"ticks": ticks, "stop": stop, "cut": cut, "wstart": wstart,
+                                       "wmode": wmode}),
              "board.json": ROOT / "boards" / BOARD / "board.json"}
     res = mpvm.run(_TAPE_MACHINE + _PLAYBACK, files=files, fuel=10**12, timeout=900,
                    memory_bytes=256 * 1024 * 1024)
@@ -413,14 +437,28 @@ def _playback_fuel(rec, stop, step_last):
 
 
 def _tick_fuel(args):
+    """Fuel of tick k's control step."""
     rec, k = args
-    return _playback_fuel(rec, k + 1, True) - _playback_fuel(rec, k + 1, False)
+    return _playback_fuel(rec, k + 1, 2) - _playback_fuel(rec, k + 1, 1)
 
 
-def _tape_cost(rec, costs, k):
-    t = rec["ticks"][k]
-    start = rec["ticks"][k - 1]["end"] if k > 0 else rec["setup_end"]
-    return sum(costs[kind] for kind in rec["kinds"][start:t["end"]])
+def _window_fuel(args):
+    rec, a, b, mode = args
+    return _playback_fuel(rec, b, 2, a, mode)
+
+
+def _receive_fuel(args):
+    """Fuel of the CAN receive task's drains before tick k."""
+    rec, k = args
+    return _playback_fuel(rec, k + 1, 1) - _playback_fuel(rec, k + 1, 0)
+
+
+def _tape_cost(rec, costs, k, receive=False):
+    """The tape machine's own fuel in tick k's step (or, receive, in the receive task before it)."""
+    c0, c1 = rec["ticks"][k]["calls"]
+    if receive:
+        c0, c1 = (rec["ticks"][k - 1]["calls"][1] if k > 0 else 0), c0
+    return sum(costs[kind] for kind in rec["kinds"][c0:c1])
 
 
 def measure(workers=2, out=None):
@@ -442,13 +480,27 @@ def measure(workers=2, out=None):
             result[name] = {"ticks": b - a, "fuel_max": round(max(net)), "fuel_mean": round(sum(net) / len(net)),
                             "fuel_min": round(min(net)), "bus_mean_us": round(sum(bus) / len(bus)),
                             "bus_max_us": round(max(bus)), "per_tick": [round(x) for x in net]}
+            if name == "quiet":
+                say("bench: the CAN receive task over the quiet window")
+                frames = sum(t["drains"] for t in rec["ticks"][a:b])
+                rx = sum(pool.map(_receive_fuel, [(rec, k) for k in range(a, b)]))
+                rx -= sum(_tape_cost(rec, costs, k, receive=True) for k in range(a, b))
+                result["receive"] = {"frames": frames, "ticks": b - a,
+                                     "fuel_per_frame": round(rx / frames) if frames else 0,
+                                     "fuel_per_tick": round(rx / (b - a))}
         rec = record("busy")
         a, b = rec["windows"]["busy"]
         say("bench: a busy minute, %d ticks" % (b - a))
-        whole = _playback_fuel(rec, b, True) - _playback_fuel(rec, a, True)
-        tape = sum(_tape_cost(rec, costs, k) for k in range(a, b))
+        # Three runs over the window: everything; the receive task alone (the steps skipped on
+        # the tape); neither. Their differences are the steps' fuel and the receive task's.
+        full, rx_only, none = pool.map(_window_fuel, [(rec, a, b, m) for m in (0, 1, 2)])
+        steps = full - rx_only - sum(_tape_cost(rec, costs, k) for k in range(a, b))
+        rx = rx_only - none - sum(_tape_cost(rec, costs, k, receive=True) for k in range(a, b))
+        frames = sum(t["drains"] for t in rec["ticks"][a:b])
         bus = [t["bus_us"] for t in rec["ticks"][a:b]]
-        result["busy"] = {"ticks": b - a, "fuel_mean": round((whole - tape) / (b - a)),
+        result["busy"] = {"ticks": b - a, "fuel_mean": round(steps / (b - a)),
+                          "receive_fuel_mean": round(rx / (b - a)), "frames": frames,
+                          "receive_fuel_per_frame": round(rx / frames) if frames else 0,
                           "bus_mean_us": round(sum(bus) / len(bus)), "bus_max_us": round(max(bus))}
     result["gates"] = gates(result)
     return result
@@ -482,6 +534,11 @@ def print_report(r, cal=None):
         else:
             print("  %-34s %4d ticks: fuel mean %8d%s; bus mean %d us, worst %d us"
                   % (label, x["ticks"], x["fuel_mean"], ms(x["fuel_mean"]), x["bus_mean_us"], x["bus_max_us"]))
+    rx = r["receive"]
+    print("  the CAN receive task (between ticks): %d fuel a frame; %d frames in %d quiet ticks, %d fuel a tick"
+          % (rx["fuel_per_frame"], rx["frames"], rx["ticks"], rx["fuel_per_tick"]))
+    print("  the CAN receive task in the busy minute: %d fuel a tick, %d a frame (%d frames)"
+          % (r["busy"]["receive_fuel_mean"], r["busy"]["receive_fuel_per_frame"], r["busy"]["frames"]))
     print("  budgets:")
     for g in r["gates"]:
         print("    %-32s %9d  limit %9d  %s" % (g["name"], g["value"], g["limit"], "ok" if g["ok"] else "EXCEEDED"))
