@@ -82,6 +82,10 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         self.pending = 0
         self.outputs = self.all_slots
         self._ev = list(self.slots)  # overwritten in place by _gather
+        # Per slot, kept here rather than on Slot (whose attribute table is at a size step):
+        # when its charge was last integrated, and its share of the counts (_publishable).
+        self._charge_t = [0] * slots
+        self._tally = [0] * slots
         self._bit_slot = {}
         for s in self.slots:
             self._bit_slot[1 << s.n] = s
@@ -538,14 +542,16 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         cab = self.cabinet.temp_dc
         lim = self.lim
         ev = self._ev
+        charge_t = self._charge_t
         for j in range(k):
             s = ev[j]
             was = s.charge_ma
+            i = s.n - 1
             if was:
-                dt = wrap_diff(now, s.charge_t)
+                dt = wrap_diff(now, charge_t[i])
                 if dt > 0:
                     s.add_energy(dt)
-            s.charge_t = now
+            charge_t[i] = now
             ma = s.charge_decision(now, lim, em, cab)
             if ma and not was:
                 s.energy_mwh = 0

@@ -18,6 +18,7 @@ class Payloads:
         outs = self.outputs
         lock_cmd = self.lock_cmd
         lock_pulse = self.lock_pulse
+        tally = self._tally
         for j in range(k):
             s = ev[j]
             s.check_dispensable(now, lim)
@@ -47,9 +48,9 @@ class Payloads:
                 t |= 4
             if s.forced:
                 t |= 16
-            was = s.tally
+            was = tally[s.n - 1]
             if t != was:
-                s.tally = t
+                tally[s.n - 1] = t
                 d = t ^ was
                 for i in range(5):
                     if d & (1 << i):

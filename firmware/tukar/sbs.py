@@ -48,6 +48,8 @@ _MAX_BLOCK = const(32)
 _POLLED = (_TEMPERATURE, _STATUS, _CHARGING_CURRENT, _RSOC, _CURRENT, _VOLTAGE)
 _SLOW = (_REMAINING, _FULL, _CYCLES)
 WORDS = const(7)  # word reads of one poll
+_LAST = const(7)  # SmartBattery._words: where the last poll's rule words begin
+_SLOWV = const(11)  # ... and the last values of _SLOW
 
 # step() results
 DONE = const(1)
@@ -193,14 +195,13 @@ class SmartBattery:
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
         self._pre = _prefix(addr)
-        self._words = [0] * WORDS  # the polled words, then the one of _SLOW
+        # One list (the attribute table of a battery stays small): the polled words, then the
+        # rule words of the last poll (_LAST: temperature, status, request, SoC), then the last
+        # remaining capacity, full capacity and cycle count (_SLOWV).
+        self._words = [0] * WORDS + [-1] * 4 + [0] * 3
         self._cmds = bytearray(_POLLED + (_SLOW[0],))  # the commands of the next poll
         self._k = 0  # the next word of the poll in progress
-        self._last = [-1, -1, -1, -1]  # the rule words of the last poll (temperature ... SoC)
         self._slow = 0  # which of _SLOW this poll reads
-        self.full_raw = 0
-        self.rem_raw = 0
-        self.cycles = 0
         mv = memoryview(self._buf)
         self._w2 = mv[:2]
         self._w3 = mv[:3]
@@ -211,7 +212,7 @@ class SmartBattery:
         self.identified = False
         self.fails = 0
         self._k = 0
-        self._last[0] = -1
+        self._words[_LAST] = -1
 
     def _word(self, cmd):
         """One word command, PEC checked when the battery uses PEC; -1 on NACK or bad PEC."""
@@ -273,12 +274,12 @@ class SmartBattery:
         cycles = self._word(_CYCLES)
         if rem < 0 or full < 0 or cycles < 0:
             return False
-        self.rem_raw = rem
-        self.full_raw = full
-        self.cycles = cycles
+        self._words[_SLOWV] = rem
+        self._words[_SLOWV + 1] = full
+        self._words[_SLOWV + 2] = cycles
         reading.cycles = cycles
         reading.soh_pct = soh_pct(full, design)
-        self._last[0] = -1  # the first poll of this battery is news
+        self._words[_LAST] = -1  # the first poll of this battery is news
         self.mode = mode
         self.design = design
         reading.serial = serial_string(maker, date, serial)
@@ -354,27 +355,20 @@ class SmartBattery:
         self._slow = slow + 1 if slow < 2 else 0
         cmds[WORDS - 1] = _SLOW[self._slow]
         n = len(_POLLED)
-        v = w[n]
-        if slow == 0:
-            self.rem_raw = v
-        elif slow == 1:
-            self.full_raw = v
-        else:
-            self.cycles = v
+        w[_SLOWV + slow] = w[n]
         temp = w[0]  # one by one: a six-name unpack of a tuple would build the tuple
         status = w[1]
         req = w[2]
         rsoc = w[3]
         cur = w[4]
         volt = w[5]
-        last = self._last
-        same = (reading.valid and not reading.link_fault and last[0] == temp and last[1] == status
-                and last[2] == req and last[3] == rsoc)
+        same = (reading.valid and not reading.link_fault and w[_LAST] == temp
+                and w[_LAST + 1] == status and w[_LAST + 2] == req and w[_LAST + 3] == rsoc)
         if not same:
-            last[0] = temp
-            last[1] = status
-            last[2] = req
-            last[3] = rsoc
+            w[_LAST] = temp
+            w[_LAST + 1] = status
+            w[_LAST + 2] = req
+            w[_LAST + 3] = rsoc
             reading.temp_dc = temp - _ZERO_C_DK
             reading.soc_pm = soc_pm(rsoc)
             reading.req_current_ma = -1 if req == _NO_REQUEST else req
@@ -383,12 +377,12 @@ class SmartBattery:
         reading.voltage_mv = volt
         reading.current_ma = cur - 0x10000 if cur & 0x8000 else cur
         if slow == 1:
-            reading.soh_pct = soh_pct(self.full_raw, self.design)
-            self.full_mah = capacity_mah(self.full_raw, self.mode, volt)
+            reading.soh_pct = soh_pct(w[_SLOWV + 1], self.design)
+            self.full_mah = capacity_mah(w[_SLOWV + 1], self.mode, volt)
         elif slow == 0:
-            self.remaining_mah = capacity_mah(self.rem_raw, self.mode, volt)
+            self.remaining_mah = capacity_mah(w[_SLOWV], self.mode, volt)
         else:
-            reading.cycles = self.cycles
+            reading.cycles = w[_SLOWV + 2]
         reading.t_ms = now_ms
         reading.valid = True
         reading.link_fault = False

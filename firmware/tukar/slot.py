@@ -82,8 +82,6 @@ class Slot:
         self.forced = False
         # Charging.
         self.charge_ma = 0
-        self.charge_t = 0  # when the charge was last integrated (the slot's last evaluation)
-        self.tally = 0  # what the slot adds to the cabinet's counts (Payloads._publishable)
         self.temp_hold = False
         self.full_hold = False
         self.reason: "str | None" = None  # why the charger is off while the battery waits
