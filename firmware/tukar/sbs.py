@@ -194,12 +194,10 @@ class SmartBattery:
         self.fails = 0  # failed polls in a row
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
-        self._pre = _prefix(addr)
         # One list (the attribute table of a battery stays small): the polled words, then the
         # rule words of the last poll (_LAST: temperature, status, request, SoC), then the last
         # remaining capacity, full capacity and cycle count (_SLOWV).
         self._words = [0] * WORDS + [-1] * 4 + [0] * 3
-        self._cmds = bytearray(_POLLED + (_SLOW[0],))  # the commands of the next poll
         self._k = 0  # the next word of the poll in progress
         self._slow = 0  # which of _SLOW this poll reads
         mv = memoryview(self._buf)
@@ -223,7 +221,7 @@ class SmartBattery:
             except OSError:
                 return -1
             t = _CRC
-            if t[t[self._pre[cmd] ^ b[0]] ^ b[1]] != b[2]:
+            if t[t[_prefix(self.addr)[cmd] ^ b[0]] ^ b[1]] != b[2]:
                 return -1
         else:
             try:
@@ -328,16 +326,16 @@ class SmartBattery:
         if end > WORDS:
             end = WORDS
         # The word reads inline (this loop is most of a quiet tick's SMBus work).
-        cmds = self._cmds
         i2c = self.i2c
         addr = self.addr
         b = self._buf
         pec = self.pec
         dst = self._w3 if pec else self._w2
         t = _CRC
-        pre = self._pre
+        pre = _prefix(addr)
+        slow = _SLOW[self._slow]
         for j in range(k, end):
-            cmd = cmds[j]
+            cmd = _POLLED[j] if j < WORDS - 1 else slow
             try:
                 i2c.readfrom_mem_into(addr, cmd, dst)
             except OSError:
@@ -353,7 +351,6 @@ class SmartBattery:
         self._k = 0
         slow = self._slow
         self._slow = slow + 1 if slow < 2 else 0
-        cmds[WORDS - 1] = _SLOW[self._slow]
         n = len(_POLLED)
         w[_SLOWV + slow] = w[n]
         temp = w[0]  # one by one: a six-name unpack of a tuple would build the tuple
