@@ -7,7 +7,7 @@ from tukar.clock import ticks_diff
 _BUS_OFF = 2  # tukar.mcp2515.BUS_OFF, without importing the driver on boards without CAN
 _RECOVER_MS = 1000  # at most one recovery attempt per second on a stuck I2C bus
 # SBS words read per tick: a poll (7 words) spans three ticks, so a tick's SMBus time stays
-# under 2 ms at 100 kHz, and each of 11 packs is read again every 1.3 s (fresh: < 2 s).
+# under 2 ms at 100 kHz, and each of 11 packs is read again every 1.65 s (fresh: < 2 s).
 SBS_WORDS = 3
 CAN_SERVICE_TICKS = 20  # error passive or after a restart: the CAN controller is read every 1 s
 
