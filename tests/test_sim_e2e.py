@@ -241,6 +241,9 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
         n = state["session"]["slot_out"]
         sim.step({"do": "expect_slot", "slot": n, "match": {"lock": "unlocked"}, "within_s": 5})
         sim.step({"do": "world", "action": "take", "slot": n})
+        # The rider shuts the door they took the battery from (the world snapshot below may not
+        # show it open yet: it is published after the action's ack).
+        sim.step({"do": "world", "action": "close_door", "slot": n})
     for ws in sim.obs.world["slots"]:
         if ws["door"] == "open":
             sim.step({"do": "world", "action": "close_door", "slot": ws["slot"]})
