@@ -45,6 +45,7 @@ def fake_cabinet(port, key, answer):
         c.mqtt.publish("tukar/cab-9/ack", json.dumps(answer(body)), qos=1)
 
     c.on_message = on
+    assert c.subscribed.wait(5)  # a command published before the SUBACK would be lost
     return c
 
 

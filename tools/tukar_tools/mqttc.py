@@ -40,12 +40,15 @@ class Client:
         self.subscriptions = list(subscriptions)
         self.messages = queue.Queue()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged the first subscriptions
+        self._pending_subs = 0
         self.on_message = None  # optional callback(topic, payload, retained), on paho's thread
         cid = "%s-%d-%d" % (name, os.getpid(), int(time.time() * 1000) % 100000)
         self.mqtt = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid,
                                 protocol=paho.MQTTv311)
         self.mqtt.on_connect = self._connected
         self.mqtt.on_message = self._message
+        self.mqtt.on_subscribe = self._suback
         self.mqtt.on_disconnect = lambda *a: self.connected.clear()
         self.mqtt.reconnect_delay_set(min_delay=0.1, max_delay=2)  # a tool should be back quickly
         try:
@@ -59,9 +62,17 @@ class Client:
 
     def _connected(self, client, userdata, flags, reason, properties=None):
         if reason == 0 or getattr(reason, "value", 1) == 0:
+            self._pending_subs = len(self.subscriptions)
+            if not self.subscriptions:
+                self.subscribed.set()
             for sub in self.subscriptions:
                 client.subscribe(sub, qos=1)
             self.connected.set()
+
+    def _suback(self, client, userdata, mid, reasons, properties=None):
+        self._pending_subs -= 1
+        if self._pending_subs <= 0:
+            self.subscribed.set()
 
     def _message(self, client, userdata, msg):
         if not any(topic_matches_sub(s, msg.topic) for s in self.subscriptions):
