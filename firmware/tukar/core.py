@@ -12,24 +12,20 @@
 # Commands that passed the gate go to command(body) between ticks; it returns the ack.
 from tukar import config as cf
 from tukar import slot as sl
-from tukar.clock import wrap_add, wrap_diff
+from tukar.clock import wrap_diff
 from tukar.commands import Commands
 from tukar.inputs import CabinetInputs, SlotInputs
 from tukar.journal import Journal
 from tukar.payloads import Payloads
 from tukar.profile import DEFAULT
+from tukar.schedule import Schedule
 from tukar.session import SessionSteps
 from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SERVICE,
                           IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION,
-                          S_AWAITING, S_DISPENSING, S_REJECTED)
+                          S_DISPENSING, S_REJECTED)
 
 
-def _earlier(a, b):
-    """The earlier of two tick times (a may be None)."""
-    return b if a is None or wrap_diff(b, a) < 0 else a
-
-
-class Core(Payloads, SessionSteps, Commands, Journal):
+class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
     def __init__(self, cabinet_id, slots, profiles=None, config=None, journal=None,
                  boot_reason="power_on", now=0):
         self.id = cabinet_id
@@ -227,98 +223,6 @@ class Core(Payloads, SessionSteps, Commands, Journal):
         self._publishable(now, k)
         self._schedule(k)
 
-    def due(self, i, now):
-        """Slot index i must be evaluated for time alone (the shell asks at the slot's turn): its
-        BMS reading has just gone stale, or become fresh, or has been silent past bms_lost_ms."""
-        s = self.slots[i]
-        b = s.inp.bms
-        if not b.valid:
-            return False
-        age = wrap_diff(now, b.t_ms)
-        if s.fresh:
-            return age >= self.lim.fresh_ms
-        if not b.link_fault and age < self.lim.fresh_ms:
-            return True
-        return (s.phase == sl.P_STORED and not s.faults & sl.BMS_LINK and s.inp.present
-                and age >= self.lim.lost_ms)
-
-    def _gather(self, mask):
-        """The slots of `mask` into self._ev (allocated once); returns how many."""
-        ev = self._ev
-        bits = self._bit_slot
-        k = 0
-        m = mask & ~1
-        while m:
-            low = m & -m
-            m ^= low
-            ev[k] = bits[low]
-            k += 1
-        return k
-
-    def _observe(self, now, k):
-        fresh = self.lim.fresh_ms
-        ev = self._ev
-        for j in range(k):
-            ev[j].observe(now, fresh)
-
-    def _schedule(self, k):
-        """When the evaluated slots must be looked at again without news: every tick while a
-        lock moves (rule 8 counts to the tick) or a battery is being identified, at a timer's end
-        (a session's time-outs, a sensor mismatch or a switch fault lasting), else at their next
-        news (the shell's mask)."""
-        w = self.watch
-        timed = self.timed
-        ev = self._ev
-        ss = self.session
-        for j in range(k):
-            s = ev[j]
-            b = 1 << s.n
-            inp = s.inp
-            ph = s.phase
-            if (s.lock_pending or inp.locked != s.lock_cmd or ph == sl.P_IDENTIFYING
-                    or (ph == sl.P_EMPTY and inp.present)):
-                # A lock in motion, or a battery waiting for its first reading since the door
-                # shut (a reading that repeats the last values is news here, and is not flagged).
-                w |= b
-                timed &= ~b
-                continue
-            w &= ~b
-            t = self._wake(s, ss)
-            if t is None:
-                timed &= ~b
-            else:
-                s.wake = t
-                timed |= b
-        self.watch = w
-        self.timed = timed
-
-    def _wake(self, s, ss):
-        """The earliest time a timer of slot s ends (ticks), or None."""
-        t = None
-        if s.io_bad_since is not None and not s.faults & sl.SLOT_IO:
-            t = wrap_add(s.io_bad_since, IO_FAULT_MS)
-        if s.mismatch_since is not None:
-            t = _earlier(t, wrap_add(s.mismatch_since, cf.SENSOR_MISMATCH_MS))
-        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
-            ph = ss.phase
-            if ph == S_AWAITING:
-                t = _earlier(t, wrap_add(ss.t_phase, self.lim.insert_ms))
-            elif ph == S_REJECTED or ph == S_DISPENSING:
-                t = _earlier(t, wrap_add(ss.t_phase, self.lim.take_ms))
-        return t
-
-    def _timers_due(self, now):
-        """The slots (a mask) whose timer has ended."""
-        due = 0
-        m = self.timed
-        bits = self._bit_slot
-        while m:
-            low = m & -m
-            m ^= low
-            if wrap_diff(now, bits[low].wake) >= 0:
-                due |= low
-        return due
-
     def _cabinet_safety(self, now, k):
         """Rule 4 (cabinet part): smoke, emergency stop, 70 degC anywhere -> latched emergency.
         The slots evaluated this tick are observed afresh; the others keep their last hottest
@@ -448,43 +352,6 @@ class Core(Payloads, SessionSteps, Commands, Journal):
             else:
                 self._clear_battery(s)
                 s.phase = sl.P_EMPTY
-
-    # == identification ====================================================================
-    def _identify(self, s, now):
-        """0 while pending, 1 when accepted, else the refusal reason."""
-        inp = s.inp
-        if not inp.present:
-            return "removed"
-        if not inp.door_closed or not s.lock_confirmed():
-            s.ident_t = now  # the 3 s start when the battery is shut in
-            return 0
-        b = inp.bms
-        # Identified means a fresh reading that names the battery (a CAN serial spans frames).
-        if s.bms_since(s.ident_t) and not b.link_fault and b.serial is not None:
-            if b.profile not in self.profiles:
-                return "unknown_profile"
-            if b.faults:
-                return "battery_fault"
-            if b.temp_dc < cf.HANDLING_MIN_DC or b.temp_dc > cf.HANDLING_MAX_DC:
-                return "temperature"
-            if b.serial in self.lim.blocklist:
-                return "blocklisted"
-            return 1
-        if wrap_diff(now, s.ident_t) >= self.lim.identify_ms:
-            return "no_bms"
-        return 0
-
-    def _accept(self, s):
-        b = s.inp.bms
-        if s.serial is not None and s.serial != b.serial:
-            self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
-        s.serial = b.serial
-        s.profile = self.profiles[b.profile]
-        s.accepted = True
-        s.temp_hold = False
-        s.full_hold = False
-        s.phase = sl.P_STORED
-        self.jdirty |= J_INVENTORY
 
     # == slots outside the session =========================================================
     def _in_session(self, s):

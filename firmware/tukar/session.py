@@ -2,9 +2,10 @@
 # record and the session's steps, which Core runs as its own methods (Core derives from
 # SessionSteps; `self` is the Core). Timeouts, refusal and give-back, the dispense choice.
 # pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
+from tukar import config as cf
 from tukar import slot as sl
 from tukar.clock import wrap_diff
-from tukar.states import J_SESSION, S_AWAITING, S_DISPENSING, S_IDENTIFYING, S_REJECTED
+from tukar.states import J_INVENTORY, J_SESSION, S_AWAITING, S_DISPENSING, S_IDENTIFYING, S_REJECTED
 
 
 class Session:
@@ -171,3 +172,40 @@ class SessionSteps:
                     if a.soc_pm > b.soc_pm or a.soc_pm == b.soc_pm and a.cycles < b.cycles:
                         best = s
         return best
+
+    # == identification ====================================================================
+    def _identify(self, s, now):
+        """0 while pending, 1 when accepted, else the refusal reason."""
+        inp = s.inp
+        if not inp.present:
+            return "removed"
+        if not inp.door_closed or not s.lock_confirmed():
+            s.ident_t = now  # the 3 s start when the battery is shut in
+            return 0
+        b = inp.bms
+        # Identified means a fresh reading that names the battery (a CAN serial spans frames).
+        if s.bms_since(s.ident_t) and not b.link_fault and b.serial is not None:
+            if b.profile not in self.profiles:
+                return "unknown_profile"
+            if b.faults:
+                return "battery_fault"
+            if b.temp_dc < cf.HANDLING_MIN_DC or b.temp_dc > cf.HANDLING_MAX_DC:
+                return "temperature"
+            if b.serial in self.lim.blocklist:
+                return "blocklisted"
+            return 1
+        if wrap_diff(now, s.ident_t) >= self.lim.identify_ms:
+            return "no_bms"
+        return 0
+
+    def _accept(self, s):
+        b = s.inp.bms
+        if s.serial is not None and s.serial != b.serial:
+            self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+        s.serial = b.serial
+        s.profile = self.profiles[b.profile]
+        s.accepted = True
+        s.temp_hold = False
+        s.full_hold = False
+        s.phase = sl.P_STORED
+        self.jdirty |= J_INVENTORY

@@ -1,0 +1,220 @@
+# What the control tick reads from the board, at its rates (docs/hardware.md): the switches every
+# tick, one temperature sensor in turn, a few SMBus words of one battery, and the CAN frames the
+# receive task drains. Board derives from Sampling (`self` is the Board, which builds the tables).
+# pyright: reportAttributeAccessIssue=false
+
+# ADC codes a temperature may wander before it is stored again: the ESP32 ADC's noise. Two codes
+# are under 0.1 degC from 0 to 70 degC on the 10 k NTC divider.
+TEMP_NOISE = 2
+
+_CAN_DRAIN_MAX = 32  # frames per poll_bms: 24 packs at 10 Hz send about 12 frames per 50 ms tick
+
+
+def _gray_rank(ch):
+    """The position of 4-bit code ch in the Gray sequence 0, 1, 3, 2, 6, 7, 5, 4, 12, ..."""
+    r = ch
+    r ^= r >> 1
+    r ^= r >> 2
+    return r
+
+
+class Sampling:
+    # -- the multi-rate scan: switches every tick, one temperature and a few SBS words per tick ---
+    def scan_switches(self, slot_inputs, cabinet):
+        """Read every expander once and the cabinet's switches; refill the inputs of the slots
+        whose switches changed. Returns their mask (bit n: slot n), with bit 0 when smoke or the
+        emergency stop changed."""
+        last = self._x_last
+        cand = self._gpio_slots
+        j = 0
+        for i2c, addr, buf in self._x_reads:  # the hot path: one read per expander, inline
+            try:
+                i2c.readfrom_mem_into(addr, 0x12, buf)  # GPIOA, GPIOB
+                v = buf[0] | (buf[1] << 8)
+            except OSError:
+                v = -1
+            if v != last[j]:
+                cand |= self._x_changed(j, v)
+            j += 1
+        changed = 0
+        if cand:
+            i = 0
+            cand >>= 1
+            while cand:
+                if cand & 1:
+                    s = slot_inputs[i]
+                    d = self.doors[i].value() == 1
+                    p = self.presence[i].value() == 1
+                    lk = self.locks[i].locked()
+                    ok = True
+                    for x in self.slot_x[i]:
+                        if not x.ok:
+                            ok = False
+                    if d != s.door_closed or p != s.present or lk != s.locked or ok != s.io_ok:
+                        s.door_closed = d
+                        s.present = p
+                        s.locked = lk
+                        s.io_ok = ok
+                        changed |= 2 << i
+                cand >>= 1
+                i += 1
+        sm = self.smoke.value() == 1
+        es = self.estop.value() == 1
+        if sm != cabinet.smoke or es != cabinet.estop:
+            cabinet.smoke = sm
+            cabinet.estop = es
+            changed |= 1
+        return changed
+
+    def _x_changed(self, j, v):
+        """Expander j read v (-1: it did not answer): its new state; the slots it carries."""
+        x = self.expanders[j]
+        if v < 0:
+            x.state = x.fail
+            x.ok = False
+            x.errors += 1
+            self.i2c_errors[x.bus] += 1
+        else:
+            x.state = v
+            x.ok = True
+        self._x_last[j] = v
+        return self._x_slots[j]
+
+    def sample_temperature(self, slot_inputs, cabinet):
+        """Read the next temperature sensor in turn (each one every len(_samples) calls). Returns
+        its target (the slot index, or slot_count for the cabinet) when its reading moved by more
+        than the ADC's noise (TEMP_NOISE codes) and was stored, else -1 - target."""
+        j = self._t_next
+        samples = self._samples
+        self._t_next = j + 1 if j + 1 < len(samples) else 0
+        ch, adc, t = samples[j]
+        if ch >= 0 and ch != self._sel_state:
+            self._select_channel(ch)
+        code = adc.read_u16() >> 4
+        d = code - self._t_code[j]
+        if -TEMP_NOISE <= d and d <= TEMP_NOISE:
+            return -1 - t
+        self._t_code[j] = code
+        self._store(t, code, self.ntc, slot_inputs, cabinet)
+        return t
+
+    def _select_channel(self, ch):
+        """Route analog mux channel ch: only the select lines that differ are written."""
+        sel = self._select
+        changed = ch ^ self._sel_state if self._sel_state >= 0 else 0xF
+        for b in range(4):
+            if changed & (1 << b):
+                sel[b].value((ch >> b) & 1)
+        self._sel_state = ch
+
+    def poll_sbs(self, slot_inputs, now_ms, budget):
+        """Advance the SBS poll by at most `budget` word reads (a battery's poll spans ticks, so the
+        SMBus time of one tick stays short). Returns the slot whose reading was just completed with
+        a change a rule may look at, or failed; -2 - slot for a completed reading that changed
+        nothing the rules look at; else -1."""
+        k = len(self._sbs_slots)
+        i = self._sbs_cur
+        if i < 0:
+            for _ in range(k):
+                j = self._sbs_slots[self._sbs_next]
+                self._sbs_next = self._sbs_next + 1 if self._sbs_next + 1 < k else 0
+                if slot_inputs[j].present and not self.can_fed[j]:
+                    i = j
+                    break
+            if i < 0:
+                return -1
+            self._isolate(i)
+        r = self.sbs[i].step(slot_inputs[i].bms, now_ms, budget)
+        if r == 0:
+            self._sbs_cur = i
+            return -1
+        self._sbs_cur = -1
+        if r < 0:
+            self.i2c_errors[self._sbs_bus[i]] += 1
+        elif r == 2:
+            return -2 - i  # a fresh reading, every value a rule looks at as before
+        return i
+
+    def _isolate(self, i):
+        """Every battery answers at 0x0B: before slot i's mux routes its channel, the other muxes
+        on its bus route none."""
+        for other in self._mux_others[self._sbs_mux[i]]:
+            try:
+                other.deselect()
+            except OSError:
+                self.i2c_errors[self._sbs_bus[i]] += 1  # the poll fails on a collision: link_fault
+
+    def set_sbs_names(self, names):
+        """{SBS DeviceName: profile name} (tukar.profile.sbs_names) for every SBS slot."""
+        for bat in self.sbs:
+            if bat is not None:
+                bat.profiles = names
+
+    def attach_can_bms(self, profiles, slot_inputs):
+        """Decode CAN battery frames (tukar.canbms, one decoder for every profile) into
+        slot_inputs[i].bms. Without this call poll_bms reads SBS batteries only."""
+        if self.can is None:
+            return None
+        from tukar.canbms import CanBms
+        self.canbms = CanBms(profiles, [s.bms for s in slot_inputs])
+        return self.canbms
+
+    def poll_bms(self, slot_inputs, now_ms):
+        """One SBS slot per call (round-robin over slots holding a battery); drain CAN frames."""
+        k = len(self._sbs_slots)
+        for _ in range(k):
+            i = self._sbs_slots[self._sbs_next]
+            self._sbs_next = (self._sbs_next + 1) % k
+            if slot_inputs[i].present and not self.can_fed[i]:
+                self._isolate(i)
+                if not self.sbs[i].poll(slot_inputs[i].bms, now_ms):
+                    self.i2c_errors[self._sbs_bus[i]] += 1
+                break
+        self.drain_can(now_ms)
+
+    def on_can_frame(self, handler):
+        """Call handler(pin) when the MCP2515 pulls INT low (a frame waits); False without INT."""
+        if self.can_int is None:
+            return False
+        self.can_int.irq(handler=handler, trigger=self._m.Pin.IRQ_FALLING)
+        return True
+
+    def can_pending(self):
+        """INT is low: the MCP2515 really has something for us. An edge alone is no proof: on
+        GPIO36/39 the ESP32 sees ghost edges while ADC1 and Wi-Fi are in use (erratum 3.11)."""
+        return self.can_int is not None and self.can_int.value() == 0
+
+    def drain_can(self, now_ms):
+        """Decode the frames waiting in the MCP2515 (at most 32): battery packs, then chargers.
+        poll_bms calls it every tick; an INT-driven task may call it between ticks too."""
+        can = self.can
+        if self.canbms is not None and can is not None:
+            rx = self._rx
+            for _ in range(_CAN_DRAIN_MAX):  # bounded: a babbling node cannot stall the tick
+                try:
+                    fid = can.recv_into(rx)
+                except OSError:
+                    self.spi_errors += 1
+                    break
+                if fid < 0:
+                    break
+                dlc = rx[4] & 0x0F
+                if dlc > 8:
+                    dlc = 8
+                slot = self.canbms.feed(fid, rx, 5, dlc, now_ms)
+                if slot >= 0:
+                    self.can_fed[slot] = True
+                elif self.can_charger_bank is not None:
+                    self.can_charger_bank.feed(fid, rx, 5, dlc, now_ms)
+
+    def battery_removed(self, slot, reading):
+        """The slot emptied: forget its battery so that the next one is identified afresh."""
+        reading.clear()
+        self.can_fed[slot] = False
+        if self._sbs_cur == slot:
+            self._sbs_cur = -1
+        bat = self.sbs[slot]
+        if bat is not None:
+            bat.forget()
+        if self.canbms is not None:
+            self.canbms.forget(slot)
