@@ -201,7 +201,7 @@ def test_capacity_mode_10_mwh_keeps_soh_and_converts_remaining():
     c = Cabinet(state)
     assert c.poll()
     assert c.reading.soh_pct == 90
-    assert c.driver.remaining_mah == 2400  # 124.8 Wh at 52 V
+    assert c.driver.capacities(c.reading.voltage_mv)[0] == 2400  # 124.8 Wh at 52 V
 
 
 def test_steady_poll_is_seven_word_reads_of_six_bytes_and_no_mux_write(cab):
@@ -229,6 +229,37 @@ def test_a_poll_spread_over_ticks_reads_at_most_its_budget_each_and_commits_once
     # Only the voltage moved: the rules' words are as before, and the step says so.
     assert steps == [(sbs.MORE, 3), (sbs.MORE, 3), (sbs.SAME, 1)]
     assert cab.reading.voltage_mv == 50123 and cab.reading.t_ms == 2100
+
+
+def _bus_us(stats, hz=100_000):
+    return (9 * stats.bytes + 2 * stats.transactions) * 1e6 / hz
+
+
+def test_identifying_takes_three_ticks_of_a_few_transactions_each_then_the_poll(cab):
+    steps = []
+    for t in range(8):
+        cab.bus.stats.reset()
+        r = cab.driver.step(cab.reading, 1000 + 50 * t, 3)
+        steps.append((r, cab.bus.stats.transactions, _bus_us(cab.bus.stats)))
+        if r != sbs.MORE:
+            break
+        assert not cab.reading.valid  # nothing committed before a whole poll
+    assert [x[0] for x in steps] == [sbs.MORE] * 5 + [sbs.DONE]
+    # the mux and five words; three words; two blocks of two transactions; then the poll
+    assert [x[1] for x in steps] == [6, 3, 4, 3, 3, 1]
+    assert max(x[2] for x in steps) <= 3000  # no tick over 3 ms of bus at 100 kHz (10-byte names)
+    assert cab.reading.serial == "TUKAR-20240315-0042" and cab.reading.profile == "ref48v"
+    assert cab.reading.cycles == cab.state.cycles and cab.reading.soh_pct > 0
+
+
+def test_identification_that_fails_half_way_starts_again_from_its_first_part(cab):
+    assert cab.driver.step(cab.reading, 1000, 3) == sbs.MORE  # part 0
+    cab.hw.fault(cab.battery, True, "nack", count=1)
+    assert cab.driver.step(cab.reading, 1050, 3) == sbs.FAILED  # part 1 fails
+    cab.state.serial = 0x0077  # (another pack would be read from the start)
+    results = [cab.driver.step(cab.reading, 1100 + 50 * t, 3) for t in range(6)]
+    assert results == [sbs.MORE] * 5 + [sbs.DONE]
+    assert cab.reading.serial == "TUKAR-20240315-0077"
 
 
 @pytest.mark.parametrize("field,value", [("temp_dk", 3081), ("soc_pct", 37), ("status", 0x1000)])

@@ -185,12 +185,11 @@ class SmartBattery:
         self.mux = mux
         self.channel = channel
         self.addr = addr
+        self._pre = _prefix(addr)  # the PEC's prefix per command (a table shared per address)
         self.profiles = profiles
         self.pec = False
         self.mode = 0  # BatteryMode, read when identifying
         self.design = 0
-        self.remaining_mah = 0
-        self.full_mah = 0
         self.fails = 0  # failed polls in a row
         self.identified = False
         self._buf = bytearray(2 + _MAX_BLOCK)
@@ -204,6 +203,12 @@ class SmartBattery:
         self._w2 = mv[:2]
         self._w3 = mv[:3]
         self._b1 = mv[:1]
+
+    def capacities(self, voltage_mv):
+        """(remaining, full) in mAh from the last words read (not on the tick's path)."""
+        w = self._words
+        return (capacity_mah(w[_SLOWV], self.mode, voltage_mv),
+                capacity_mah(w[_SLOWV + 1], self.mode, voltage_mv))
 
     def forget(self):
         """A different battery may be in the slot: identify again at the next poll."""
@@ -246,41 +251,56 @@ class SmartBattery:
         return _text(b, 1, n)
 
     def _identify(self, reading):
-        # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
-        try:
-            self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, self._w3)
-        except OSError:
-            return False
-        b = self._buf
-        spec = b[0] | (b[1] << 8)
-        pec = pec_enabled(spec)
-        if pec and not pec_ok(self.addr, _SPEC_INFO, b, 2):
-            return False
-        self.pec = pec
-        mode = self._word(_BATTERY_MODE)
-        design = self._word(_DESIGN)
-        date = self._word(_DATE)
-        serial = self._word(_SERIAL)
-        if mode < 0 or design < 0 or date < 0 or serial < 0:
-            return False
+        """Identify the battery whole (three parts)."""
+        return (self._identify_part(reading, 0) and self._identify_part(reading, 1)
+                and self._identify_part(reading, 2))
+
+    def _identify_part(self, reading, part):
+        """One of identification's three parts, each a few transactions (at most 2.5 ms of bus
+        at 100 kHz): 0 the format and the date and serial words, 1 the capacities and cycle count,
+        2 the two names, and then the reading's identity. False on NACK or a bad PEC."""
+        w = self._words  # the poll's words are scratch until the poll starts again
+        if part == 0:
+            # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
+            try:
+                self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, self._w3)
+            except OSError:
+                return False
+            b = self._buf
+            spec = b[0] | (b[1] << 8)
+            pec = pec_enabled(spec)
+            if pec and not pec_ok(self.addr, _SPEC_INFO, b, 2):
+                return False
+            self.pec = pec
+            mode = self._word(_BATTERY_MODE)
+            design = self._word(_DESIGN)
+            date = self._word(_DATE)
+            serial = self._word(_SERIAL)
+            if mode < 0 or design < 0 or date < 0 or serial < 0:
+                return False
+            self.mode = mode
+            self.design = design
+            w[0] = date
+            w[1] = serial
+            return True
+        if part == 1:
+            rem = self._word(_REMAINING)
+            full = self._word(_FULL)
+            cycles = self._word(_CYCLES)
+            if rem < 0 or full < 0 or cycles < 0:
+                return False
+            w[_SLOWV] = rem
+            w[_SLOWV + 1] = full
+            w[_SLOWV + 2] = cycles
+            return True
         maker = self._block(_MANUFACTURER)
         name = self._block(_DEVICE_NAME)
         if maker is None or name is None:
             return False
-        rem = self._word(_REMAINING)
-        full = self._word(_FULL)
-        cycles = self._word(_CYCLES)
-        if rem < 0 or full < 0 or cycles < 0:
-            return False
-        self._words[_SLOWV] = rem
-        self._words[_SLOWV + 1] = full
-        self._words[_SLOWV + 2] = cycles
-        reading.cycles = cycles
-        reading.soh_pct = soh_pct(full, design)
-        self._words[_LAST] = -1  # the first poll of this battery is news
-        self.mode = mode
-        self.design = design
-        reading.serial = serial_string(maker, date, serial)
+        reading.cycles = w[_SLOWV + 2]
+        reading.soh_pct = soh_pct(w[_SLOWV + 1], self.design)
+        w[_LAST] = -1  # the first poll of this battery is news
+        reading.serial = serial_string(maker, w[0], w[1])
         p = self.profiles.get(name) if self.profiles else None
         reading.profile = p if p is not None else name
         self.identified = True
@@ -303,22 +323,33 @@ class SmartBattery:
         whole, first). DONE: reading holds a complete fresh poll; MORE: not yet; FAILED: NACK or
         a bad PEC (the poll starts again; reading untouched)."""
         k = self._k
-        if k == 0:
-            if self.mux is not None:
-                try:
-                    self.mux.select(self.channel)
-                except OSError:
-                    self._fail(reading)
-                    return FAILED
-            if not (self.identified and reading.valid):
-                if not self._identify(reading):
-                    self._fail(reading)
-                    return FAILED
-                # Identifying is a dozen transactions (5 ms at 100 kHz): the poll goes on in the
-                # next tick, so no tick spends more than 10 ms on the bus.
-                self._k = 0 if budget >= WORDS + 12 else -1
-                if self._k < 0:
-                    return MORE
+        if k == 0 or k < -1:
+            part = -1
+            if k == 0:
+                if self.mux is not None:
+                    try:
+                        self.mux.select(self.channel)
+                    except OSError:
+                        self._fail(reading)
+                        return FAILED
+                if not (self.identified and reading.valid):
+                    part = 0
+            else:
+                part = -1 - k  # identification goes on (_k -2: part 1, -3: part 2)
+            if part >= 0:
+                # Identifying is a dozen transactions (5 ms at 100 kHz): one part per tick, and
+                # the poll begins in the tick after, so no tick's bus time or CPU time is long.
+                whole = budget >= WORDS + 12
+                while part < 3:
+                    if not self._identify_part(reading, part):
+                        self._k = 0
+                        self._fail(reading)
+                        return FAILED
+                    part += 1
+                    if not whole:
+                        self._k = -1 - part if part < 3 else -1
+                        return MORE
+            k = 0
         elif k < 0:
             k = 0
         w = self._words
@@ -332,10 +363,11 @@ class SmartBattery:
         pec = self.pec
         dst = self._w3 if pec else self._w2
         t = _CRC
-        pre = _prefix(addr)
+        pre = self._pre
+        polled = _POLLED
         slow = _SLOW[self._slow]
         for j in range(k, end):
-            cmd = _POLLED[j] if j < WORDS - 1 else slow
+            cmd = polled[j] if j < WORDS - 1 else slow
             try:
                 i2c.readfrom_mem_into(addr, cmd, dst)
             except OSError:
@@ -351,14 +383,20 @@ class SmartBattery:
         self._k = 0
         slow = self._slow
         self._slow = slow + 1 if slow < 2 else 0
-        n = len(_POLLED)
-        w[_SLOWV + slow] = w[n]
+        v = w[WORDS - 1]
+        if v != w[_SLOWV + slow]:  # a slow word is decoded only when it moved
+            w[_SLOWV + slow] = v
+            if slow == 1:
+                d = self.design
+                v = v * 100 // d if d > 0 else 0
+                reading.soh_pct = v if v < 100 else 100
+            elif slow == 2:
+                reading.cycles = v
         temp = w[0]  # one by one: a six-name unpack of a tuple would build the tuple
         status = w[1]
         req = w[2]
         rsoc = w[3]
         cur = w[4]
-        volt = w[5]
         same = (reading.valid and not reading.link_fault and w[_LAST] == temp
                 and w[_LAST + 1] == status and w[_LAST + 2] == req and w[_LAST + 3] == rsoc)
         if not same:
@@ -371,15 +409,8 @@ class SmartBattery:
             reading.req_current_ma = -1 if req == _NO_REQUEST else req
             reading.faults = status_faults(status)
             reading.full = status_full(status)
-        reading.voltage_mv = volt
+        reading.voltage_mv = w[5]
         reading.current_ma = cur - 0x10000 if cur & 0x8000 else cur
-        if slow == 1:
-            reading.soh_pct = soh_pct(w[_SLOWV + 1], self.design)
-            self.full_mah = capacity_mah(w[_SLOWV + 1], self.mode, volt)
-        elif slow == 0:
-            self.remaining_mah = capacity_mah(w[_SLOWV], self.mode, volt)
-        else:
-            reading.cycles = w[_SLOWV + 2]
         reading.t_ms = now_ms
         reading.valid = True
         reading.link_fault = False
