@@ -70,6 +70,29 @@ def test_temperature_falls_monotonically_with_the_code(table):
         prev = t
 
 
+def _bisect_temp(t, code):
+    """The table's conversion by plain bisection: what the bucket index must agree with."""
+    codes = t.codes
+    if code >= codes[0]:
+        return T_MIN_DC
+    if code <= codes[t.n - 1]:
+        return T_MAX_DC
+    lo, hi = 0, t.n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if codes[mid] > code else (lo, mid)
+    span = codes[lo] - codes[hi]
+    return T_MIN_DC + lo * 50 + (50 * (codes[lo] - code) + span // 2) // span
+
+
+@pytest.mark.parametrize("params", [{}, {"r25": 100000, "beta": 4250, "r_fixed": 100000},
+                                    {"r_fixed": 4700, "supply_mv": 3300, "full_scale_mv": 2450},
+                                    {"r25": 10000, "beta": 3435, "r_fixed": 22000}])
+def test_every_code_converts_as_a_bisection_of_the_table_would(params):
+    t = NtcTable(**params)
+    assert [t.temp_dc(c) for c in range(4096)] == [_bisect_temp(t, c) for c in range(4096)]
+
+
 def test_table_is_small(table):
     assert table.n == 39  # -40..150 degC in 5 degC steps
     assert table.codes.itemsize == 2

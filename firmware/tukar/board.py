@@ -8,7 +8,7 @@ from tukar.clock import ticks_diff
 from tukar.inputs import SENSOR_OK
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
-from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_pin
+from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_pin, raw_input
 from tukar.sampling import Sampling, _gray_rank
 
 # Per I2C transaction (microseconds). The ESP32 default is 50 ms, so one stuck or stretched
@@ -81,6 +81,7 @@ class Board(Sampling):
         # Analog muxes share select lines (amux[0].select); each has its common on an ADC1 pin.
         self._select = []
         self._sel_state = -1
+        self._line = (0, 0, 1, 0, 2, 0, 0, 0, 3)  # a select line's bit -> its index in _select
         self._adcs = []
         for i, a in enumerate(cfg.get("amux", [])):
             if i == 0:
@@ -106,6 +107,7 @@ class Board(Sampling):
         self.charge_voltage_mv = [0] * n  # CAN chargers' voltage ceiling per slot; 0 keeps them off
         self._cmd_t = None
         self.unflushed = False  # an expander's outputs did not reach it: apply() again next tick
+        self._apply_idx = [0] * len(cfg["slots"])
         self.slot_x = []  # per slot: the expanders its inputs come from, to tell when they are unknown
         for i, s in enumerate(cfg["slots"]):
             door = self._input(s["door"], "door")
@@ -132,6 +134,9 @@ class Board(Sampling):
         cab = cfg["cabinet"]
         self.smoke = self._input(cab["smoke"], "smoke")
         self.estop = self._input(cab["estop"], "estop")
+        # scan_switches reads a GPIO switch without its adapter: the pin and its asserted level.
+        self._smoke_pin, self._smoke_on = raw_input(self.smoke)
+        self._estop_pin, self._estop_on = raw_input(self.estop)
         self.fan = self._output(cab["fan"], 0)
         self.alarm = self._output(cab["alarm"], 0)
         self._temp(cab["temp"], n)
@@ -144,14 +149,22 @@ class Board(Sampling):
         # The multi-rate scan (scan_switches): the slots each expander's inputs belong to, and
         # the slots with an input on a GPIO of its own (read every tick).
         self._x_slots = [0] * len(self.expanders)
+        self._x_pins = [[] for _ in self.expanders]  # per expander: (its bits of a slot, the slot's bit)
         self._gpio_slots = 0
+        self._feedback = [lk._fb for lk in self.locks]
         for i in range(n):
-            for inp in (self.doors[i], self.presence[i], self.locks[i]._fb):
+            bits = [0] * len(self.expanders)
+            for inp in (self.doors[i], self.presence[i], self._feedback[i]):
                 x = getattr(inp, "_x", None)
                 if x is None:
                     self._gpio_slots |= 1 << (i + 1)
                 else:
-                    self._x_slots[self.expanders.index(x)] |= 1 << (i + 1)
+                    j = self.expanders.index(x)
+                    self._x_slots[j] |= 1 << (i + 1)
+                    bits[j] |= 1 << inp._bit
+            for j in range(len(bits)):
+                if bits[j]:
+                    self._x_pins[j].append((bits[j], 1 << (i + 1)))
         self._x_last = [-2] * len(self.expanders)  # each expander's last word (-1: no answer)
         self._x_reads = [(x.dev.i2c, x.dev.addr, x.dev._b2) for x in self.expanders]
         # One temperature per tick (sample_temperature): (mux channel or -1, ADC, target) in turn.
@@ -361,7 +374,7 @@ class Board(Sampling):
     def _flush(self):
         ok = True
         for x in self.expanders:
-            if not x.flush():
+            if x.out ^ x.out_invert != x.written and not x.flush():  # only words that changed
                 ok = False
         self.unflushed = not ok
         return ok
@@ -371,23 +384,39 @@ class Board(Sampling):
         Chargers switch off first and must reach the hardware before any lock opens; a slot whose
         lock is commanded open never charges; chargers switch on last. Returns the slots that want
         another call next tick (a lock re-issuing an unlock), or -1 when a write failed."""
-        n = self.slot_count
-        for i in range(n):
-            if mask & (2 << i) and (charge_ma[i] <= 0 or not lock_cmd[i]):
-                self.chargers[i].set(0)
+        if mask < 0:
+            mask = (2 << self.slot_count) - 1
+        idx = self._apply_idx  # the slots of the mask, gathered once (allocated once)
+        k = 0
+        m = mask >> 1
+        i = 0
+        while m:
+            if m & 1:
+                idx[k] = i
+                k += 1
+            m >>= 1
+            i += 1
+        chargers = self.chargers
+        for j in range(k):
+            i = idx[j]
+            if charge_ma[i] <= 0 or not lock_cmd[i]:
+                chargers[i].set(0)
         if not self._flush():
             return -1  # a charger may still be on: open nothing this tick
         again = 0
-        for i in range(n):
-            if mask & (2 << i) and self.locks[i].command(lock_cmd[i], lock_pulse[i]):
+        locks = self.locks
+        for j in range(k):
+            i = idx[j]
+            if locks[i].command(lock_cmd[i], lock_pulse[i]):
                 again |= 2 << i
         if mask & 1:
             self.fan.value(1 if fan else 0)
             self.alarm.value(1 if alarm else 0)
         ok = self._flush()
-        for i in range(n):
-            if mask & (2 << i) and charge_ma[i] > 0 and lock_cmd[i]:
-                self.chargers[i].set(charge_ma[i])
+        for j in range(k):
+            i = idx[j]
+            if charge_ma[i] > 0 and lock_cmd[i]:
+                chargers[i].set(charge_ma[i])
         if self._flush() and ok:
             return again
         return -1

@@ -67,6 +67,7 @@ class ControlCycle:
             except OSError:
                 self.escaped[0] += 1
                 b.fail_inputs(inputs, core.cabinet)
+            self._removals(inputs, mask)
         else:
             try:
                 mask = b.scan_switches(inputs, core.cabinet)
@@ -74,6 +75,8 @@ class ControlCycle:
                 self.escaped[0] += 1
                 b.fail_inputs(inputs, core.cabinet)
                 mask = core.all_slots
+            if mask > 1:
+                self._removals(inputs, mask)  # presence moves only with the switches
             try:
                 t = b.sample_temperature(inputs, core.cabinet)
                 if t >= 0:
@@ -84,8 +87,6 @@ class ControlCycle:
                         mask |= 2 << t
             except OSError:
                 self.escaped[0] += 1
-        if mask > 1:
-            self._removals(inputs, mask)
         try:
             i = b.poll_sbs(inputs, now_ms, SBS_WORDS)
             if i >= 0:
@@ -103,7 +104,7 @@ class ControlCycle:
             # (An INT line stuck high would starve the CAN packs: stale, their chargers stop.)
             pin = b.can_int
             if (pin is None or not pin.value() or self.can_state == _BUS_OFF
-                    or (self.can_state or b.can.restarting()) and self.ticks % CAN_SERVICE_TICKS == 0):
+                    or self.ticks % CAN_SERVICE_TICKS == 0 and (self.can_state or b.can.restarting())):
                 try:
                     b.drain_can(now_ms)
                 except OSError:
@@ -132,13 +133,17 @@ class ControlCycle:
 
     def _removals(self, inputs, mask):
         pres = self._present
-        for i in range(len(pres)):
-            if mask & (2 << i):
+        m = mask >> 1
+        i = 0
+        while m:
+            if m & 1:
                 p = inputs[i].present
                 if pres[i] and not p:
                     self.board.battery_removed(i, inputs[i].bms)
                     self._marked[i] = False
                 pres[i] = p
+            m >>= 1
+            i += 1
 
     def _i2c_recovery(self, now_ms):
         """A bus whose transactions failed this tick while SDA stays low is clocked free."""

@@ -35,6 +35,15 @@ class NtcTable:
             c = int(beta_code(T_MIN_DC + i * STEP_DC, r25, beta, r_fixed, supply_mv, full_scale_mv) + 0.5)
             self.codes[i] = min(c, CODE_MAX)
         self.n = n
+        # Where to start looking: per 16 codes, the table entry just above the bucket's top code
+        # (so a lookup is one or two steps, not a binary search).
+        self.seg = bytearray(CODE_MAX // 16 + 1)
+        lo = n - 1
+        for b in range(len(self.seg)):
+            top = b * 16 + 15
+            while lo > 0 and self.codes[lo] <= top:
+                lo -= 1
+            self.seg[b] = lo
 
     def status(self, code):
         """SENSOR_OPEN above the coldest entry, SENSOR_SHORT below the hottest, else SENSOR_OK."""
@@ -52,13 +61,9 @@ class NtcTable:
         last = self.n - 1
         if code <= codes[last]:
             return T_MAX_DC
-        lo = 0  # invariant: codes[lo] > code >= codes[hi]
-        hi = last
-        while hi - lo > 1:
-            mid = (lo + hi) >> 1
-            if codes[mid] > code:
-                lo = mid
-            else:
-                hi = mid
+        lo = self.seg[code >> 4]  # codes[lo] > code; then the last entry that is
+        while codes[lo + 1] > code:
+            lo += 1
+        hi = lo + 1
         span = codes[lo] - codes[hi]
         return T_MIN_DC + lo * STEP_DC + (STEP_DC * (codes[lo] - code) + (span >> 1)) // span

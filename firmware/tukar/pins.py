@@ -11,6 +11,14 @@ class GpioIn:
         return self._pin.value() ^ self._inv
 
 
+def raw_input(adapter):
+    """(object whose value() reads the level, the level that means asserted): a GPIO input's own
+    pin, without the adapter's call; an expander bit as is."""
+    if isinstance(adapter, GpioIn):
+        return adapter._pin, 1 ^ adapter._inv
+    return adapter, 1
+
+
 class GpioOut:
     def __init__(self, pin, invert):
         self._pin = pin

@@ -45,7 +45,7 @@ class Sampling:
                     s = slot_inputs[i]
                     d = self.doors[i].value() == 1
                     p = self.presence[i].value() == 1
-                    lk = self.locks[i].locked()
+                    lk = self._feedback[i].value() == 1
                     ok = True
                     for x in self.slot_x[i]:
                         if not x.ok:
@@ -58,8 +58,8 @@ class Sampling:
                         changed |= 2 << i
                 cand >>= 1
                 i += 1
-        sm = self.smoke.value() == 1
-        es = self.estop.value() == 1
+        sm = self._smoke_pin.value() == self._smoke_on  # the raw pins where they are GPIOs
+        es = self._estop_pin.value() == self._estop_on
         if sm != cabinet.smoke or es != cabinet.estop:
             cabinet.smoke = sm
             cabinet.estop = es
@@ -69,16 +69,24 @@ class Sampling:
     def _x_changed(self, j, v):
         """Expander j read v (-1: it did not answer): its new state; the slots it carries."""
         x = self.expanders[j]
+        old = self._x_last[j]
+        self._x_last[j] = v
         if v < 0:
             x.state = x.fail
             x.ok = False
             x.errors += 1
             self.i2c_errors[x.bus] += 1
-        else:
-            x.state = v
-            x.ok = True
-        self._x_last[j] = v
-        return self._x_slots[j]
+            return self._x_slots[j]
+        x.state = v
+        x.ok = True
+        if old < 0:
+            return self._x_slots[j]  # first read, or answering again: all its slots afresh
+        d = v ^ old
+        slots = 0
+        for bits, bit in self._x_pins[j]:  # only the slots whose own switches moved
+            if d & bits:
+                slots |= bit
+        return slots
 
     def sample_temperature(self, slot_inputs, cabinet):
         """Read the next temperature sensor in turn (each one every len(_samples) calls). Returns
@@ -89,7 +97,12 @@ class Sampling:
         self._t_next = j + 1 if j + 1 < len(samples) else 0
         ch, adc, t = samples[j]
         if ch >= 0 and ch != self._sel_state:
-            self._select_channel(ch)
+            d = ch ^ self._sel_state
+            if self._sel_state >= 0 and d & (d - 1) == 0:  # the Gray order's usual step: one line
+                self._select[self._line[d]].value(1 if ch & d else 0)
+                self._sel_state = ch
+            else:
+                self._select_channel(ch)
         code = adc.read_u16() >> 4
         d = code - self._t_code[j]
         if -TEMP_NOISE <= d and d <= TEMP_NOISE:
