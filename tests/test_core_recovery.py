@@ -135,16 +135,21 @@ def test_session_interrupted_before_battery_in_ends_with_power_loss():
     assert all(rig.core.lock_cmd)
 
 
-def test_session_with_battery_in_recorded_still_completes_after_a_power_cut():
+@pytest.mark.parametrize("cut", ["at BatteryIn, no battery chosen yet", "dispense door unlocked"])
+def test_session_with_battery_in_recorded_still_completes_after_a_power_cut(cut):
     rig = stocked_rig(slots=6, full=2, half=1)
     rig.cmd("start_swap", id_token="t")
     n = rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
     while not rig.of("BatteryIn"):
         rig.tick()
-    out = rig.core.session.slot_out
+    assert rig.core.session.slot_out is None  # the battery to hand out is chosen next tick
+    if cut == "dispense door unlocked":
+        rig.tick()
+        assert rig.core.session.slot_out is not None
     reboot(rig)
     rig.run(400)
     assert rig.core.session is not None and rig.core.session.phase == "dispensing"
+    out = rig.core.session.slot_out
     assert rig.core.lock_cmd[out - 1] is False
     rig.world.open_door(out)
     rig.world.take(out)

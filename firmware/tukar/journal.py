@@ -7,7 +7,7 @@ from tukar import slot as sl
 from tukar.clock import wrap_diff
 from tukar.session import Session
 from tukar.states import (EMERGENCY, IN_SERVICE, J_SESSION, JOURNAL_VERSION, MAINTENANCE,
-                          OUT_OF_SERVICE, S_DISPENSING)
+                          OUT_OF_SERVICE, S_DISPENSING, S_IDENTIFYING)
 
 
 class Journal:
@@ -121,9 +121,18 @@ class Journal:
         if isinstance(age, int):
             ss.t_start = now - age
         self.session = ss
-        if not ss.in_recorded or not valid_out or not valid_in:
+        if not ss.in_recorded or not valid_in:
             ss.slot_out = None
             self._abort_session("power_loss", now)
+            return
+        if not valid_out:
+            # The rider's battery was taken in and no battery chosen yet: the rider is owed one,
+            # chosen once the batteries have been identified again (SessionSteps).
+            ss.slot_out = None
+            ss.phase = S_IDENTIFYING
+            ss.t_phase = now
+            self.pending |= 1 << n_in
+            self.jdirty |= J_SESSION
             return
         s_out = self.slots[n_out - 1]
         if not s_out.inp.present:

@@ -49,6 +49,19 @@ class SessionSteps:
                 self._after_relock(s_in, now)
                 self._abort_session("timeout", now)
         elif ss.phase == S_IDENTIFYING:
+            if ss.in_recorded:
+                # Accepted last tick (or before a power cut): now the battery to hand out, in a
+                # tick of its own so that neither tick does all of a swap's work. Rule 6 is
+                # checked on the chosen slot now. A battery still being identified (after a boot,
+                # every one is) may yet qualify: wait for it, as long as identifying may take.
+                best = self._choose_dispense()
+                if best is not None:
+                    self._dispense(ss, best, now)
+                elif self._any_identifying() and wrap_diff(now, ss.t_phase) < lim.identify_ms:
+                    self.pending |= 1 << ss.slot_in
+                else:
+                    self._abort_session("no_battery_available", now)
+                return
             r = self._identify(s_in, now)
             if r == 1:
                 self._accept(s_in)
@@ -57,11 +70,8 @@ class SessionSteps:
                 self._emit("BatteryIn", {"session": ss.id, "request_id": ss.request_id,
                                          "id_token": ss.id_token, "slot": s_in.n,
                                          "battery": ss.battery_in})
-                best = self._choose_dispense()
-                if best is None:
-                    self._abort_session("no_battery_available", now)
-                else:
-                    self._dispense(ss, best, now)
+                self.pending |= 1 << s_in.n  # the session goes on next tick
+                self._phase(ss, S_IDENTIFYING, now)
             elif r == "removed":
                 # The rider pulled the battery back out before the lock caught it.
                 self._clear_battery(s_in)
@@ -107,6 +117,12 @@ class SessionSteps:
                                                      "request_id": ss.request_id,
                                                      "slot": s_out.n, "battery": ss.battery_out})
                     self._abort_session("not_taken", now)
+
+    def _any_identifying(self):
+        for s in self.slots:
+            if s.phase == sl.P_IDENTIFYING:
+                return True
+        return False
 
     def _phase(self, ss, phase, now):
         ss.phase = phase
@@ -156,22 +172,28 @@ class SessionSteps:
         self.dirty |= 1
 
     def _choose_dispense(self):
-        """Dispensable battery with the highest SoC; ties: fewest cycles, then lowest slot."""
-        best = None
-        fresh = self.lim.fresh_ms
-        for s in self.slots:
-            if not s.dispensable:
-                continue  # as of its last evaluation (a slot that became so is evaluated soon)
-            s.observe(self.now, fresh)  # a slot not evaluated this tick: its BMS age now
-            if s.check_dispensable(self.now, self.lim):
-                if best is None:
-                    best = s
-                else:
-                    a = s.inp.bms
-                    b = best.inp.bms
-                    if a.soc_pm > b.soc_pm or a.soc_pm == b.soc_pm and a.cycles < b.cycles:
+        """Rule 6: the dispensable battery with the highest SoC; ties: fewest cycles, then lowest
+        slot. Ranked as each slot's last evaluation left it; the winner is checked again now (its
+        BMS age, its switches) and, when it no longer qualifies, the next one is tried."""
+        now = self.now
+        lim = self.lim
+        while True:
+            best = None
+            soc = -1
+            cycles = 0
+            for s in self.slots:
+                if s.dispensable:
+                    b = s.inp.bms
+                    if b.soc_pm > soc or b.soc_pm == soc and b.cycles < cycles:
                         best = s
-        return best
+                        soc = b.soc_pm
+                        cycles = b.cycles
+            if best is None:
+                return None
+            best.observe(now, lim.fresh_ms)
+            if best.check_dispensable(now, lim):
+                return best
+            self.pending |= 1 << best.n  # no longer dispensable: its state is published next tick
 
     # == identification ====================================================================
     def _identify(self, s, now):
