@@ -10,6 +10,8 @@
 #   -> move `events` to the outbox and persist journal() when `jdirty` is set (one atomic write)
 #   -> publish cabinet_state() / slot_state(n) for the bits of `dirty`, then clear both.
 # Commands that passed the gate go to command(body) between ticks; it returns the ack.
+from micropython import const
+
 from tukar import config as cf
 from tukar import slot as sl
 from tukar.clock import wrap_diff
@@ -24,6 +26,8 @@ from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SE
                           IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION,
                           S_DISPENSING, S_REJECTED)
 
+_TICKS_MAX = const((1 << 30) - 1)  # tukar.clock.TICKS_MAX
+_TICKS_HALF = const(1 << 29)
 
 class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
     def __init__(self, cabinet_id, slots, profiles=None, config=None, journal=None,
@@ -173,14 +177,14 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         slot a command touched, and, in an emergency, all of them. The others keep their last
         decisions until the shell samples them again (docs/core.md: the schedule)."""
         dt = wrap_diff(now, self.now)
-        if dt < 0:
-            dt = 0
         self.now = now
         self.wall = wall
-        self.up_rem += dt
-        while self.up_rem >= 1000:
-            self.up_rem -= 1000
-            self.up_s += 1
+        if dt > 0:
+            r = self.up_rem + dt
+            while r >= 1000:
+                r -= 1000
+                self.up_s += 1
+            self.up_rem = r
         if not self.booted:
             self.booted = True
             self._reconcile(now)
@@ -233,13 +237,14 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             causes |= C_SMOKE
         if cab.estop:
             causes |= C_ESTOP
-        self._observe(now, k)
         hot = cab.temp_dc
         ev = self._ev
+        fresh = self.lim.fresh_ms
         for j in range(k):
-            t = ev[j].hot
-            if t > hot:
-                hot = t
+            s = ev[j]
+            s.observe(now, fresh)
+            if s.hot > hot:
+                hot = s.hot
         if hot >= cf.EMERGENCY_DC:
             causes |= C_OVERTEMP
         new = causes & ~self.causes
@@ -304,7 +309,7 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             if s.faults & sl.SLOT_IO:
                 s.faults &= ~sl.SLOT_IO
                 self._slot_fault_events(s, s.faults | sl.SLOT_IO, s.faults)
-        r = s.supervise_lock(now)
+        r = s.supervise_lock(now) if s.lock_pending or inp.locked != s.lock_cmd else 0
         if r:
             self._slot_fault_events(s, s.faults ^ sl.LOCK_JAM, s.faults)
             if r > 0:
@@ -361,12 +366,12 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             return False
         if ss.phase == S_DISPENSING:
             return s.n == ss.slot_out
-        return s.n == ss.slot_in
+        return s.n == ss.slot_in and not ss.in_recorded  # accepted: the battery is the cabinet's
 
     def _slot_step(self, s, now):
-        if self._in_session(s) or not s.inp.io_ok:
-            return
         inp = s.inp
+        if not inp.io_ok or self.session is not None and self._in_session(s):
+            return
         ph = s.phase
         if ph == sl.P_EMPTY:
             if inp.present:
@@ -415,8 +420,8 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             was = s.charge_ma
             i = s.n - 1
             if was:
-                dt = wrap_diff(now, charge_t[i])
-                if dt > 0:
+                dt = (now - charge_t[i]) & _TICKS_MAX  # wrap_diff, inline: a clock set back
+                if 0 < dt < _TICKS_HALF:  # adds nothing
                     s.add_energy(dt)
             charge_t[i] = now
             ma = s.charge_decision(now, lim, em, cab)

@@ -14,7 +14,7 @@ class Payloads:
         lim = self.lim
         ev = self._ev
         c = self.counts
-        counts_were = c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24
+        moved = False  # a count moved
         outs = self.outputs
         lock_cmd = self.lock_cmd
         lock_pulse = self.lock_pulse
@@ -58,12 +58,13 @@ class Payloads:
                             self.n_forced += 1 if t & 16 else -1
                         else:
                             c[i] += 1 if t & (1 << i) else -1
+                            moved = True
             n = s.n - 1
             if lock_cmd[n] != s.lock_cmd or lock_pulse[n] != s.lock_pulse:
                 lock_cmd[n] = s.lock_cmd
                 lock_pulse[n] = s.lock_pulse
                 outs |= 1 << s.n
-        if counts_were != c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24:
+        if moved:
             self.dirty |= 1
         forced = self.n_forced > 0
         cab = self.cabinet.temp_dc

@@ -70,6 +70,10 @@ class Schedule:
                 timed &= ~b
                 continue
             w &= ~b
+            if (s.io_bad_since is None and s.mismatch_since is None
+                    and (ss is None or s.n != ss.slot_in and s.n != ss.slot_out)):
+                timed &= ~b  # no timer can be running
+                continue
             t = self._wake(s, ss)
             if t is None:
                 timed &= ~b

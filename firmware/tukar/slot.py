@@ -198,8 +198,10 @@ class Slot:
         hi = lim.charge_hi_dc
         p = self.profile
         if p is not None:
-            lo = max(lo, p.charge_min_dc)
-            hi = min(hi, p.charge_max_dc)
+            if p.charge_min_dc > lo:
+                lo = p.charge_min_dc
+            if p.charge_max_dc < hi:
+                hi = p.charge_max_dc
         # Hysteresis and full latches update on every fresh reading, charging or not.
         fresh = self.fresh
         if fresh:
