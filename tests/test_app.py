@@ -48,7 +48,7 @@ def clock():
     hosttime.install(hosttime.SimClock())
 
 
-def build(tmp_path, phys=None, wdt=None, order=None):
+def build(tmp_path, phys=None, wdt=None, order=None, mqtt=None):
     phys = phys or Physical("tukar-12-wroom", lock_travel_ms=100)
     shim_hw.install(phys.hw)
     board = Board(phys.cfg, machine)
@@ -60,7 +60,8 @@ def build(tmp_path, phys=None, wdt=None, order=None):
             return real()
         board.safe_outputs = safe
     phys.serve_can(board)
-    cfg = {"id": "app-1", "slots": phys.n, "mqtt": {"id": "app-1", "host": "127.0.0.1", "port": 9}}
+    cfg = {"id": "app-1", "slots": phys.n, "mqtt": dict({"id": "app-1", "host": "127.0.0.1", "port": 9},
+                                                       **(mqtt or {}))}
     app = App(cfg, board, ControlCycle, OfflineClient, str(tmp_path / "flash"), KEY, phys.profiles,
               wall=None, wdt=wdt, board_name="tukar-12-wroom")
     return phys, app
@@ -245,3 +246,69 @@ def test_a_real_can_interrupt_is_drained_by_the_receive_task(tmp_path, clock):
     phys.insert_can(1)
     asyncio.run(run_for(app, phys, 1500))
     assert app.progress.get("can", 0) > 0
+
+
+def test_a_tls_handshake_waits_for_a_still_cabinet_and_runs_with_every_charger_off(tmp_path, clock):
+    """A handshake holds the GIL for 1.2 to 2 s on an ESP32 and stops the control loop: it is
+    granted only with no session open and no lock moving, and every charger stays off at the
+    hardware until it ends; then the chargers follow the core again."""
+    import threading
+    phys = Physical("tukar-12-wroom", lock_travel_ms=100)
+    phys.add_pack(2, Pack("P-2", phys.profiles["ref48v"], soc=50))
+    phys.add_pack(3, Pack("P-3", phys.profiles["ref48v"], soc=100))  # a battery to swap for
+    phys, app = build(tmp_path, phys, mqtt={"ssl": True, "handshake_wait_ms": 60000})
+    gate = app.link.handshake
+    log = []
+    steps = {}
+
+    def link_thread():  # what TlsWrap.wrap_socket does around the handshake
+        gate.begin()
+        log.append(("granted", hosttime.ticks_ms(), app.core.session is None, phys.charger_ma(1)))
+        hosttime.sleep_ms(1500)  # the handshake
+        gate.end()
+
+    def during(now):
+        if "swap" not in steps and now > 1500 and app.core.charge_ma[1] > 0:
+            steps["swap"] = now
+            a = app.core.command({"cmd": "start_swap", "req_id": "r-1", "ts": 0, "id_token": "t"})
+            assert a["ok"], a
+            steps["thread"] = threading.Thread(target=link_thread)
+            steps["thread"].start()
+        if "swap" in steps and "cancel" not in steps and now > steps["swap"] + 2000:
+            assert not gate.granted and gate.wanted  # the session holds the handshake back
+            assert phys.charger_ma(1) > 0  # and the cabinet charges on meanwhile
+            steps["cancel"] = now
+            app.core.command({"cmd": "cancel_swap", "req_id": "r-2", "ts": 0})
+        log.append(("tick", now, gate.granted, app.cycle.held, phys.charger_ma(1)))
+
+    asyncio.run(run_for(app, phys, 9000, during=during))
+    steps["thread"].join(5)
+    granted = [x for x in log if x[0] == "granted"]
+    assert len(granted) == 1 and granted[0][2]  # no session open when granted
+    assert granted[0][1] > steps["cancel"]
+    assert granted[0][3] == 0  # the charger already off at the hardware
+    held = [x for x in log if x[0] == "tick" and x[2]]
+    assert held and all(x[4] == 0 for x in held)  # off for as long as the handshake runs
+    assert log[-1][3] is False and log[-1][4] > 0  # released: charging again
+    assert (gate.count, gate.deferred, gate.put_off) == (1, 1, 0)
+    assert 1400 <= gate.last_ms <= 2500
+    assert app.telemetry()["tls"] == {"handshakes": 1, "last_ms": gate.last_ms,
+                                      "max_ms": gate.max_ms, "deferred": 1, "put_off": 0}
+
+
+def test_a_handshake_the_cabinet_keeps_waiting_fails_the_connection_attempt():
+    from tukar.sockets import HandshakeGate
+
+    class Clock:
+        t = 0
+
+        def ticks_ms(self):
+            return self.t
+
+        def sleep_ms(self, ms):
+            self.t += ms
+
+    g = HandshakeGate(Clock(), wait_ms=1000)
+    with pytest.raises(OSError, match="put off"):
+        g.begin()
+    assert (g.wanted, g.put_off, g.count) == (False, 1, 0)

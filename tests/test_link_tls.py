@@ -48,13 +48,26 @@ def tls_broker(tmp_path_factory):
     b.stop()
 
 
+def still_cabinet(link):
+    """The control loop of a cabinet with nothing going on: it grants every handshake."""
+    import threading
+
+    def grant():
+        while not getattr(link, "_stop", False) or link.running:
+            if link.handshake.wanted:
+                link.handshake.granted = True
+            time.sleep(0.01)
+    threading.Thread(target=grant, daemon=True).start()
+    return link
+
+
 def tls_link(broker, ca, cab):
-    return Link({"id": cab, "host": "127.0.0.1", "port": broker.tls_port, "ssl": True, "ca": ca,
+    return still_cabinet(Link({"id": cab, "host": "127.0.0.1", "port": broker.tls_port, "ssl": True, "ca": ca,
                  "keepalive_s": 5, "io_timeout_s": 2, "backoff_base_ms": 200},
                 MQTTClient, Outbox(), lambda: {"id": cab, "fw": "0.1.0", "board": "test",
                                                "slots": 1, "profiles": [],
                                                "boot": {"reason": "power_on", "count": 1},
-                                               "time_synced": False})
+                                               "time_synced": False}))
 
 
 def test_link_connects_over_tls_with_the_pinned_ca_and_births(tls_broker):
@@ -83,6 +96,25 @@ def test_link_refuses_a_broker_whose_certificate_another_ca_signed(tls_broker):
         time.sleep(0.5)
         assert not link.connected and link.stats["connects"] == 0
         assert "CERTIFICATE_VERIFY_FAILED" in link.last_error
+    finally:
+        link.stop()
+        wait_until(lambda: not link.running, 10, "stopped")
+
+
+def test_the_handshake_waits_for_the_control_loops_grant(tls_broker):
+    link = Link({"id": "tls-3", "host": "127.0.0.1", "port": tls_broker.tls_port, "ssl": True,
+                 "ca": tls_broker.ca, "keepalive_s": 5, "io_timeout_s": 2, "backoff_base_ms": 200,
+                 "handshake_wait_ms": 30000},
+                MQTTClient, Outbox(), lambda: {"id": "tls-3"})
+    link.start()
+    try:
+        wait_until(lambda: link.handshake.wanted, 10, "the handshake asked for")
+        time.sleep(0.5)
+        assert not link.connected and link.stats["connects"] == 0  # not without the grant
+        link.handshake.granted = True
+        wait_until(lambda: link.connected, 10, "TLS connect once granted")
+        assert (link.handshake.count, link.handshake.deferred) == (1, 1)
+        assert not link.handshake.wanted and not link.handshake.granted
     finally:
         link.stop()
         wait_until(lambda: not link.running, 10, "stopped")

@@ -89,6 +89,13 @@ class App:
                 link.post_ack(ack)
         self.cycle.step(now, self._wall())
         self.ticks += 1
+        g = link.handshake
+        if g is not None:  # a TLS handshake stops this loop for 1.2 to 2 s: only when it may
+            if g.wanted and not g.granted and self.cycle.may_stand_still():
+                self.cycle.hold_chargers(True)
+                g.granted = True
+            elif not g.wanted and self.cycle.held:
+                self.cycle.hold_chargers(False)
         if core.events:
             core.take_events(self.outbox.add_event)
         # Swap events are never dropped; rather than let the outbox grow without end, no new
@@ -200,6 +207,10 @@ class App:
         t["uptime_s"] = self.core.up_s
         t["rssi"] = self.info_extra.get("rssi")
         t["tick_lag_ms"] = self.tick_lag_ms
+        g = self.link.handshake
+        if g is not None:
+            t["tls"] = {"handshakes": g.count, "last_ms": g.last_ms, "max_ms": g.max_ms,
+                        "deferred": g.deferred, "put_off": g.put_off}
         return t
 
     async def telemetry_task(self):

@@ -45,6 +45,8 @@ class ControlCycle:
         self._can_wait = False  # marked slots wait for a frame received since then
         self._present = [False] * n
         self._again = 0  # outputs to drive again next tick (-1: all, after a failed write)
+        self.held = False  # every charger kept off at the hardware (hold_chargers)
+        self._zero = [0] * n
         self._seen = list(board.i2c_errors)
         self._recover_t = [0] * len(self._seen)
         self._recovered = [False] * len(self._seen)  # a recovery time is in _recover_t
@@ -118,7 +120,8 @@ class ControlCycle:
         if core.outputs or self._again or b.unflushed:
             outs = core.take_outputs() | self._again
             try:
-                self._again = b.apply(core.lock_cmd, core.lock_pulse, core.charge_ma, core.fan,
+                self._again = b.apply(core.lock_cmd, core.lock_pulse,
+                                      self._zero if self.held else core.charge_ma, core.fan,
                                       core.alarm, -1 if self._again < 0 else outs)
             except OSError:
                 self.escaped[3] += 1
@@ -130,6 +133,23 @@ class ControlCycle:
             except OSError:
                 self.escaped[4] += 1
         self.ticks += 1
+
+    def hold_chargers(self, on):
+        """Keep every charger off at the hardware (on), whatever the core decides, or give the
+        chargers back to the core's decisions (off: every output is driven again next tick). For
+        the control loop to stand still safely: a TLS handshake (tukar.sockets.HandshakeGate)."""
+        if on and not self.held:
+            self.held = True
+            self._chargers_off()
+        elif not on and self.held:
+            self.held = False
+            self._again = -1
+
+    def may_stand_still(self):
+        """Nothing the loop must follow tick by tick: no swap session, no lock in motion, no
+        battery being identified (Core.watch)."""
+        core = self.core
+        return core.session is None and not core.watch
 
     def _removals(self, inputs, mask):
         pres = self._present

@@ -19,7 +19,7 @@ from time import sleep_ms as _sleep_ms, ticks_ms as _ticks_ms  # type: ignore[at
 
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
-from tukar.sockets import SocketGuard, TlsWrap, tls_context
+from tukar.sockets import HandshakeGate, SocketGuard, TlsWrap, tls_context
 from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
@@ -97,6 +97,9 @@ class Link:
         # TLS checks the certificates' dates: before NTP has set the clock every handshake fails,
         # and each one holds the GIL for 1.2 to 2 s on an ESP32. `time_known()` says when to try.
         self.time_known = time_known
+        # The control loop grants each handshake (HandshakeGate): App.control_step.
+        self.handshake = HandshakeGate(self.clock, cfg.get("handshake_wait_ms") or 10000) \
+            if cfg.get("ssl") else None
         self.backoff = Backoff(cfg.get("backoff_base_ms") or BACKOFF_BASE_MS,
                                cfg.get("backoff_cap_ms") or BACKOFF_CAP_MS, rand)
         self._lock = _thread.allocate_lock()
@@ -273,7 +276,7 @@ class Link:
 
     def _connect(self):
         cfg = self.cfg
-        tls = TlsWrap(tls_context(cfg)) if cfg.get("ssl") else None
+        tls = TlsWrap(tls_context(cfg), self.handshake) if cfg.get("ssl") else None
         port = cfg.get("port") or (8883 if tls else 1883)
         c = self.client_class(cfg.get("client_id") or cfg["id"], cfg["host"], port,
                               cfg.get("user"), cfg.get("password"), self.keepalive_s, ssl=tls)

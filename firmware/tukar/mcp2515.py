@@ -306,14 +306,34 @@ class MCP2515:
         Returns its id (| EXT for 29-bit ids) or -1 when none. DLC is buf[4] & 0x0F."""
         if self._int is not None and self._int.value():
             return -1
-        st = self.rx_status() >> 6
+        # The two transfers inline (the receive task's path: every frame comes this way).
+        b = self._buf
+        cs = self._cs
+        spi = self._spi
+        b[0] = _RX_STATUS
+        b[1] = 0
+        mv = self._by_len[2]
+        cs.value(0)
+        try:
+            spi.write_readinto(mv, mv)
+        finally:
+            cs.value(1)
+        st = b[1] >> 6
         if st == 0:
             return -1
-        b = self._buf
         b[0] = _READ_RX0 if st & 1 else _READ_RX1  # READ RX clears RXnIF when CS rises
-        self._xfer(14)  # the chip ignores what follows the instruction on SI
+        mv = self._by_len[14]  # the chip ignores what follows the instruction on SI
+        cs.value(0)
+        try:
+            spi.write_readinto(mv, mv)
+        finally:
+            cs.value(1)
         buf[:13] = self._rx13
-        return frame_id(buf)
+        sidl = b[2]  # frame_id, inline
+        sid = (b[1] << 3) | (sidl >> 5)
+        if sidl & _EXIDE:
+            return EXT | (sid << 18) | ((sidl & 0x03) << 16) | (b[3] << 8) | b[4]
+        return sid
 
     def recv(self, frame):
         """Fill a CanFrame in place; True when a frame was read."""
