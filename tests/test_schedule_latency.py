@@ -234,3 +234,6 @@ def test_a_swap_under_the_multi_rate_tick_completes_with_every_door_accounted_fo
     kinds = [e["type"] for e in c.events]
     assert "SwapCompleted" in kinds and "SwapAborted" not in kinds, kinds
     assert c.core.session is None and all(c.core.lock_cmd)
+    # The session's time-outs ended with it: no slot keeps a timer the schedule looks at
+    # every tick (each one costs the quiet tick until it would have run out).
+    assert not c.core.timed & (1 << n_in | 1 << n_out), bin(c.core.timed)

@@ -2,10 +2,15 @@
 # watched every tick, the slots whose timer has ended, and each slot's turn to have its BMS age
 # looked at. Core derives from Schedule (`self` is the Core).
 # pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
+from micropython import const
+
 from tukar import config as cf
 from tukar import slot as sl
 from tukar.clock import wrap_add, wrap_diff
 from tukar.states import IO_FAULT_MS, S_AWAITING, S_DISPENSING, S_REJECTED
+
+_TICKS_MAX = const((1 << 30) - 1)  # tukar.clock.TICKS_MAX
+_TICKS_HALF = const(1 << 29)
 
 
 def _earlier(a, b):
@@ -106,6 +111,6 @@ class Schedule:
         while m:
             low = m & -m
             m ^= low
-            if wrap_diff(now, bits[low].wake) >= 0:
+            if (now - bits[low].wake) & _TICKS_MAX < _TICKS_HALF:  # wrap_diff(now, wake) >= 0
                 due |= low
         return due

@@ -167,9 +167,20 @@ class SessionSteps:
         self._end_session()
 
     def _end_session(self):
+        ss = self.session
         self.session = None
         self.jdirty |= J_SESSION
         self.dirty |= 1
+        if ss is not None:
+            # The session's time-outs end with it: a slot not evaluated in this tick would keep
+            # a stale timer, and every tick would look at it until it ran out.
+            for n in (ss.slot_in, ss.slot_out):
+                if n and self.timed & (1 << n):
+                    t = self._wake(self.slots[n - 1], None)
+                    if t is None:
+                        self.timed &= ~(1 << n)
+                    else:
+                        self.slots[n - 1].wake = t
 
     def _choose_dispense(self):
         """Rule 6: the dispensable battery with the highest SoC; ties: fewest cycles, then lowest
