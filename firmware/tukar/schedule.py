@@ -26,7 +26,7 @@ class Schedule:
         b = s.inp.bms
         if not b.valid:
             return False
-        age = wrap_diff(now, b.t_ms)
+        age = ((now - b.t_ms + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF  # wrap_diff, inline
         if s.fresh:
             return age >= self.lim.fresh_ms
         if not b.link_fault and age < self.lim.fresh_ms:
