@@ -71,7 +71,8 @@ def explore(n=3, stocks=(("good", "good", None),), bounds=None, check=True, inva
     frontier = []
     level = frontier
 
-    def note(events, k2, k, ev):
+    def note(events, k, ev):
+        """The first transition that made the core emit each event type."""
         for e in events:
             if e["type"] not in res.first:
                 res.first[e["type"]] = (k, ev)
@@ -89,7 +90,7 @@ def explore(n=3, stocks=(("good", "good", None),), bounds=None, check=True, inva
         core, w, events, ok = boot(n, stock)
         seen = Seen(core, w)
         k = seen.key()
-        note(events, k, None, ("stock", stock))
+        note(events, None, ("stock", stock))
         if check:
             _check(res, checks, None, ("stock", stock), events, {"settled": ok}, seen, None)
         admit(k, None, ("stock", stock), core, w)
@@ -116,7 +117,7 @@ def explore(n=3, stocks=(("good", "good", None),), bounds=None, check=True, inva
                 if ack is not None and not ack["ok"] and not events and k2 == k:
                     fresh = True  # a refused command changed nothing: this copy is still the state
                     continue
-                note(events, k2, k, ev)
+                note(events, k, ev)
                 if check:
                     _check(res, checks, before, ev, events, info, after, k)
                 admit(k2, k, ev, core2, w)
