@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench check clean typings flash deploy micropython needs image
+.PHONY: test sim bench explore check clean typings flash deploy micropython needs image
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -52,6 +52,11 @@ sim: $(STAMP) $(if $(filter micropython,$(RUNTIME)),$(MICROPYTHON))
 ## bench: figures measured under the MicroPython VM (fuel, heap, allocations per tick)
 bench: $(STAMP) $(MICROPYTHON)
 	$(PY) -m tukar_tools.bench $(BENCH_ARGS)
+
+## explore: every reachable state of a 3-slot cabinet, checked against the safety invariants; each
+## violation is written as a scenario under build/explore (EXPLORE_ARGS: --slots 2, --verbose, ...)
+explore: $(STAMP)
+	$(VENV)/bin/tukar explore $(EXPLORE_ARGS)
 
 ## flash: erase a board and write a MicroPython image: make flash PORT=/dev/ttyUSB0 FIRMWARE=fw.bin
 flash: $(STAMP)

@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     ("deploy", "tukar_tools.deploy", "compile the firmware to .mpy and copy what changed (mpremote)"),
     ("provision", "tukar_tools.provision", "write config and secrets to a device"),
     ("bench", "tukar_tools.bench", "measure the firmware under the MicroPython VM"),
+    ("explore", "tukar_tools.explore", "check every reachable state of a small cabinet against the safety rules"),
 )
 
 

@@ -1,7 +1,9 @@
 """Scripted scenarios: a sequence of world actions, signed commands and expectations, driven
 through MQTT only (as an outside tool would), with times in simulated seconds.
 
-A scenario file is JSON: {"name", "description", "cabinet"?, "steps": [...]}. Steps:
+A scenario file is JSON: {"name", "description", "cabinet"?, "slots"?, "fill"?, "stock"?, "speed"?,
+"steps": [...]}; `tukar sim --scenario` builds its cabinet with `slots` slots, `fill` random packs
+or exactly the `stock` ([{"slot", "battery": an `insert` battery}]), at `speed`. Steps:
   {"do": "world", "action": ..., ...fields}           a `sim/cmd` action; must be acked ok
                                                         (unless "expect_error": "prefix")
   {"do": "cmd", "cmd": ..., "args": {...}, "expect": {...}, "save": {"var": "field"}}

@@ -248,7 +248,7 @@ class SimCabinet:
     """One simulated cabinet: its physical world, its flash directory and its firmware."""
 
     def __init__(self, sim, cid, slots, state_dir, fill, rnd, runtime="cpython", heap=None,
-                 micropython=None):
+                 micropython=None, stock=None):
         self.sim = sim
         self.id = cid
         self.board_name = board_for(slots)
@@ -264,7 +264,7 @@ class SimCabinet:
         self.control = None
         self.reports = []  # what went wrong with the firmware, as told to the user
         if not self.load_world():
-            self.stock(fill, rnd)
+            self.stock(fill, rnd, stock)
         self.runtime = runtime
         if sim is None:
             self.fw = None
@@ -290,9 +290,18 @@ class SimCabinet:
         print("tukar sim: %s: %s" % (self.id, text), file=sys.stderr, flush=True)
 
     # -- stock and the world across restarts -----------------------------------------------------
-    def stock(self, fill, rnd):
-        """`fill` batteries in the first slots, SoC spread so some are ready and some charge."""
+    def stock(self, fill, rnd, packs=None):
+        """`fill` batteries in the first slots, SoC spread so some are ready and some charge; or
+        exactly `packs` ([{"slot", "battery": an `insert` battery}], a scenario's `stock`)."""
         profile = self.phys.profiles["ref48v"]
+        if packs is not None:
+            for p in packs:
+                spec = simworld.battery_spec(p["battery"])
+                self.phys.add_pack(p["slot"], Pack(
+                    spec["serial"], self.phys.profiles.get(spec.get("profile")) or profile,
+                    spec["soc"], spec["soh"], spec["temp_c"], spec.get("faults", ()),
+                    p["battery"].get("cycles", 50)))
+            return
         for n in range(1, min(fill, self.n) + 1):
             soc = rnd.choice([95, 98, 100, 60, 75, 40, 92, 85])
             self.phys.add_pack(n, Pack("%s-B%02d" % (self.id.upper(), n), profile, soc=soc,
@@ -419,7 +428,7 @@ class SimCabinet:
 class Simulation:
     def __init__(self, host, port, prefix="tukar", key=None, cabinets=1, slots=12,
                  id_prefix="sim", state_dir=DEFAULT_STATE_DIR, speed=1.0, seed=1, fill=None,
-                 runtime="cpython", heap=None, micropython=None):
+                 runtime="cpython", heap=None, micropython=None, stock=None):
         if runtime not in RUNTIMES:
             raise ValueError("runtime must be one of %s" % ", ".join(RUNTIMES))
         if runtime == "micropython" and speed != 1.0:
@@ -432,7 +441,7 @@ class Simulation:
         rnd = random.Random(seed)
         fill = slots // 2 if fill is None else fill
         self.cabinets = [SimCabinet(self, "%s-%d" % (id_prefix, k + 1), slots, state_dir, fill, rnd,
-                                    runtime, heap, micropython)
+                                    runtime, heap, micropython, stock)
                          for k in range(cabinets)]
         self.by_id = {c.id: c for c in self.cabinets}
         self.loop = None
@@ -535,7 +544,8 @@ class _Actions:
 def add_arguments(p):
     p.add_argument("--broker", help="HOST:PORT of an external broker (default: start one here)")
     p.add_argument("--cabinets", type=int, default=1, help="number of cabinets (default 1)")
-    p.add_argument("--slots", type=int, default=12, help="slots per cabinet, 1..24 (default 12)")
+    p.add_argument("--slots", type=int,
+                   help="slots per cabinet, 1..24 (default 12, or the scenario's `slots`)")
     p.add_argument("--id-prefix", default="sim", help="cabinet ids are PREFIX-1, PREFIX-2, ...")
     p.add_argument("--prefix", default="tukar", help="MQTT topic prefix (default tukar)")
     p.add_argument("--state-dir",
@@ -560,7 +570,16 @@ def add_arguments(p):
 
 
 def run(args):
-    if not 1 <= args.slots <= 24:
+    scenario = None
+    if args.scenario:
+        from tukar_tools import scenario as sc
+        try:
+            scenario = sc.load(args.scenario)
+        except (OSError, ValueError) as e:
+            print("tukar sim: %s" % e, file=sys.stderr)
+            return 2
+    slots = args.slots or (scenario or {}).get("slots") or 12
+    if not isinstance(slots, int) or not 1 <= slots <= 24:
         print("tukar sim: --slots must be 1..24", file=sys.stderr)
         return 2
     if args.cabinets < 1:
@@ -571,14 +590,6 @@ def run(args):
     except ValueError as e:
         print("tukar sim: %s" % e, file=sys.stderr)
         return 2
-    scenario = None
-    if args.scenario:
-        from tukar_tools import scenario as sc
-        try:
-            scenario = sc.load(args.scenario)
-        except (OSError, ValueError) as e:
-            print("tukar sim: %s" % e, file=sys.stderr)
-            return 2
     own = None
     if args.broker:
         host, port = mqttc.parse_broker(args.broker)
@@ -612,9 +623,9 @@ def run(args):
                 own.stop()
             print("tukar sim: %s" % e, file=sys.stderr)
             return 2
-    sim = Simulation(host, port, args.prefix, key, args.cabinets, args.slots, args.id_prefix,
+    sim = Simulation(host, port, args.prefix, key, args.cabinets, slots, args.id_prefix,
                      state_dir or DEFAULT_STATE_DIR, speed, args.seed, fill, args.runtime,
-                     args.heap, args.micropython)
+                     args.heap, args.micropython, (scenario or {}).get("stock"))
     stop = threading.Event()
     result = {"code": 0}
 
