@@ -238,6 +238,8 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
     A construction that raised is in Cabinet.app (finish() records it and resets)."""
     try:
         board = safe_board(machine, root)
+    except MemoryError:
+        raise  # not the board file's fault: the traceback names it (the outputs are as below)
     except Exception as e:  # BoardError, OSError: the hardware's pull-downs keep outputs safe
         _say("board file %s: %s. Outputs are left to the board's pull resistors (chargers off, locks "
              "locked). Staying in the REPL." % (root + BOARD_FILE, e))
