@@ -111,13 +111,13 @@ class Link:
                       "ignored_topics": 0, "acks_dropped": 0}
         self._cmds = []
         # control loop -> link
-        self._state = {}  # suffix -> latest JSON text, kept for birth and rebirth
-        self._order = []  # suffixes in the order first posted
-        self._pending = []  # suffixes whose latest text is not yet published
+        self._state = {}  # suffix -> its latest JSON text, until published
+        self._pending = []  # those suffixes, in the order posted
         self._acks = []
         self._rebirth = False
         self._stop = False
         self._abandon = False
+        self._lost = False  # a connection was lost and no new one is up yet
         # link thread only
         self._client = None
         self._guard = None
@@ -130,12 +130,17 @@ class Link:
 
     # == control loop side: never blocks on the network, never raises =====================
     def post_state(self, suffix, payload):
-        """Retained state for `state` or `slot/N/state`; only the newest per topic is kept."""
+        """Retained state for `state` or `slot/N/state`; only the newest per topic is kept, and only
+        until it is published. While a lost connection waits to be rebuilt nothing is kept: at
+        every new connection the core posts every state afresh (Core.connected), so a text kept
+        through an outage would only be published to be replaced."""
         try:
+            if self._lost:
+                return
             text = dumps(payload)
             with self._lock:
-                if suffix not in self._state:
-                    self._order.append(suffix)
+                if self._lost:
+                    return
                 self._state[suffix] = text
                 if suffix not in self._pending:
                     self._pending.append(suffix)
@@ -261,7 +266,12 @@ class Link:
         """Drop the connection without DISCONNECT, so the broker publishes the Last Will."""
         g = self._guard
         self.connected = False
-        self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._lost = True
+                self._state.clear()  # the next connection's states are posted afresh
+                del self._pending[:]
+            self._client = None
         self._guard = None
         if g is not None:
             self.stats["tx_bytes"] += g.tx
@@ -290,7 +300,9 @@ class Link:
             raise
         self._guard = SocketGuard(c.sock, tls.raw if tls else None, self.io_timeout_s, self.clock)
         c.sock = self._guard
-        self._client = c
+        with self._lock:
+            self._client = c
+            self._lost = False
         self.stats["connects"] += 1
         self.bdseq = (self.bdseq + 1) & 0xFF
         self._seq = 0
@@ -302,17 +314,17 @@ class Link:
         self.backoff.reset()
 
     def _birth(self, status):
-        """info, then `online` (on connect), then every state posted so far."""
-        c = self._client
-        assert c is not None
+        """info, then `online` (on connect), then every state waiting to be published. The core
+        posts every state afresh at each new connection and at a rebirth; those the link gets
+        after the birth follow at the state rate."""
         info = self.info()
         info["bdseq"] = self.bdseq
         self._publish(self.t_info, dumps(info), True, 1)
         if status:
             self._publish(self.t_status, b"online", True, 1)
         with self._lock:
-            order = list(self._order)
-        for suffix in order:
+            waiting = list(self._pending)
+        for suffix in waiting:
             self._publish_state(suffix)
 
     def _goodbye(self):
@@ -355,20 +367,13 @@ class Link:
 
     def _publish_state(self, suffix):
         with self._lock:
-            text = self._state.get(suffix)
+            text = self._state.pop(suffix, None)
             if suffix in self._pending:
                 self._pending.remove(suffix)
         if text is None:
             return
         now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
-        try:
-            self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()),
-                          True, 1)
-        except Exception:
-            with self._lock:
-                if suffix not in self._pending:
-                    self._pending.insert(0, suffix)
-            raise
+        self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()), True, 1)
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
         if self._n_sent < STATE_PER_S:
