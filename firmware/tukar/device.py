@@ -252,7 +252,7 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
     try:
         setup = load_setup(root, board.slot_count)
         from tukar.profile import load_dir
-        profiles = load_dir(root + PROFILES_DIR) if _exists(root + PROFILES_DIR) else {}
+        profiles = load_dir(root + PROFILES_DIR, True) if _exists(root + PROFILES_DIR) else {}
     except (SetupError, ValueError) as e:
         _say("%s. Outputs safe, staying in the REPL." % e)
         return "no_setup"
@@ -278,8 +278,6 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
                         info_extra=report)
     except Exception as e:
         return Cabinet(board, setup, None, None, e)  # finish() records it and resets
-    for p in profiles.values():
-        p.data = None  # the links have built their tables from it: 8.6 KB less heap
     # Armed only now: construction (imports, the journal, the board) may take longer than the
     # shortest timeout, and an armed watchdog cannot be stopped, so a slow boot would reset forever.
     # Until here the outputs are safe and nothing moves.
