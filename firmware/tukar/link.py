@@ -69,7 +69,10 @@ def _rand_unit():
 
 
 def with_seq(text, seq):
-    """A JSON object's text with "seq" added, without parsing it again."""
+    """A JSON object's text (str, or bytes as the outbox keeps it) with "seq" added, without
+    parsing it again."""
+    if isinstance(text, bytes):
+        return b'{"seq":%d}' % seq if text == b"{}" else text[:-1] + b',"seq":%d}' % seq
     if text == "{}":
         return '{"seq":%d}' % seq
     return '%s,"seq":%d}' % (text[:-1], seq)
