@@ -19,7 +19,7 @@ from time import sleep_ms as _sleep_ms, ticks_ms as _ticks_ms  # type: ignore[at
 
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
-from tukar.sockets import SocketGuard, TlsWrap, tls_context
+from tukar.sockets import SocketGuard, TlsWrap, WithSeq, tls_context
 from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
@@ -66,16 +66,6 @@ class Backoff:
 
 def _rand_unit():
     return random.getrandbits(16) / 65536
-
-
-def with_seq(text, seq):
-    """A JSON object's text (str, or bytes as the outbox keeps it) with "seq" added, without
-    parsing it again."""
-    if isinstance(text, bytes):
-        return b'{"seq":%d}' % seq if text == b"{}" else text[:-1] + b',"seq":%d}' % seq
-    if text == "{}":
-        return '{"seq":%d}' % seq
-    return '%s,"seq":%d}' % (text[:-1], seq)
 
 
 class Link:
@@ -140,7 +130,7 @@ class Link:
         try:
             if self._lost:
                 return
-            text = dumps(payload)
+            text = dumps(payload).encode()  # bytes: published without a copy (WithSeq)
             with self._lock:
                 if self._lost:
                     return
@@ -376,7 +366,7 @@ class Link:
         if text is None:
             return
         now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
-        self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()), True, 1)
+        self._publish((self.prefix + suffix).encode(), WithSeq(text, self._next_seq()), True, 1)
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
         if self._n_sent < STATE_PER_S:
@@ -421,9 +411,9 @@ class Link:
             if item is None:
                 break
             if item[0] == EVENT:
-                self._publish(self.t_event, with_seq(item[2], self._next_seq()), False, 1)
+                self._publish(self.t_event, WithSeq(item[2], self._next_seq()), False, 1)
             else:
-                self._publish(self.t_telemetry, with_seq(item[2], self._next_seq()), False, 0)
+                self._publish(self.t_telemetry, WithSeq(item[2], self._next_seq()), False, 0)
             ob.done(item)
             busy = True
         while self._pending and self._state_allowed(self.clock.ticks_ms()):  # coalesced state
