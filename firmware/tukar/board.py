@@ -23,7 +23,7 @@ class Board(Sampling):
         if machine is None:
             import machine  # type: ignore[no-redef]
         self._m = machine
-        p = validate(cfg)
+        validate(cfg)  # its plan (a claim per pin, 4 KB) is let go before anything is built
         # Only what the running board needs is kept: not the parsed board file (7 KB of heap).
         self.name = cfg["board"]
         self.chip = cfg["chip"]
