@@ -52,6 +52,7 @@ class App:
                          self.core.counters.get("bdseq", 0),
                          time_known=lambda: self._wall() is not None)
         self.tick_ms = self.core.cfg["tick_ms"]
+        self.unposted = 0  # states changed but not yet handed to the link (bit 0 cabinet, n slot n)
         self.progress = {}
         self.tasks = {}
         self.crashes = []
@@ -100,13 +101,24 @@ class App:
         if core.take_rebirth():
             link.request_rebirth()
         core.connected(link.bdseq)  # a new connection: bdseq persisted, every state published afresh
-        dirty = core.take_dirty()
+        dirty = core.take_dirty() | self.unposted
         if dirty:
-            if dirty & 1:
+            # As many as the link takes now (it publishes 5 a second): the others stay marked and
+            # are worked out when there is room, fresh then, instead of 13 texts waiting in the
+            # heap after a connect.
+            room = link.state_room()
+            if dirty & 1 and room > 0:
                 link.post_state("state", core.cabinet_state())
-            for n in range(1, core.n_slots + 1):
+                dirty &= ~1
+                room -= 1
+            n = 1
+            while room > 0 and dirty >> n:
                 if dirty & (1 << n):
                     link.post_state("slot/%d/state" % n, core.slot_state(n))
+                    dirty &= ~(1 << n)
+                    room -= 1
+                n += 1
+        self.unposted = dirty
         if core.jdirty or self.outbox.dirty or self.outbox.wants_refill():
             self.persist_now.set()
         if core.reboot and self.stopping is None:

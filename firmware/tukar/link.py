@@ -23,6 +23,7 @@ from tukar.sockets import SocketGuard, TlsWrap, WithSeq, tls_context
 from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
+STATE_WAITING = const(2)  # state texts waiting to be published, at most, before state_room() is 0
 MAX_COMMANDS = const(16)  # received, not yet taken by the control loop
 MAX_ACKS = const(16)
 BATCH = const(4)  # publishes of one kind per pass, so receiving stays responsive
@@ -139,6 +140,14 @@ class Link:
                     self._pending.append(suffix)
         except Exception as e:
             self.last_error = "post_state: %r" % (e,)
+
+    def state_room(self):
+        """How many more states post_state() should be given now: the control loop keeps the rest
+        marked and works them out when the link has published these (a large number while a lost
+        connection is rebuilt: they are dropped, and every state is posted at the next one)."""
+        if self._lost:
+            return 1 << 30
+        return STATE_WAITING - len(self._pending)
 
     def post_telemetry(self, payload):
         try:
