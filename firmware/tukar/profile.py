@@ -152,22 +152,28 @@ def _repack(profiles):
     """The compiled tables were allocated among the parsed JSON, which is gone now: copied once
     more, they fill the lowest free blocks together, and what they leave behind is one free run
     instead of a sieve of small holes (a fragmented heap fails a 300-byte allocation with 20 KB
-    free)."""
+    free). Equal tuples (a byte step, a 16-bit field's steps, across frames and profiles) are
+    made one."""
     import gc
     gc.collect()
+    same = {}
     for name in profiles:
         p = profiles[name]
         if p.link_data is not None:
-            p.link_data = _copy(p.link_data)
+            p.link_data = _copy(p.link_data, same)
 
 
-def _copy(v):
+def _copy(v, same):
     if isinstance(v, tuple):
-        return tuple([_copy(x) for x in v])
+        t = tuple([_copy(x, same) for x in v])
+        try:
+            return same.setdefault(t, t)
+        except TypeError:  # holds a dict: not hashable, kept as it is
+            return t
     if isinstance(v, dict):
         d = {}
         for k in v:
-            d[k] = _copy(v[k])
+            d[k] = _copy(v[k], same)
         return d
     return v
 
