@@ -281,7 +281,7 @@ def test_a_construction_that_fails_arms_no_watchdog_and_resets(machine, board, t
     assert "MemoryError: journal too big" in (tmp_path / "crash.json").read_text()
 
 
-def test_once_the_links_are_wired_the_profiles_source_data_is_let_go(machine, board, tmp_path):
+def test_the_profiles_are_read_compact_their_source_data_let_go(machine, board, tmp_path):
     provision(tmp_path)
     pdir = tmp_path / "profiles"
     pdir.mkdir()
@@ -291,3 +291,4 @@ def test_once_the_links_are_wired_the_profiles_source_data_is_let_go(machine, bo
     profiles = FakeApp.built[0].args[4]
     assert list(profiles) == ["ref48v"]
     assert profiles["ref48v"].data is None and profiles["ref48v"].capacity_mah > 0
+    assert isinstance(profiles["ref48v"].decoder(), tuple)  # the CAN decoder's tables

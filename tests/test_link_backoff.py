@@ -1,7 +1,8 @@
 # The link's reconnect back-off and its per-message checks, with a fake clock and a fake client:
 # no network, no threads.
-from tukar.link import BACKOFF_CAP_MS, Backoff, Link, with_seq
+from tukar.link import BACKOFF_CAP_MS, Backoff, Link
 from tukar.outbox import Outbox
+from tukar.sockets import SocketGuard, WithSeq
 
 
 class FakeClock:
@@ -106,9 +107,28 @@ def test_at_most_16_commands_wait_and_the_oldest_go_first():
     assert link.stats["commands_dropped"] == 4
 
 
-def test_seq_is_spliced_into_the_json_text():
-    assert with_seq('{"a": 1}', 255) == '{"a": 1,"seq":255}'
-    assert with_seq("{}", 0) == '{"seq":0}'
+def test_seq_is_spliced_into_the_json_text_as_it_is_written():
+    class Sock:
+        def __init__(self):
+            self.out = b""
+
+        def write(self, buf, n=None):
+            self.out += bytes(buf)
+            return len(buf)
+
+        def settimeout(self, t):
+            pass
+
+    class Clock:
+        def ticks_ms(self):
+            return 0
+
+    for text, seq, want in ((b'{"a":1}', 255, b'{"a":1,"seq":255}'), (b"{}", 0, b'{"seq":0}')):
+        sock = Sock()
+        g = SocketGuard(sock, None, 5, Clock())
+        p = WithSeq(text, seq)
+        g.write(p)
+        assert sock.out == want and len(p) == len(want) and bytes(p) == want and g.tx == len(want)
 
 
 def test_posting_never_raises_even_with_an_unserialisable_payload():

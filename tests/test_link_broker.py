@@ -303,16 +303,30 @@ def test_silent_broker_times_out_backs_off_and_the_control_loop_keeps_50_ms(sile
     assert worst < 0.050 + 0.025  # 50 ms period, at most half a period late
 
 
-def test_a_rebirth_republishes_info_and_every_state(broker):
+def test_a_rebirth_republishes_info_on_the_same_connection(broker):
     link = make_link(broker.port)
-    link.post_state("state", {"n": 1})
-    link.post_state("slot/1/state", {"slot": 1})
     w = watch(broker, link)
     with running(link):
-        w.wait(lambda m: len(w.on("slot/1/state")) == 1, what="birth")
-        time.sleep(1.1)  # let the state window pass
-        link.request_rebirth()
-        w.wait(lambda m: len(w.on("slot/1/state")) == 2, what="rebirth")
-    assert len(w.on("info")) == 2 and [p for p, _ in w.on("status")].count(b"online") == 1
+        link.post_state("state", {"n": 1})
+        w.wait(lambda m: len(w.on("state")) == 1, what="state")
+        link.request_rebirth()  # the core posts every state afresh beside it (Core rebirth)
+        w.wait(lambda m: len(w.on("info")) == 2, what="rebirth")
+        link.post_state("state", {"n": 2})
+        w.wait(lambda m: len(w.on("state")) == 2, what="the states after it")
+    assert [p for p, _ in w.on("status")].count(b"online") == 1
     assert json.loads(w.on("info")[1][0])["bdseq"] == 1  # same connection
+    w.close()
+
+
+def test_a_state_is_kept_until_published_and_not_while_a_lost_connection_is_rebuilt(broker):
+    link = make_link(broker.port)
+    w = watch(broker, link)
+    with running(link):
+        link.post_state("slot/1/state", {"slot": 1})
+        w.wait(lambda m: len(w.on("slot/1/state")) == 1, what="state")
+        wait_until(lambda: link._state == {} and link._pending == [], 5, "the text let go")
+        link.stop()  # no reconnection: the link stays down
+        wait_until(lambda: not link.running, 10, "link thread ended")
+        link.post_state("slot/1/state", {"slot": 1, "n": 2})  # the next connection's core posts anew
+        assert link._state == {} and link._pending == []
     w.close()

@@ -10,6 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFESTS = sorted(glob.glob(os.path.join(ROOT, "boards", "*", "manifest.py")))
 FIRMWARE_MANIFEST = os.path.join(ROOT, "firmware", "manifest.py")
+HOST_MANIFEST = os.path.join(ROOT, "tools", "tukar_tools", "mpshim", "manifest.py")
 IDS = [p.split(os.sep)[-2] for p in MANIFESTS]
 
 
@@ -73,7 +74,20 @@ def test_the_firmware_manifest_freezes_asyncio_umqtt_and_tukar():
     assert ("require", "umqtt.simple", {}) in calls
 
 
-@pytest.mark.parametrize("path", MANIFESTS + [FIRMWARE_MANIFEST], ids=IDS + ["unix"])
+def test_the_unix_build_freezes_the_firmware_manifest_and_only_the_host_stand_ins_beside_it():
+    calls = run_manifest(HOST_MANIFEST)
+    includes = [os.path.normpath(os.path.join(os.path.dirname(HOST_MANIFEST), c[1]))
+                for c in calls if c[0] == "include"]
+    assert includes == [FIRMWARE_MANIFEST]
+    assert sorted(c[1] for c in calls if c[0] == "module") == ["machine.py", "network.py", "ntptime.py"]
+    assert [c for c in calls if c[0] in ("package", "freeze", "require")] == []
+    for path in MANIFESTS:  # the production images never freeze the stand-ins
+        followed = run_manifest(path, follow=True)
+        assert [c for c in followed if c[0] == "module"] == []
+
+
+@pytest.mark.parametrize("path", MANIFESTS + [FIRMWARE_MANIFEST, HOST_MANIFEST],
+                         ids=IDS + ["firmware", "unix"])
 def test_manifest_freezes_the_tukar_package_from_firmware(path):
     pkgs = [c for c in run_manifest(path, follow=True) if c[0] == "package"]
     assert len(pkgs) == 1

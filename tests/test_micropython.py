@@ -337,12 +337,20 @@ def test_make_test_passes_the_check_when_everything_is_there():
 
 def test_a_firmware_that_resets_in_a_loop_leaks_no_descriptor_in_the_simulator(mqtt_broker,
                                                                                 tmp_path):
-    """88 KB: the app cannot be built, the firmware records the crash and resets, again and again
-    (as a device would). Hundreds of processes come and go; the simulator must not run out of
-    file descriptors (it did, and then could not even reach its broker)."""
+    """A config the core refuses (a control tick of 5 ms): the app cannot be built, the firmware
+    records the crash and resets, again and again (as a device would). Hundreds of processes come
+    and go; the simulator must not run out of file descriptors (it did, and then could not even
+    reach its broker)."""
+    import json
     import os
-    s = mp_sim(mqtt_broker, tmp_path, heap="88K")
+    s = mp_sim(mqtt_broker, tmp_path)
     cab = s.cabinets[0]
+    config = os.path.join(cab.flash, "config.json")
+    with open(config) as f:
+        cfg = json.load(f)
+    cfg["core"] = {"tick_ms": 5}  # outside 10..100: Core raises ConfigError
+    with open(config, "w") as f:
+        json.dump(cfg, f)
 
     def script(s):
         wait(lambda: cab.fw.boots >= 30, 30, "thirty boots")

@@ -115,6 +115,27 @@ def test_a_broken_file_in_the_directory_stops_load_dir_naming_it(tmp_path):
         P.load_dir(str(tmp_path))
 
 
+def test_read_compact_a_profile_keeps_what_its_link_uses_and_lets_its_source_go():
+    from tukar import canbms
+    ps = P.load_dir(str(PROFILES), compact=True)
+    full = P.load_dir(str(PROFILES))
+    assert all(p.data is None for p in ps.values())
+    assert P.sbs_names(ps) == P.sbs_names(full) == {"TK48S-30": "sbs48v", "TK48S-30A": "sbs48v"}
+    for name in ("ref48v", "pack72v"):  # the decoder gets the same tables either way
+        assert canbms.compile_profile(ps[name].decoder()) == canbms.compile_profile(full[name].decoder())
+        assert ps[name].decoder() == canbms.compile_profile(full[name].data)
+
+
+def test_a_can_layout_the_decoder_refuses_is_refused_at_load_naming_the_file(tmp_path):
+    d = json.loads((PROFILES / "ref48v.json").read_text())
+    d["can"]["frames"][0]["signals"][0]["field"] = "warp_factor"
+    path = tmp_path / "ref48v.json"
+    path.write_text(json.dumps(d))
+    P.load(str(path))  # the source alone is not checked signal by signal
+    with pytest.raises(P.ProfileError, match="^%s: signal PackVoltage: unknown field warp_factor" % path):
+        P.load(str(path), compact=True)
+
+
 @pytest.mark.mpy
 def test_profiles_load_under_micropython():
     code = ("from tukar import profile as P\n"

@@ -36,9 +36,12 @@ class App:
         self.core = Core(cfg["id"], cfg["slots"], profiles=profiles, config=cfg.get("core"),
                          journal=journal if isinstance(journal, dict) else None,
                          boot_reason=boot_reason)
-        self.outbox = Outbox()
-        if isinstance(saved, dict) and isinstance(saved.get("outbox"), list):
-            self.outbox.restore(saved["outbox"])
+        self.outbox = Outbox(store=self.store)  # newer events wait in a spill file, not the heap
+        if not isinstance(saved, dict):
+            saved = {}
+        events = saved.get("outbox")
+        self.outbox.restore(events if isinstance(events, list) else None, saved.get("spill"))
+        saved = events = journal = None  # the parsed state, let go before the links are built
         self.cycle = cycle_class(board, self.core)
         self.gate = Gate(key)
         self.wall = wall  # callable: Unix seconds once the clock is synced, else None
@@ -49,6 +52,7 @@ class App:
                          self.core.counters.get("bdseq", 0),
                          time_known=lambda: self._wall() is not None)
         self.tick_ms = self.core.cfg["tick_ms"]
+        self.unposted = 0  # states changed but not yet handed to the link (bit 0 cabinet, n slot n)
         self.progress = {}
         self.tasks = {}
         self.crashes = []
@@ -104,14 +108,25 @@ class App:
         if core.take_rebirth():
             link.request_rebirth()
         core.connected(link.bdseq)  # a new connection: bdseq persisted, every state published afresh
-        dirty = core.take_dirty()
+        dirty = core.take_dirty() | self.unposted
         if dirty:
-            if dirty & 1:
+            # As many as the link takes now (it publishes 5 a second): the others stay marked and
+            # are worked out when there is room, fresh then, instead of 13 texts waiting in the
+            # heap after a connect.
+            room = link.state_room()
+            if dirty & 1 and room > 0:
                 link.post_state("state", core.cabinet_state())
-            for n in range(1, core.n_slots + 1):
+                dirty &= ~1
+                room -= 1
+            n = 1
+            while room > 0 and dirty >> n:
                 if dirty & (1 << n):
                     link.post_state("slot/%d/state" % n, core.slot_state(n))
-        if core.jdirty or self.outbox.dirty:
+                    dirty &= ~(1 << n)
+                    room -= 1
+                n += 1
+        self.unposted = dirty
+        if core.jdirty or self.outbox.dirty or self.outbox.wants_refill():
             self.persist_now.set()
         if core.reboot and self.stopping is None:
             self.stopping = "command"
@@ -145,21 +160,30 @@ class App:
             return False
         if not urgent and not force and wrap_diff(now, self.last_persist) < ACK_ONLY_PERSIST_MS:
             return False
+        # The events past the outbox's head go to its spill file first: the state names the
+        # spill file's range, so a power cut between the two loses nothing the state had.
+        spilled = self.outbox.spill()
         core.take_journal()  # the whole journal is written: every section at once
-        self.outbox.dirty = False
+        self.outbox.dirty = not spilled  # a spill that failed is tried again
         self.last_persist = now
         errors = self.store.errors
-        self.store.save("state", self._write_state, now)
-        self._flash_health(self.store.errors == errors)
+        if self.store.save("state", self._write_state, now):
+            self.outbox.persisted()
+        self._flash_health(self.store.errors == errors and spilled)
         return True
 
     def _write_state(self, f):
-        """{"journal": ..., "outbox": [...]} streamed into the store's file: the journal by the
-        JSON encoder, the events as the texts the outbox already holds."""
+        """{"journal": ..., "outbox": [...], "spill": [...]} streamed into the store's file: the
+        journal by the JSON encoder, the outbox's head as the texts it already holds, and the
+        range of its spill file still owed (absent when nothing is spilled)."""
         f.write('{"journal":')
         dump(self.core.journal(), f)
         f.write(',"outbox":')
         self.outbox.write_events(f)
+        ref = self.outbox.spill_ref()
+        if ref is not None:
+            f.write(',"spill":')
+            dump(ref, f)
         f.write("}")
 
     def _flash_health(self, ok):
@@ -176,6 +200,7 @@ class App:
             except asyncio.TimeoutError:
                 pass
             self.persist_now.clear()
+            self.outbox.refill()  # spilled events back into the head as the link empties it
             self.persist(ticks_ms())
             if self.store.pending:
                 errors = self.store.errors

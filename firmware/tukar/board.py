@@ -23,7 +23,7 @@ class Board(Sampling):
         if machine is None:
             import machine  # type: ignore[no-redef]
         self._m = machine
-        p = validate(cfg)
+        validate(cfg)  # its plan (a claim per pin, 4 KB) is let go before anything is built
         # Only what the running board needs is kept: not the parsed board file (7 KB of heap).
         self.name = cfg["board"]
         self.chip = cfg["chip"]
@@ -101,7 +101,6 @@ class Board(Sampling):
         self.presence = []
         self.locks = []
         self.chargers = []
-        self.limits = []
         self.can_chargers = []
         self.can_charger_bank = None  # tukar.cancharger.CanChargers, when a slot has a CAN charger
         self.charge_voltage_mv = [0] * n  # CAN chargers' voltage ceiling per slot; 0 keeps them off
@@ -121,6 +120,10 @@ class Board(Sampling):
                 x = getattr(inp, "_x", None)
                 if x is not None and x not in xs:
                     xs.append(x)
+            for other in self.slot_x:  # slots on the same expanders share one list
+                if other == xs:
+                    xs = other
+                    break
             self.slot_x.append(xs)
             c = s["charger"]
             en = self._output(c["enable"], 0) if "enable" in c else None
@@ -129,7 +132,6 @@ class Board(Sampling):
                 link = self._can_charger(i, c["node"])
                 self.can_chargers.append(link)
             self.chargers.append(Charger(en, link, s["current_limit_ma"]))
-            self.limits.append(s["current_limit_ma"])
             self._temp(s["temp"], i)
         cab = cfg["cabinet"]
         self.smoke = self._input(cab["smoke"], "smoke")

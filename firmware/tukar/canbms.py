@@ -115,7 +115,10 @@ def compile_signal(s):
 
 
 def compile_profile(p):
-    """Profile dict (or Profile) -> (name, clear mask, shift, node mask, first node, {id: frame})."""
+    """Profile dict (or Profile) -> (name, clear mask, shift, node mask, first node, {id: frame});
+    tables already compiled (tukar.profile.Profile.compact) are returned as they are."""
+    if isinstance(p, tuple):
+        return p
     p = getattr(p, "data", None) or p
     can = p.get("can")
     if not isinstance(can, dict):

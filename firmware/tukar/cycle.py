@@ -24,7 +24,7 @@ class ControlCycle:
         self.board = board
         self.core = core
         board.set_sbs_names(sbs_names(core.profiles))
-        board.attach_can_bms([p.data for p in core.profiles.values() if p.link == "can"],
+        board.attach_can_bms([p.decoder() for p in core.profiles.values() if p.link == "can"],
                              core.slot_inputs)
         n = core.n_slots
         self.ticks = 0

@@ -19,10 +19,11 @@ from time import sleep_ms as _sleep_ms, ticks_ms as _ticks_ms  # type: ignore[at
 
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
-from tukar.sockets import HandshakeGate, SocketGuard, TlsWrap, tls_context
+from tukar.sockets import HandshakeGate, SocketGuard, TlsWrap, WithSeq, tls_context
 from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
+STATE_WAITING = const(2)  # state texts waiting to be published, at most, before state_room() is 0
 MAX_COMMANDS = const(16)  # received, not yet taken by the control loop
 MAX_ACKS = const(16)
 BATCH = const(4)  # publishes of one kind per pass, so receiving stays responsive
@@ -68,13 +69,6 @@ def _rand_unit():
     return random.getrandbits(16) / 65536
 
 
-def with_seq(text, seq):
-    """A JSON object's text with "seq" added, without parsing it again."""
-    if text == "{}":
-        return '{"seq":%d}' % seq
-    return '%s,"seq":%d}' % (text[:-1], seq)
-
-
 class Link:
     def __init__(self, cfg, client_class, outbox, info, bdseq=0, clock=None, rand=None,
                  time_known=None):
@@ -114,13 +108,13 @@ class Link:
                       "ignored_topics": 0, "acks_dropped": 0}
         self._cmds = []
         # control loop -> link
-        self._state = {}  # suffix -> latest JSON text, kept for birth and rebirth
-        self._order = []  # suffixes in the order first posted
-        self._pending = []  # suffixes whose latest text is not yet published
+        self._state = {}  # suffix -> its latest JSON text, until published
+        self._pending = []  # those suffixes, in the order posted
         self._acks = []
         self._rebirth = False
         self._stop = False
         self._abandon = False
+        self._lost = False  # a connection was lost and no new one is up yet
         # link thread only
         self._client = None
         self._guard = None
@@ -133,17 +127,30 @@ class Link:
 
     # == control loop side: never blocks on the network, never raises =====================
     def post_state(self, suffix, payload):
-        """Retained state for `state` or `slot/N/state`; only the newest per topic is kept."""
+        """Retained state for `state` or `slot/N/state`; only the newest per topic is kept, and only
+        until it is published. While a lost connection waits to be rebuilt nothing is kept: at
+        every new connection the core posts every state afresh (Core.connected), so a text kept
+        through an outage would only be published to be replaced."""
         try:
-            text = dumps(payload)
+            if self._lost:
+                return
+            text = dumps(payload).encode()  # bytes: published without a copy (WithSeq)
             with self._lock:
-                if suffix not in self._state:
-                    self._order.append(suffix)
+                if self._lost:
+                    return
                 self._state[suffix] = text
                 if suffix not in self._pending:
                     self._pending.append(suffix)
         except Exception as e:
             self.last_error = "post_state: %r" % (e,)
+
+    def state_room(self):
+        """How many more states post_state() should be given now: the control loop keeps the rest
+        marked and works them out when the link has published these (a large number while a lost
+        connection is rebuilt: they are dropped, and every state is posted at the next one)."""
+        if self._lost:
+            return 1 << 30
+        return STATE_WAITING - len(self._pending)
 
     def post_telemetry(self, payload):
         try:
@@ -264,7 +271,12 @@ class Link:
         """Drop the connection without DISCONNECT, so the broker publishes the Last Will."""
         g = self._guard
         self.connected = False
-        self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._lost = True
+                self._state.clear()  # the next connection's states are posted afresh
+                del self._pending[:]
+            self._client = None
         self._guard = None
         if g is not None:
             self.stats["tx_bytes"] += g.tx
@@ -293,7 +305,9 @@ class Link:
             raise
         self._guard = SocketGuard(c.sock, tls.raw if tls else None, self.io_timeout_s, self.clock)
         c.sock = self._guard
-        self._client = c
+        with self._lock:
+            self._client = c
+            self._lost = False
         self.stats["connects"] += 1
         self.bdseq = (self.bdseq + 1) & 0xFF
         self._seq = 0
@@ -305,17 +319,17 @@ class Link:
         self.backoff.reset()
 
     def _birth(self, status):
-        """info, then `online` (on connect), then every state posted so far."""
-        c = self._client
-        assert c is not None
+        """info, then `online` (on connect), then every state waiting to be published. The core
+        posts every state afresh at each new connection and at a rebirth; those the link gets
+        after the birth follow at the state rate."""
         info = self.info()
         info["bdseq"] = self.bdseq
         self._publish(self.t_info, dumps(info), True, 1)
         if status:
             self._publish(self.t_status, b"online", True, 1)
         with self._lock:
-            order = list(self._order)
-        for suffix in order:
+            waiting = list(self._pending)
+        for suffix in waiting:
             self._publish_state(suffix)
 
     def _goodbye(self):
@@ -358,20 +372,13 @@ class Link:
 
     def _publish_state(self, suffix):
         with self._lock:
-            text = self._state.get(suffix)
+            text = self._state.pop(suffix, None)
             if suffix in self._pending:
                 self._pending.remove(suffix)
         if text is None:
             return
         now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
-        try:
-            self._publish((self.prefix + suffix).encode(), with_seq(text, self._next_seq()),
-                          True, 1)
-        except Exception:
-            with self._lock:
-                if suffix not in self._pending:
-                    self._pending.insert(0, suffix)
-            raise
+        self._publish((self.prefix + suffix).encode(), WithSeq(text, self._next_seq()), True, 1)
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
         if self._n_sent < STATE_PER_S:
@@ -416,9 +423,9 @@ class Link:
             if item is None:
                 break
             if item[0] == EVENT:
-                self._publish(self.t_event, with_seq(item[2], self._next_seq()), False, 1)
+                self._publish(self.t_event, WithSeq(item[2], self._next_seq()), False, 1)
             else:
-                self._publish(self.t_telemetry, with_seq(item[2], self._next_seq()), False, 0)
+                self._publish(self.t_telemetry, WithSeq(item[2], self._next_seq()), False, 0)
             ob.done(item)
             busy = True
         while self._pending and self._state_allowed(self.clock.ticks_ms()):  # coalesced state

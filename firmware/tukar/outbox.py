@@ -13,8 +13,16 @@
 #   and counted in `over_cap`. `saturated` (events at the soft bound) tells the app to refuse new
 #   swaps (`busy`) until the broker takes events again, so a cabinet offline for a long time stops
 #   producing the events it cannot keep rather than losing them.
-# Items are stored as JSON text (a third of a dict's heap on MicroPython); an event keeps its `id`
-# through retries and reboots because the text is what is persisted and republished.
+#
+# Heap. Each item is kept as the bytes it is published as (the link splices in its `seq`); an
+# event keeps its `id` through retries and reboots because that text is what is persisted. Given a
+# store, only the first `ram_events` events stay in RAM: the app's persist task moves the newer
+# ones into a spill file on flash (spill(), before it persists the head) and reads them back as the
+# link empties the head (refill()). The order is head (RAM), spill (file), tail (RAM: what came
+# since the last spill); an outage at the cap costs a few hundred bytes a spilled event less (64
+# events are 12 KB of text), and a reboot reads back only the head. The spill file is a line per
+# item, a tag byte first; the state names its generation and the byte range still owed, so a
+# power cut between appending to it and writing the state loses nothing the state had.
 import json
 
 import _thread
@@ -64,13 +72,31 @@ TELEMETRY = 1
 # Routine events: the only ones dropped past the hard cap.
 ROUTINE = ("ChargeStarted", "ModeChanged", "Boot")
 
+# Spill file lines: a tag byte, the item's text, "\n". In RAM each spilled line owed has its tag
+# in `_flags`, or _GONE once dropped.
+_EV = 69  # "E": an event
+_RT = 82  # "R": a routine event
+_TM = 84  # "T": telemetry (not read back after a reboot: telemetry is not persisted)
+_GONE = 0
+SPILL = "outbox."  # the spill file's name, before its generation number
+
 
 class Outbox:
-    def __init__(self, capacity_events=64, capacity_telemetry=4):
+    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=8):
         self.capacity_events = capacity_events
         self.hard_cap = 2 * capacity_events
         self.capacity_telemetry = capacity_telemetry
-        self._items = []  # [kind, type, text], oldest first
+        self.ram_events = ram_events
+        self._store = store  # tukar.store.Store: where the spill file lives; None: all in RAM
+        self._items = []  # the head: [kind, routine, text bytes], oldest first
+        self._tail = []  # items after the spilled ones (only while lines are spilled)
+        self._flags = bytearray()  # tags of the spilled lines owed, from index _fi on
+        self._fi = 0
+        self._gen = 0  # the spill file's generation (0: none yet)
+        self._read = 0  # byte offset of the first line owed
+        self._end = 0  # byte offset past the last line written
+        self._rewrite = False  # the file holds more than _end (a failed append): start a new one
+        self._stale = []  # generations to delete once a state without them is written
         self._n_events = 0
         self._n_telemetry = 0
         self._lock = _thread.allocate_lock()
@@ -78,9 +104,10 @@ class Outbox:
         self.dropped_telemetry = 0
         self.dropped_routine = 0
         self.over_cap = 0
+        self.spill_errors = 0
 
     def __len__(self):
-        return len(self._items)
+        return self._n_events + self._n_telemetry
 
     @property
     def events(self):
@@ -90,51 +117,67 @@ class Outbox:
     def saturated(self):
         return self._n_events >= self.capacity_events
 
+    def _spilled(self):
+        return self._fi < len(self._flags)
+
     # -- control loop side ----------------------------------------------------------------
     def add_event(self, ev):
-        text = dumps(ev)
+        text = dumps(ev).encode()
         with self._lock:
-            if len(self._items) >= self.capacity_events and self._n_telemetry:
-                self._drop_kind(TELEMETRY, None)
+            if len(self) >= self.capacity_events and self._n_telemetry:
+                self._drop_kind(TELEMETRY, False)
             if self._n_events >= self.hard_cap:
-                if not self._drop_kind(EVENT, ROUTINE):
+                if not self._drop_kind(EVENT, True):
                     self.over_cap += 1
-            self._items.append([EVENT, ev.get("type"), text])
+            item = [EVENT, ev.get("type") in ROUTINE, text]
+            (self._tail if self._spilled() else self._items).append(item)
             self._n_events += 1
             self.dirty = True
 
     def add_telemetry(self, t):
-        text = dumps(t)
+        text = dumps(t).encode()
         with self._lock:
-            if self._n_telemetry >= self.capacity_telemetry or \
-                    len(self._items) >= self.capacity_events:
-                if not self._drop_kind(TELEMETRY, None):
+            if self._n_telemetry >= self.capacity_telemetry or len(self) >= self.capacity_events:
+                if not self._drop_kind(TELEMETRY, False):
                     return  # full of events: this telemetry is the one dropped
-            self._items.append([TELEMETRY, None, text])
+            (self._tail if self._spilled() else self._items).append([TELEMETRY, False, text])
             self._n_telemetry += 1
 
-    def _drop_kind(self, kind, types):
-        """Drop the oldest item of `kind` (and of one of `types`, if given). Lock held."""
-        items = self._items
-        for i in range(len(items)):
-            it = items[i]
-            if it[0] == kind and (types is None or it[1] in types):
-                items.pop(i)
-                if kind == TELEMETRY:
-                    self._n_telemetry -= 1
-                    self.dropped_telemetry += 1
-                else:
-                    self._n_events -= 1
-                    self.dropped_routine += 1
-                    self.dirty = True
-                return True
+    def _drop_kind(self, kind, routine):
+        """Drop the oldest item of `kind` (a routine one, if `routine`): in the head, the spilled
+        lines, then the tail. Lock held."""
+        for items in (self._items, None, self._tail):
+            if items is None:
+                want = _TM if kind == TELEMETRY else (_RT if routine else -1)
+                flags = self._flags
+                for i in range(self._fi, len(flags)):
+                    f = flags[i]
+                    if f == want or (want < 0 and f != _GONE and f != _TM):
+                        flags[i] = _GONE  # refill() skips it
+                        return self._dropped(kind)
+                continue
+            for i in range(len(items)):
+                it = items[i]
+                if it[0] == kind and (not routine or it[1]):
+                    items.pop(i)
+                    return self._dropped(kind)
         if kind == TELEMETRY:
             self.dropped_telemetry += 1
         return False
 
+    def _dropped(self, kind):
+        if kind == TELEMETRY:
+            self._n_telemetry -= 1
+            self.dropped_telemetry += 1
+        else:
+            self._n_events -= 1
+            self.dropped_routine += 1
+            self.dirty = True
+        return True
+
     # -- link side ------------------------------------------------------------------------
     def peek(self):
-        """The oldest item, [kind, type, text], or None. It stays until done(item)."""
+        """The oldest item, [kind, routine, text bytes], or None. It stays until done(item)."""
         with self._lock:
             return self._items[0] if self._items else None
 
@@ -152,39 +195,243 @@ class Outbox:
                         self._n_telemetry -= 1
                     return
 
+    # -- the spill file (the app's persist task: flash I/O) ---------------------------------
+    def _name(self, gen):
+        return "%s%d" % (SPILL, gen)
+
+    def _file(self, mode, gen=None):
+        store = self._store
+        if store is None:
+            raise OSError(2)  # no store, so nothing spilled: not reached
+        return store.open(self._name(self._gen if gen is None else gen), mode)
+
+    def wants_refill(self):
+        """Spilled lines are owed and the head runs low: refill() has work."""
+        return self._spilled() and len(self._items) < (self.ram_events + 1) // 2
+
+    def spill(self):
+        """Move the events past the head's `ram_events` (and the tail) into the spill file. False
+        on a flash error: nothing moved (the app then persists nothing either)."""
+        store = self._store
+        if store is None:
+            return True
+        with self._lock:
+            if self._spilled():
+                move = list(self._tail)
+            else:
+                move = []
+                n = 0
+                items = self._items
+                for i in range(len(items)):
+                    if items[i][0] == EVENT:
+                        n += 1
+                        if n > self.ram_events:
+                            move = items[i:]
+                            break
+        if not move:
+            return True
+        gen = self._gen
+        fresh = not self._spilled() or self._rewrite
+        try:
+            if fresh:
+                gen += 1
+            f = self._file("wb" if fresh else "ab", gen)
+            with f:
+                size = 0
+                if fresh and self._spilled():  # what is still owed, copied into the new file
+                    size = self._copy(f)
+                for it in move:
+                    f.write(b"T" if it[0] == TELEMETRY else (b"R" if it[1] else b"E"))
+                    f.write(it[2])
+                    f.write(b"\n")
+                    size += len(it[2]) + 2
+        except OSError:
+            self.spill_errors += 1
+            if not fresh:
+                self._rewrite = True  # the append may have left part of a line behind
+            return False
+        with self._lock:
+            if fresh:
+                if self._gen:
+                    self._stale.append(self._gen)
+                self._gen = gen
+                self._flags = self._flags[self._fi:]
+                self._fi = 0
+                self._read = 0
+                self._end = size
+                self._rewrite = False
+            else:
+                self._end += size
+            for it in move:
+                self._flags.append(_TM if it[0] == TELEMETRY else (_RT if it[1] else _EV))
+                for items in (self._items, self._tail):
+                    for i in range(len(items)):
+                        if items[i] is it:
+                            items.pop(i)
+                            break
+            self.dirty = True
+        return True
+
+    def _copy(self, dst):
+        """The lines still owed, from the current file into dst; returns their size."""
+        with self._file("rb") as src:
+            src.seek(self._read)
+            left = self._end - self._read
+            while left > 0:
+                chunk = src.read(128 if left > 128 else left)
+                if not chunk:
+                    raise OSError(5)  # shorter than the state says
+                dst.write(chunk)
+                left -= len(chunk)
+        return self._end - self._read
+
+    def refill(self):
+        """Read spilled lines back into the head, up to `ram_events` events. False on a flash
+        error (tried again on the next call)."""
+        if not self.wants_refill():
+            return True
+        try:
+            with self._file("rb") as f:
+                f.seek(self._read)
+                while self._spilled() and len(self._items) < self.ram_events:
+                    line = f.readline()
+                    if len(line) < 2 or line[-1] != 10:
+                        raise OSError(5)  # shorter than the state says
+                    tag = self._flags[self._fi]
+                    with self._lock:
+                        if tag != _GONE:
+                            self._items.append([TELEMETRY if tag == _TM else EVENT, tag == _RT,
+                                                line[1:-1]])
+                        self._fi += 1
+                        self._read += len(line)
+        except OSError:
+            self.spill_errors += 1
+            return False
+        with self._lock:
+            if not self._spilled():  # every line read: the tail follows the head
+                self._items.extend(self._tail)
+                self._tail = []
+                self._flags = bytearray()
+                self._fi = 0
+                self._stale.append(self._gen)
+            self.dirty = True  # the state's read offset moved
+        return True
+
+    def spill_ref(self):
+        """[generation, first byte owed, end] of the spill file for the persisted state, or None."""
+        return [self._gen, self._read, self._end] if self._spilled() else None
+
+    def persisted(self):
+        """A state written: spill files it no longer names are deleted."""
+        stale = self._stale
+        while stale and self._store is not None:
+            gen = stale.pop()
+            if gen != self._gen or not self._spilled():
+                self._store.delete(self._name(gen))
+
     # -- persistence ----------------------------------------------------------------------
     def event_texts(self):
-        """The events still owed to the broker, as the JSON texts they are published as, oldest
-        first (a new list of the same strings: nothing is copied or parsed)."""
+        """The head's events, as the texts they are published as, oldest first."""
         with self._lock:
             return [it[2] for it in self._items if it[0] == EVENT]
 
     def write_events(self, f):
-        """The events owed, streamed into file `f` as a JSON array, one text at a time."""
+        """The head's events, streamed into file `f` as a JSON array, one text at a time (the
+        spilled ones are in the spill file, which spill_ref() names)."""
         f.write("[")
         sep = ""
         for t in self.event_texts():
             f.write(sep)
-            f.write(t)
+            f.write(t.decode())
             sep = ","
         f.write("]")
 
     def snapshot(self):
-        """The events still owed to the broker, as dicts, oldest first (tests, tools)."""
-        return [json.loads(t) for t in self.event_texts()]
+        """Every event still owed to the broker, as dicts, oldest first (tests, tools)."""
+        out = [json.loads(t) for t in self.event_texts()]
+        if self._spilled():
+            with self._file("rb") as f:
+                f.seek(self._read)
+                for i in range(self._fi, len(self._flags)):
+                    line = f.readline()
+                    if self._flags[i] in (_EV, _RT):
+                        out.append(json.loads(line[1:-1]))
+        out.extend(json.loads(it[2]) for it in self._tail if it[0] == EVENT)
+        return out
 
-    def restore(self, events):
-        """Put back persisted events (dicts or JSON text) ahead of anything added since boot."""
+    def restore(self, events, spill=None):
+        """Put back persisted events (dicts or JSON text) and the spill file they name ahead of
+        anything added since boot. Spill files the state does not name are deleted."""
         items = []
         for ev in events or ():
             try:
-                if isinstance(ev, str):
-                    ev = json.loads(ev)
+                if isinstance(ev, (str, bytes)):
+                    ev = json.loads(ev)  # type: ignore[arg-type]
                 if not isinstance(ev, dict) or not isinstance(ev.get("id"), str):
                     continue  # a damaged entry cannot be published with a stable id
-                items.append([EVENT, ev.get("type"), dumps(ev)])
+                items.append([EVENT, ev.get("type") in ROUTINE, dumps(ev).encode()])
             except Exception:
                 continue
+        flags, gen, read, end, rewrite = self._scan(spill)
         with self._lock:
-            self._items = items + self._items
+            later = self._items
+            self._items = items
             self._n_events += len(items)
+            if flags:
+                self._flags = flags
+                self._fi = 0
+                self._gen = gen
+                self._read = read
+                self._end = end
+                self._rewrite = rewrite
+                self._tail = later + self._tail
+                for f in flags:
+                    if f != _GONE:
+                        self._n_events += 1
+            else:
+                self._items.extend(later)
+        self._sweep()
+
+    def _scan(self, spill):
+        """The tags of the lines a persisted spill reference names, checked line by line."""
+        try:
+            gen, read, end = spill
+            if not (isinstance(gen, int) and isinstance(read, int) and isinstance(end, int)) \
+                    or self._store is None or not 0 <= read < end:
+                raise ValueError
+        except (TypeError, ValueError):
+            return None, 0, 0, 0, False
+        flags = bytearray()
+        try:
+            with self._file("rb", gen) as f:
+                f.seek(read)
+                at = read
+                while at < end:
+                    line = f.readline()
+                    if len(line) < 4 or line[-1] != 10 or line[1] != 123 or line[-2] != 125:
+                        break  # not a line this outbox wrote: what is before it is kept
+                    tag = line[0]
+                    flags.append(tag if tag in (_EV, _RT) else _GONE)
+                    at += len(line)
+                more = f.read(1)
+        except OSError:
+            self.spill_errors += 1  # the events it held cannot be read back
+            return None, 0, 0, 0, False
+        return flags, gen, read, at, bool(more) or at != end
+
+    def _sweep(self):
+        """Delete the spill files of other generations (left by a power cut); later generations
+        start above every one seen."""
+        store = self._store
+        if store is None:
+            return
+        keep = self._gen if self._spilled() else -1
+        top = self._gen
+        for name in store.names():
+            if name.startswith(SPILL) and name[len(SPILL):].isdigit():
+                gen = int(name[len(SPILL):])
+                top = max(top, gen)
+                if gen != keep:
+                    store.delete(name)
+        if not self._spilled():
+            self._gen = top

@@ -1,6 +1,8 @@
 # Battery profiles: per battery type limits as data. Adding a battery make adds a file, not code.
 # The link-specific part (CAN frame layout, SBS options) is read by the drivers; the core uses limits.
-# load()/load_dir() read firmware/profiles/*.json; an error names the file and the field.
+# load()/load_dir() read firmware/profiles/*.json; an error names the file and the field. On the
+# device each profile is made compact as it is read: the links' part in the shape they use (a CAN
+# profile's decoder tables, an SBS profile's device names), the source dict let go at once.
 import json
 
 # Hard limits of cabinet.md: a profile or the config may narrow them, never widen them.
@@ -36,7 +38,8 @@ class Profile:
         self.voltage_min_mv = voltage_min_mv
         self.voltage_max_mv = voltage_max_mv
         self.capacity_mah = capacity_mah
-        self.data = data  # the whole source dict, for the link drivers
+        self.data = data  # the whole source dict, until compact()
+        self.link_data = None  # compact(): the CAN decoder tables, or the SBS device names
 
     @staticmethod
     def from_dict(d):
@@ -65,9 +68,30 @@ class Profile:
 
     def device_names(self):
         """SBS DeviceName strings that identify this profile (empty for CAN profiles)."""
-        if self.link != "sbs" or not self.data:
+        if self.link != "sbs":
             return ()
-        return self.data["sbs"]["device_names"]
+        if self.link_data is not None:
+            return self.link_data
+        return self.data["sbs"]["device_names"] if self.data else ()
+
+    def decoder(self):
+        """What tukar.canbms.CanBms takes for a CAN profile: its compiled tables once compact,
+        else the source dict."""
+        return self.link_data if self.link_data is not None else self.data
+
+    def compact(self):
+        """Keep only what the links use, in their shape, and let the source dict go (a CAN
+        profile's JSON is about 4.5 KB of heap, its decoder tables half that). Raises
+        tukar.canbms.ProfileError (a ValueError) for a CAN layout the decoder refuses."""
+        if self.data is None:
+            return self
+        if self.link == "can":
+            from tukar.canbms import compile_profile
+            self.link_data = compile_profile(self.data)
+        elif self.link == "sbs":
+            self.link_data = tuple(self.data["sbs"]["device_names"])
+        self.data = None
+        return self
 
 
 def _link_section(d, link):
@@ -84,8 +108,9 @@ def _link_section(d, link):
                 raise ProfileError("profile field sbs.device_names[%d]: string of 1..32 characters required" % i)
 
 
-def load(path):
-    """One profile file; ProfileError messages start with the path."""
+def load(path, compact=False):
+    """One profile file (made compact() with `compact`); ProfileError messages start with the
+    path."""
     try:
         with open(path) as f:
             d = json.load(f)
@@ -100,19 +125,57 @@ def load(path):
     base = path.rsplit("/", 1)[-1]
     if base[:-5] != p.name:
         raise ProfileError("%s: profile field name: '%s' differs from the file name" % (path, p.name))
+    if compact:
+        try:
+            p.compact()
+        except ValueError as e:
+            raise ProfileError("%s: %s" % (path, e))
     return p
 
 
-def load_dir(path):
-    """Every *.json profile in a directory: {name: Profile}."""
+def load_dir(path, compact=False):
+    """Every *.json profile in a directory: {name: Profile}, each made compact() as it is read
+    with `compact` (the device: only one profile's source is ever in the heap)."""
     import os
 
     out = {}
     for fn in sorted(os.listdir(path)):
         if fn.endswith(".json"):
-            p = load(path + "/" + fn)
+            p = load(path + "/" + fn, compact)
             out[p.name] = p
+    if compact:
+        _repack(out)
     return out
+
+
+def _repack(profiles):
+    """The compiled tables were allocated among the parsed JSON, which is gone now: copied once
+    more, they fill the lowest free blocks together, and what they leave behind is one free run
+    instead of a sieve of small holes (a fragmented heap fails a 300-byte allocation with 20 KB
+    free). Equal tuples (a byte step, a 16-bit field's steps, across frames and profiles) are
+    made one."""
+    import gc
+    gc.collect()
+    same = {}
+    for name in profiles:
+        p = profiles[name]
+        if p.link_data is not None:
+            p.link_data = _copy(p.link_data, same)
+
+
+def _copy(v, same):
+    if isinstance(v, tuple):
+        t = tuple([_copy(x, same) for x in v])
+        try:
+            return same.setdefault(t, t)
+        except TypeError:  # holds a dict: not hashable, kept as it is
+            return t
+    if isinstance(v, dict):
+        d = {}
+        for k in v:
+            d[k] = _copy(v[k], same)
+        return d
+    return v
 
 
 def sbs_names(profiles):

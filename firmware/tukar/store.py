@@ -84,7 +84,20 @@ class Store:
         return True
 
     def remove(self, key):
+        self.delete(key + ".json")
+
+    # Files of the store's directory other than the keys' JSON (the outbox's spill file).
+    def open(self, name, mode="rb"):
+        return self._open(self.root + "/" + name, mode)
+
+    def delete(self, name):
         try:
-            os.remove(self._path(key))
+            os.remove(self.root + "/" + name)
         except OSError:
             pass
+
+    def names(self):
+        try:
+            return os.listdir(self.root)
+        except OSError:
+            return []

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the MicroPython unix port that `make test` and `tukar sim --runtime micropython` run the
 # firmware in: v1.28.0, 32-bit (object sizes as on the ESP32), with a GIL (as on the ESP32), SSL,
-# FFI and btree off, freezing exactly firmware/manifest.py (what the production image freezes).
+# FFI and btree off, freezing tools/tukar_tools/mpshim/manifest.py: exactly firmware/manifest.py (what
+# the production image freezes) plus the host's stand-ins for the ESP32's C modules (machine,
+# network, ntptime), which on the device take no heap for their code either.
 #
 #   tools/build/micropython.sh OUT      -> OUT/micropython
 #
@@ -59,10 +61,10 @@ echo "micropython: building the 32-bit unix port with the firmware frozen (about
 make -s -C "$src/mpy-cross" -j"$jobs" >"$out/mpy-cross.log" 2>&1 || { tail -20 "$out/mpy-cross.log" >&2; exit 1; }
 make -s -C "$src/ports/unix" -j"$jobs" VARIANT=standard BUILD=build-32 MICROPY_FORCE_32BIT=1 \
     MICROPY_PY_THREAD_GIL=1 MICROPY_PY_FFI=0 MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 \
-    FROZEN_MANIFEST="$top/firmware/manifest.py" >"$out/micropython.log" 2>&1 \
+    FROZEN_MANIFEST="$top/tools/tukar_tools/mpshim/manifest.py" >"$out/micropython.log" 2>&1 \
     || { tail -30 "$out/micropython.log" >&2; exit 1; }
 cp "$src/ports/unix/build-32/micropython" "$out/micropython.new"
 mv "$out/micropython.new" "$out/micropython"
-"$out/micropython" -c "import sys, tukar; assert sys.implementation._thread == 'GIL' and sys.maxsize == 2**31 - 1" \
-    || { echo "micropython: the build is not 32-bit with a GIL and frozen tukar" >&2; exit 1; }
+"$out/micropython" -c "import sys, tukar, network, ntptime; assert sys.implementation._thread == 'GIL' and sys.maxsize == 2**31 - 1" \
+    || { echo "micropython: the build is not 32-bit with a GIL, frozen tukar and the frozen stand-ins" >&2; exit 1; }
 echo "micropython: $out/micropython"

@@ -155,7 +155,7 @@ def run(args):
         print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "calibration": cal,
                           "buses": buses, "control_tick": cpu, "simulator": scale,
                           "micropython": mpy}, indent=2))
-        return _exit(cpu)
+        return _exit(cpu, mpy)
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
     print("  heap of one Core(12 slots):      %6d bytes" % rows[0]["heap_core"])
@@ -187,14 +187,15 @@ def run(args):
     if mpy is not None:
         print()
         bench_mpy.print_report(mpy)
-    return _exit(cpu)
+    return _exit(cpu, mpy)
 
 
-def _exit(cpu):
-    """make bench fails when the control tick exceeds one of its budgets."""
-    if cpu is None:
-        return 0
-    bad = [g["name"] for g in cpu["gates"] if not g["ok"]]
+def _exit(cpu, mpy=None):
+    """make bench fails when the control tick exceeds one of its budgets, or a phase of the
+    MicroPython run does not complete in the heap budget."""
+    from tukar_tools import bench_mpy
+    bad = [g["name"] for g in cpu["gates"] if not g["ok"]] if cpu is not None else []
+    bad += ["heap %d K: %s" % (bench_mpy.HEAP_BUDGET_K, name) for name in bench_mpy.failed_gates(mpy)]
     if bad:
         print("bench: budget exceeded: %s" % "; ".join(bad), file=sys.stderr)
         return 1

@@ -365,7 +365,9 @@ class FirmwareProcess:
     def start(self):
         env = dict(os.environ)
         env["TUKAR_HW"] = "127.0.0.1:%d" % self.hw_port
-        env["MICROPYPATH"] = "%s:.frozen" % MPSHIM
+        # The frozen stand-ins first (make micropython freezes them, as the device has them in C);
+        # their source stays on the path for a binary built without them.
+        env["MICROPYPATH"] = ".frozen:%s" % MPSHIM
         self._log = open(self.flash / "console.log", "a")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen([str(self.binary), "-X", "heapsize=%s" % self.heap, "main.py"],

@@ -6,7 +6,9 @@
 # Wire: a request is <u16 length><u8 op><args>, a reply <u16 length><u8 status><data>; status 0 is
 # success, 1 an OSError (errno in the data), 2 a ValueError (its text). A second socket carries the
 # host's notes: (b"I", pin) a pin edge for its IRQ handler, (b"F", on) a flash fault, (b"M", 0) a
-# heap probe. Buffers are allocated once: a call allocates only what its result needs.
+# heap probe. Buffers are allocated once, sized for the firmware's largest transfer (an SBS block
+# read, 34 bytes; an I2C scan, 112): a call allocates only what its result needs. The ESP32 has all
+# of this in C; here it is heap the firmware does not have there, so it is kept small.
 import gc
 import os
 import socket
@@ -44,8 +46,9 @@ _UID = 51
 _RESET = 52
 _HELLO = 53
 
-_req = bytearray(512)
-_rsp = bytearray(512)
+_BUF = 128
+_req = bytearray(_BUF)
+_rsp = bytearray(_BUF)
 _reqv = memoryview(_req)
 _rspv = memoryview(_rsp)
 _lock = _thread.allocate_lock()
@@ -86,6 +89,8 @@ def _call(op, n):
         _read_exact(_sock, _rspv[:3])
         size, status = struct.unpack_from("<HB", _rsp, 0)
         size -= 1
+        if size > _BUF:
+            raise SystemExit("tukar: a machine reply of %d bytes (at most %d)" % (size, _BUF))
         _read_exact(_sock, _rspv[:size])
     if status == 1:
         raise OSError(struct.unpack_from("<H", _rsp, 0)[0])
@@ -96,6 +101,8 @@ def _call(op, n):
 
 def _put(data, at):
     n = len(data)
+    if at + n > _BUF:
+        raise ValueError("a transfer of %d bytes (this machine takes at most %d)" % (n, _BUF - at))
     _req[at:at + n] = data
     return at + n
 
@@ -251,6 +258,8 @@ class SPI:
 
     def readinto(self, buf, write=0x00):
         n = len(buf)
+        if n + 4 > _BUF:
+            raise ValueError("a transfer of %d bytes (this machine takes at most %d)" % (n, _BUF - 4))
         for i in range(n):
             _req[4 + i] = write
         _req[3] = self.id

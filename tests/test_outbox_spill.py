@@ -1,0 +1,178 @@
+# The outbox's spill file: past `ram_events` events the newer ones wait on flash, in order, and
+# the bounds of mqtt.md hold across the head, the spill file and the tail; a reboot reads back the
+# head and the range the state names, and a power cut between spilling and writing the state
+# loses nothing the state had.
+import json
+import os
+
+from tukar.outbox import EVENT, TELEMETRY, Outbox
+from tukar.store import Store
+
+
+def ev(n, etype="SwapStarted"):
+    return {"id": "cab-1-1-%d" % n, "type": etype, "ts": None, "up_ms": n}
+
+
+def box(tmp_path, **kw):
+    kw.setdefault("ram_events", 2)
+    return Outbox(store=Store(str(tmp_path)), **kw)
+
+
+def drain(ob):
+    """Publish everything, refilling the head from the spill file as the app's persist task does."""
+    out = []
+    while True:
+        ob.refill()
+        item = ob.peek()
+        if item is None:
+            return out
+        d = json.loads(item[2])
+        out.append((item[0], d.get("id", d.get("n"))))
+        ob.done(item)
+
+
+def persist(ob, path):
+    """What App.persist does with the outbox: spill, then the state naming the spill's range."""
+    assert ob.spill()
+    state = {"outbox": [json.loads(t) for t in ob.event_texts()]}
+    if ob.spill_ref() is not None:
+        state["spill"] = ob.spill_ref()
+    path.write_text(json.dumps(state))
+    ob.persisted()
+    return state
+
+
+def spill_files(tmp_path):
+    return sorted(n for n in os.listdir(tmp_path) if n.startswith("outbox."))
+
+
+def test_past_ram_events_the_newer_events_wait_on_flash_and_come_back_in_order(tmp_path):
+    ob = box(tmp_path)
+    for n in range(10):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    assert len(ob._items) == 2 and len(ob) == 10 and ob.events == 10
+    assert [d["id"] for d in ob.snapshot()] == ["cab-1-1-%d" % n for n in range(10)]
+    ob.add_event(ev(10))  # after the spilled ones: the tail
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(11)]
+    assert len(ob) == 0 and ob.spill_ref() is None
+
+
+def test_telemetry_keeps_its_place_among_spilled_events(tmp_path):
+    ob = box(tmp_path)
+    for n in range(4):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "t1"})
+    ob.add_event(ev(4))
+    assert ob.spill()
+    ob.add_telemetry({"n": "t2"})
+    ob.add_event(ev(5))
+    assert ob.spill()  # the tail, telemetry and all
+    got = drain(ob)
+    assert got == [(EVENT, "cab-1-1-0"), (EVENT, "cab-1-1-1"), (EVENT, "cab-1-1-2"),
+                   (EVENT, "cab-1-1-3"), (TELEMETRY, "t1"), (EVENT, "cab-1-1-4"),
+                   (TELEMETRY, "t2"), (EVENT, "cab-1-1-5")]
+
+
+def test_the_oldest_routine_event_makes_room_at_the_hard_cap_even_when_spilled(tmp_path):
+    ob = box(tmp_path, capacity_events=4)  # hard cap 8
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "BatteryIn"))
+    ob.add_event(ev(2, "ChargeStarted"))  # spilled below
+    for n in range(3, 8):
+        ob.add_event(ev(n, "BatteryIn"))
+    assert ob.spill()
+    ob.add_event(ev(8, "BatteryIn"))
+    ids = [i for _, i in drain(ob)]
+    assert "cab-1-1-2" not in ids and len(ids) == 8
+    assert ob.dropped_routine == 1 and ob.over_cap == 0
+
+
+def test_the_oldest_telemetry_is_dropped_first_even_when_spilled(tmp_path):
+    ob = box(tmp_path, capacity_telemetry=2)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "t1"})
+    ob.add_event(ev(3))
+    assert ob.spill()
+    ob.add_telemetry({"n": "t2"})
+    ob.add_telemetry({"n": "t3"})  # t1, spilled, makes room
+    assert [i for k, i in drain(ob) if k == TELEMETRY] == ["t2", "t3"]
+    assert ob.dropped_telemetry == 1
+
+
+def test_a_reboot_reads_back_the_head_and_the_spilled_range_without_telemetry(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "t"})
+    ob.add_event(ev(5))
+    state = persist(ob, tmp_path / "state.json")
+    assert len(state["outbox"]) == 2 and state["spill"][0] == 1
+    after = box(tmp_path)
+    after.restore(state["outbox"], state["spill"])
+    assert after.events == 6 and len(after) == 6
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in range(6)]
+
+
+def test_a_power_cut_between_spilling_and_writing_the_state_loses_nothing_the_state_had(tmp_path):
+    ob = box(tmp_path)
+    for n in range(4):
+        ob.add_event(ev(n))
+    state = persist(ob, tmp_path / "state.json")  # 2 in the head, 2 spilled
+    ob.add_event(ev(4))
+    ob.add_event(ev(5))
+    assert ob.spill()  # appended; the power goes before the state is written
+    after = box(tmp_path)
+    after.restore(state["outbox"], state["spill"])
+    assert [d["id"] for d in after.snapshot()] == ["cab-1-1-%d" % n for n in range(4)]
+    after.add_event(ev(6))
+    for n in range(7, 10):
+        after.add_event(ev(n))
+    assert after.spill()  # the file had more than the state named: a new generation
+    assert spill_files(tmp_path) == ["outbox.1", "outbox.2"]
+    after.persisted()
+    assert spill_files(tmp_path) == ["outbox.2"]
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in (0, 1, 2, 3, 6, 7, 8, 9)]
+
+
+def test_a_state_before_the_spill_file_keeps_every_event_in_its_head(tmp_path):
+    after = box(tmp_path)
+    after.restore([ev(n) for n in range(6)])  # a state written before this firmware
+    assert after.spill() and len(after._items) == 2
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in range(6)]
+
+
+def test_a_spill_that_cannot_be_written_moves_nothing_and_is_tried_again(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    real = ob._store._open
+
+    def broken(*a, **k):
+        raise OSError(5, "EIO")
+    ob._store._open = broken
+    assert ob.spill() is False and len(ob._items) == 5 and ob.spill_errors == 1
+    ob._store._open = real
+    assert ob.spill() and len(ob._items) == 2
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5)]
+
+
+def test_spill_files_the_state_does_not_name_are_deleted_at_boot_and_once_drained(tmp_path):
+    (tmp_path / "outbox.7").write_bytes(b'E{"id":"old"}\n')
+    ob = box(tmp_path)
+    ob.restore(None)
+    assert spill_files(tmp_path) == []
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill() and spill_files(tmp_path) == ["outbox.8"]  # above every generation seen
+    drain(ob)
+    ob.persisted()
+    assert spill_files(tmp_path) == []
+
+
+def test_without_a_store_everything_stays_in_ram(tmp_path):
+    ob = Outbox(ram_events=2)
+    for n in range(5):
+        ob.add_event(ev(n))
+    assert ob.spill() and len(ob._items) == 5 and ob.spill_ref() is None
