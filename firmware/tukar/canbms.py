@@ -174,10 +174,7 @@ class CanBms:
         nf = 1
         for cp in self._profiles:
             nf = max(nf, sum(1 for fr in cp[5].values() if fr[0] == _K_SIGNALS))
-        self._last = [[bytearray(8) for _ in range(nf)] for _ in range(n)]
-        self._src = None  # the receive buffer last fed, and a view of its 8 data bytes
-        self._off = -1
-        self._view = None
+        self._last = [bytearray(8 * nf) for _ in range(n)]
         self._has = [0] * n  # bit k: frame k's data is in _last
         self.changed = 0  # bit slot + 1: a value the rules read changed (take_changed)
 
@@ -208,24 +205,18 @@ class CanBms:
                 if r.serial != ser:
                     self.changed |= 2 << slot
             else:
-                last = self._last[slot][fr[4]]
+                last = self._last[slot]
+                base = fr[4] * 8
                 bit = 1 << fr[4]
-                if self._src is None and len(data) >= off + 8:
-                    self._src = data  # the first buffer fed, the receive task's own: one view
-                    self._off = off  # of its data, made once, to compare in C
-                    self._view = memoryview(data)[off:off + 8]
                 same = self._has[slot] & bit and r.valid
                 if same:
-                    if dlc == 8 and data is self._src and off == self._off:
-                        same = last == self._view
-                    else:
-                        for i in range(dlc):
-                            if last[i] != data[off + i]:
-                                same = False
-                                break
+                    for i in range(dlc):
+                        if last[base + i] != data[off + i]:
+                            same = False
+                            break
                 if not same:
                     for i in range(dlc):
-                        last[i] = data[off + i]
+                        last[base + i] = data[off + i]
                     self._has[slot] |= bit
                     f = r.faults
                     t = r.temp_dc
