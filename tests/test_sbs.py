@@ -235,7 +235,7 @@ def _bus_us(stats, hz=100_000):
     return (9 * stats.bytes + 2 * stats.transactions) * 1e6 / hz
 
 
-def test_identifying_takes_three_ticks_of_a_few_transactions_each_then_the_poll(cab):
+def test_identifying_takes_two_ticks_then_the_first_poll_whole(cab):
     steps = []
     for t in range(8):
         cab.bus.stats.reset()
@@ -244,12 +244,15 @@ def test_identifying_takes_three_ticks_of_a_few_transactions_each_then_the_poll(
         if r != sbs.MORE:
             break
         assert not cab.reading.valid  # nothing committed before a whole poll
-    assert [x[0] for x in steps] == [sbs.MORE] * 5 + [sbs.DONE]
-    # the mux and five words; three words; two blocks of two transactions; then the poll
-    assert [x[1] for x in steps] == [6, 3, 4, 3, 3, 1]
-    assert max(x[2] for x in steps) <= 3000  # no tick over 3 ms of bus at 100 kHz (10-byte names)
+    assert [x[0] for x in steps] == [sbs.MORE, sbs.MORE, sbs.DONE]
+    # the mux and eight words; two blocks of two transactions; then the first poll, whole
+    assert [x[1] for x in steps] == [9, 4, 7]
+    assert max(x[2] for x in steps) <= 5500  # no tick over 5.5 ms of bus at 100 kHz
     assert cab.reading.serial == "TUKAR-20240315-0042" and cab.reading.profile == "ref48v"
     assert cab.reading.cycles == cab.state.cycles and cab.reading.soh_pct > 0
+    # then the poll goes on at its budget
+    assert [cab.driver.step(cab.reading, 1200 + 50 * t, 3) for t in range(3)] == \
+        [sbs.MORE, sbs.MORE, sbs.SAME]
 
 
 def test_identification_that_fails_half_way_starts_again_from_its_first_part(cab):
@@ -257,9 +260,22 @@ def test_identification_that_fails_half_way_starts_again_from_its_first_part(cab
     cab.hw.fault(cab.battery, True, "nack", count=1)
     assert cab.driver.step(cab.reading, 1050, 3) == sbs.FAILED  # part 1 fails
     cab.state.serial = 0x0077  # (another pack would be read from the start)
-    results = [cab.driver.step(cab.reading, 1100 + 50 * t, 3) for t in range(6)]
-    assert results == [sbs.MORE] * 5 + [sbs.DONE]
+    results = [cab.driver.step(cab.reading, 1100 + 50 * t, 3) for t in range(3)]
+    assert results == [sbs.MORE, sbs.MORE, sbs.DONE]
     assert cab.reading.serial == "TUKAR-20240315-0077"
+
+
+def test_twelve_packs_found_at_once_are_all_read_within_the_identify_time_out():
+    """At a boot every pack is identified again, and each must answer within the core's
+    identify_timeout_s (3 s): none of twelve is refused as no_bms."""
+    from tukar_tools.rig import Cabinet as Rig
+    cab = Rig("tukar-12-wroom")
+    for n in range(1, cab.n + 1):
+        cab.insert_sbs(n)
+    cab.run(3000)
+    states = [cab.core.slots[i].state for i in range(cab.n)]
+    assert "quarantined" not in states and "identifying" not in states, states
+    assert not [e for e in cab.events if e["type"] == "Quarantined"]
 
 
 @pytest.mark.parametrize("field,value", [("temp_dk", 3081), ("soc_pct", 37), ("status", 0x1000)])

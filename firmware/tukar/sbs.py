@@ -251,14 +251,13 @@ class SmartBattery:
         return _text(b, 1, n)
 
     def _identify(self, reading):
-        """Identify the battery whole (three parts)."""
-        return (self._identify_part(reading, 0) and self._identify_part(reading, 1)
-                and self._identify_part(reading, 2))
+        """Identify the battery whole (both parts)."""
+        return self._identify_part(reading, 0) and self._identify_part(reading, 1)
 
     def _identify_part(self, reading, part):
-        """One of identification's three parts, each a few transactions (at most 2.5 ms of bus
-        at 100 kHz): 0 the format and the date and serial words, 1 the capacities and cycle count,
-        2 the two names, and then the reading's identity. False on NACK or a bad PEC."""
+        """One of identification's two parts, each at most 5 ms of bus at 100 kHz: 0 the format,
+        date, serial, capacities and cycle count words; 1 the two names, and then the reading's
+        identity. False on NACK or a bad PEC."""
         w = self._words  # the poll's words are scratch until the poll starts again
         if part == 0:
             # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
@@ -282,8 +281,6 @@ class SmartBattery:
             self.design = design
             w[0] = date
             w[1] = serial
-            return True
-        if part == 1:
             rem = self._word(_REMAINING)
             full = self._word(_FULL)
             cycles = self._word(_CYCLES)
@@ -335,23 +332,25 @@ class SmartBattery:
                 if not (self.identified and reading.valid):
                     part = 0
             else:
-                part = -1 - k  # identification goes on (_k -2: part 1, -3: part 2)
+                part = -1 - k  # identification goes on (_k -2: part 1)
             if part >= 0:
-                # Identifying is a dozen transactions (5 ms at 100 kHz): one part per tick, and
-                # the poll begins in the tick after, so no tick's bus time or CPU time is long.
+                # Identifying is a dozen transactions (7 ms at 100 kHz): one part per tick, and
+                # then the first poll whole in the tick after (a new pack must answer within the
+                # core's identify_timeout_s, 3 s, even when twelve are identified at a boot).
                 whole = budget >= WORDS + 12
-                while part < 3:
+                while part < 2:
                     if not self._identify_part(reading, part):
                         self._k = 0
                         self._fail(reading)
                         return FAILED
                     part += 1
                     if not whole:
-                        self._k = -1 - part if part < 3 else -1
+                        self._k = -1 - part if part < 2 else -1
                         return MORE
             k = 0
         elif k < 0:
             k = 0
+            budget = WORDS  # the first poll of a pack just identified
         w = self._words
         end = k + budget
         if end > WORDS:
