@@ -236,3 +236,40 @@ def test_power_cut_at_every_tick_of_a_swap(cut):
     inside = [ws.battery.serial for ws in rig.world.slots if ws.battery is not None]
     known = [s.serial for s in rig.core.slots if s.serial is not None]
     assert sorted(inside) == sorted(known)
+
+
+def test_a_quarantined_empty_slot_stays_out_of_use_across_power_cuts_with_nothing_missing():
+    """Quarantining an empty slot takes it out of use with no battery implied: no boot after it
+    reports a BatteryMissing, and the slot's state says why it is quarantined."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    assert rig.cmd("quarantine", slot=5, reason="door hinge broken")["ok"]
+    for _ in range(2):
+        reboot(rig)
+        rig.run(1000)
+        boot = rig.of("Boot")[-1]
+        assert boot["recovered"]["missing"] == []
+        assert not rig.of("BatteryMissing")
+        st = rig.core.slot_state(5)
+        assert (st["state"], st["reason"], st["battery"]) == ("quarantined", "door hinge broken", None)
+    a = rig.cmd("start_swap", id_token="t")
+    assert a["ok"] and a["slot"] != 5  # never the rider's slot
+
+
+def test_a_refused_battery_held_and_taken_while_unpowered_is_still_missing():
+    rig = stocked_rig(slots=6, full=2, half=0)
+    rig.world.place(4, Battery("BAD-4", soc=50, faults=1))
+    rig.run(1000)
+    assert rig.core.slot_state(4)["state"] == "quarantined"
+    rig.world.slots[3].battery = None  # taken while the power was off
+    reboot(rig)
+    rig.run(500)
+    assert [e["slot"] for e in rig.of("BatteryMissing")] == [4]
+
+
+def test_an_old_journal_without_the_held_flag_still_loads():
+    rig = stocked_rig(slots=6, full=2, half=0)
+    j = rig.core.journal()
+    for e in j["inventory"]:
+        del e[4]
+    core = Core("cab-1", 6, journal=json.loads(json.dumps(j)))
+    assert core.slots[0].serial == "F-01" and core.slots[0].accepted

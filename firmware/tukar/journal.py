@@ -26,7 +26,7 @@ class Journal:
         return {"v": JOURNAL_VERSION, "counters": counters, "mode": self.mode,
                 "causes": self.causes, "config": self.settable_config(),
                 "inventory": [[s.serial, s.profile.name if s.profile else None, s.accepted,
-                               s.quarantine] for s in self.slots],
+                               s.quarantine, s.phase == sl.P_HELD] for s in self.slots],
                 "session": sj}
 
     def _restore(self, j):
@@ -57,15 +57,19 @@ class Journal:
         for i in range(min(len(inv), self.n_slots)):
             e = inv[i]
             s = self.slots[i]
-            if not isinstance(e, list) or len(e) != 4:
+            if not isinstance(e, list) or len(e) not in (4, 5):
                 continue
             s.serial = e[0] if isinstance(e[0], str) else None
             s.profile = self.profiles.get(e[1]) if isinstance(e[1], str) else None
             s.accepted = e[2] is True and s.profile is not None
             s.quarantine = e[3] if isinstance(e[3], str) else None
+            # A battery held behind the door (refused, or quarantined with it), as the journal
+            # says; a journal without the flag took any quarantine for one. A quarantined empty
+            # slot is out of use with no battery implied: it stays empty, and nothing is missing.
+            held = e[4] is True if len(e) == 5 else s.quarantine is not None
             if s.accepted:
                 s.phase = sl.P_STORED
-            elif s.serial is not None or s.quarantine is not None:
+            elif s.serial is not None or held:
                 s.phase = sl.P_HELD
         sj = j.get("session")
         if isinstance(sj, dict) and isinstance(sj.get("slot_in"), int):

@@ -108,7 +108,8 @@ class Payloads:
                 "battery": s.battery_view(),
                 "charger": {"on": s.charge_ma > 0, "current_a": s.charge_ma / 1000},
                 "dispensable": s.dispensable, "faults": sl.fault_list(s.faults),
-                "reason": s.reason if s.state == sl.PAUSED else None}
+                "reason": (s.reason if s.state == sl.PAUSED
+                           else s.quarantine if s.state == sl.QUARANTINED else None)}
 
     def telemetry(self):
         """Measurements of every occupied slot as columns aligned with `slots` (one list per

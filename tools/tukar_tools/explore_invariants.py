@@ -33,7 +33,7 @@ def charger_only_for_an_accepted_good_pack(seen):
     for i, ma in enumerate(seen.charge_ma):
         if not ma:
             continue
-        serial, _, accepted, quarantine = seen.journal["inventory"][i]
+        serial, _, accepted, quarantine = seen.journal["inventory"][i][:4]
         if w.kind[i] != "good":
             return "slot %d charges a %s pack" % (i + 1, w.kind[i])
         if not accepted or serial != w.serial[i]:
@@ -138,7 +138,7 @@ def every_battery_accounted_for(seen):
     for i in range(w.n):
         if not (w.door[i] and w.bolt[i] and seen.lock_cmd[i]):
             continue
-        serial, _, accepted, _ = seen.journal["inventory"][i]
+        serial, _, accepted, _ = seen.journal["inventory"][i][:4]
         if accepted and serial != w.serial[i]:
             return "slot %d: journal has %s accepted, the slot holds %s" % (i + 1, serial, w.serial[i])
         if w.serial[i] is not None and seen.slots[i]["state"] == "empty":

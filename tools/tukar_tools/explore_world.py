@@ -323,7 +323,7 @@ class Seen:
         parts = [tuple((ren(w.serial[i]), w.kind[i], w.door[i], w.bolt[i], w.jam[i], w.windows[i])
                        for i in range(w.n)), w.smoke, w.estop]
         j = self.journal
-        parts.append((j["mode"], j["causes"], tuple((ren(e[0]), e[1], e[2], e[3])
+        parts.append((j["mode"], j["causes"], tuple((ren(e[0]), e[1], e[2], e[3], e[4:])
                                                     for e in j["inventory"])))
         ss = j["session"]
         if ss is not None:
