@@ -312,3 +312,23 @@ def test_a_handshake_the_cabinet_keeps_waiting_fails_the_connection_attempt():
     with pytest.raises(OSError, match="put off"):
         g.begin()
     assert (g.wanted, g.put_off, g.count) == (False, 1, 0)
+
+
+def test_a_handshake_kept_waiting_across_the_ticks_wrap_still_fails_in_time():
+    from tukar.clock import TICKS_MAX
+    from tukar.sockets import HandshakeGate
+
+    class Clock:
+        t = TICKS_MAX - 300  # the wait straddles the wrap of ticks_ms
+
+        def ticks_ms(self):
+            return self.t
+
+        def sleep_ms(self, ms):
+            self.t = (self.t + ms) & TICKS_MAX
+            assert self.t < 5000 or self.t > TICKS_MAX - 1000, "waited far past wait_ms"
+
+    g = HandshakeGate(Clock(), wait_ms=1000)
+    with pytest.raises(OSError, match="put off"):
+        g.begin()
+    assert g.put_off == 1

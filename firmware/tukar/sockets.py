@@ -2,6 +2,7 @@
 # timeout whenever it calls setblocking(True); the guard re-arms it), bytes counted both ways, and
 # when the broker last sent anything (the link's evidence of liveness); a payload with its `seq`
 # spliced in as it is written. And the TLS context.
+from tukar.clock import wrap_diff
 
 
 class WithSeq:
@@ -108,7 +109,7 @@ class HandshakeGate:
         self.wanted = True
         waited = False
         while not self.granted:
-            if clock.ticks_ms() - t0 > self.wait_ms:  # wraps only after 12 days of waiting
+            if wrap_diff(clock.ticks_ms(), t0) > self.wait_ms:
                 self.wanted = False
                 self.put_off += 1
                 raise OSError("TLS handshake put off: the cabinet stayed busy")
@@ -119,7 +120,7 @@ class HandshakeGate:
         self._t = clock.ticks_ms()
 
     def end(self):
-        d = (self.clock.ticks_ms() - self._t) & 0x3FFFFFFF
+        d = wrap_diff(self.clock.ticks_ms(), self._t)
         self.last_ms = d
         if d > self.max_ms:
             self.max_ms = d
