@@ -16,7 +16,7 @@
 #
 # Heap. Each item is kept as the bytes it is published as (the link splices in its `seq`); an
 # event keeps its `id` through retries and reboots because that text is what is persisted. Given a
-# store, only the first `ram_events` events stay in RAM: the app's persist task moves the newer
+# store, only the first `ram_events` (4) events stay in RAM: the app's persist task moves the newer
 # ones into a spill file on flash (spill(), before it persists the head) and reads them back as the
 # link empties the head (refill()). The order is head (RAM), spill (file), tail (RAM: what came
 # since the last spill); an outage at the cap costs a few hundred bytes a spilled event less (64
@@ -82,7 +82,7 @@ SPILL = "outbox."  # the spill file's name, before its generation number
 
 
 class Outbox:
-    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=8):
+    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=4):
         self.capacity_events = capacity_events
         self.hard_cap = 2 * capacity_events
         self.capacity_telemetry = capacity_telemetry
