@@ -176,3 +176,28 @@ def test_without_a_store_everything_stays_in_ram(tmp_path):
     for n in range(5):
         ob.add_event(ev(n))
     assert ob.spill() and len(ob._items) == 5 and ob.spill_ref() is None
+
+
+def test_a_spill_file_shorter_than_the_state_says_costs_only_what_it_lacks(tmp_path):
+    ob = box(tmp_path)
+    for n in range(6):
+        ob.add_event(ev(n))
+    assert ob.spill()  # 2 in the head, 4 spilled
+    ob.add_event(ev(6))  # the tail
+    path = tmp_path / "outbox.1"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\n") + 1] + b'E{"id":')  # one line whole, then torn
+    got = [i for _, i in drain(ob)]
+    assert got == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2", "cab-1-1-6"]
+    assert ob.lost == 3 and len(ob) == 0 and ob.events == 0
+
+
+def test_a_missing_spill_file_is_given_up_and_the_tail_still_goes_out(tmp_path):
+    ob = box(tmp_path)
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    ob.add_event(ev(4))
+    os.remove(tmp_path / "outbox.1")
+    assert [i for _, i in drain(ob)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-4"]
+    assert ob.lost == 2

@@ -13,7 +13,7 @@ from tukar.inputs import BATTERY_FAULTS
 EXT = 0x20000000  # 29-bit id flag, as tukar.mcp2515.recv_into returns it
 _MAX_BITS = 29  # keeps every raw value a small int on a 32-bit port
 
-# field -> (core unit, where): "r" a BmsReading attribute, "x" an index into CanBms.extra[slot]
+# field -> (core unit, where): "r" a BmsReading attribute, or an index among a slot's CanBms.extra
 FIELDS = {
     "voltage_mv": ("mV", "r"),
     "current_ma": ("mA", "r"),
@@ -162,8 +162,11 @@ class CanBms:
             for fr in cp[5].values():
                 if fr[0] == _K_SERIAL:
                     pages = max(pages, fr[1])
-        self.extra = [[0] * len(EXTRA) for _ in range(n)]
-        self._ser = [bytearray(pages * _SERIAL_CHARS) for _ in range(n)]
+        # Per slot, each in one flat list or bytearray (twelve small ones and the list holding
+        # them were 1 KB of heap): the extra fields, the serial's pages, the last frames' data.
+        self.extra = [0] * (len(EXTRA) * n)
+        self._sw = pages * _SERIAL_CHARS
+        self._ser = bytearray(self._sw * n)
         self._ser_seen = [0] * n
         self._ser_dirty = [False] * n
         self.frames = 0
@@ -174,7 +177,8 @@ class CanBms:
         nf = 1
         for cp in self._profiles:
             nf = max(nf, sum(1 for fr in cp[5].values() if fr[0] == _K_SIGNALS))
-        self._last = [bytearray(8 * nf) for _ in range(n)]
+        self._lw = 8 * nf
+        self._last = bytearray(self._lw * n)
         self._has = [0] * n  # bit k: frame k's data is in _last
         self.changed = 0  # bit slot + 1: a value the rules read changed (take_changed)
 
@@ -183,8 +187,8 @@ class CanBms:
         self._ser_seen[slot] = 0
         self._ser_dirty[slot] = False
         self._has[slot] = 0
-        ser = self._ser[slot]
-        for i in range(len(ser)):
+        ser = self._ser
+        for i in range(slot * self._sw, (slot + 1) * self._sw):
             ser[i] = 0
 
     def feed(self, fid, data, off, dlc, now_ms):
@@ -205,8 +209,8 @@ class CanBms:
                 if r.serial != ser:
                     self.changed |= 2 << slot
             else:
-                last = self._last[slot]
-                base = fr[4] * 8
+                last = self._last
+                base = slot * self._lw + fr[4] * 8
                 bit = 1 << fr[4]
                 same = self._has[slot] & bit and r.valid
                 if same:
@@ -244,7 +248,8 @@ class CanBms:
 
     def _signals(self, slot, r, fr, data, off):
         faults = r.faults & ~fr[2]
-        extra = self.extra[slot]
+        extra = self.extra
+        x0 = slot * len(EXTRA)
         for target, st, bits, signed, num, den, ofs, fbit in fr[1]:
             raw = 0
             for byte, rs, m, ls in st:
@@ -264,7 +269,7 @@ class CanBms:
             elif target == "full":
                 v = v != 0
             if isinstance(target, int):
-                extra[target] = v
+                extra[x0 + target] = v
             else:
                 setattr(r, target, v)
         r.faults = faults
@@ -273,8 +278,9 @@ class CanBms:
         page = data[off]
         if page >= pages:
             return
-        ser = self._ser[slot]
-        base = page * _SERIAL_CHARS
+        ser = self._ser
+        s0 = slot * self._sw
+        base = s0 + page * _SERIAL_CHARS
         for i in range(_SERIAL_CHARS):
             c = data[off + 1 + i] if 1 + i < dlc else 0
             if ser[base + i] != c:
@@ -285,11 +291,11 @@ class CanBms:
         if seen == (1 << pages) - 1 and (self._ser_dirty[slot] or r.serial is None):
             # Only a new serial allocates its string.
             n = 0
-            while n < pages * _SERIAL_CHARS and ser[n]:
+            while n < pages * _SERIAL_CHARS and ser[s0 + n]:
                 n += 1
-            r.serial = bytes(ser[:n]).decode()
+            r.serial = bytes(ser[s0:s0 + n]).decode()
             self._ser_dirty[slot] = False
 
     def value(self, slot, name):
         """An extra field of a slot (cell_max_mv, cell_min_mv, temp_min_dc, req_voltage_mv)."""
-        return self.extra[slot][EXTRA.index(name)]
+        return self.extra[slot * len(EXTRA) + EXTRA.index(name)]

@@ -16,13 +16,10 @@
 #
 # Heap. Each item is kept as the bytes it is published as (the link splices in its `seq`); an
 # event keeps its `id` through retries and reboots because that text is what is persisted. Given a
-# store, only the first `ram_events` events stay in RAM: the app's persist task moves the newer
-# ones into a spill file on flash (spill(), before it persists the head) and reads them back as the
-# link empties the head (refill()). The order is head (RAM), spill (file), tail (RAM: what came
-# since the last spill); an outage at the cap costs a few hundred bytes a spilled event less (64
-# events are 12 KB of text), and a reboot reads back only the head. The spill file is a line per
-# item, a tag byte first; the state names its generation and the byte range still owed, so a
-# power cut between appending to it and writing the state loses nothing the state had.
+# store, only the first `ram_events` events stay in RAM (the head): the app's persist task moves
+# the newer ones to a spill file (spill(), just before it writes the state, which names the file's
+# generation and the byte range owed) and reads them back as the link empties the head (refill()).
+# Order: head, spill file, tail (what came since the last spill). docs/mqtt.md has the details.
 import json
 
 import _thread
@@ -81,8 +78,12 @@ _GONE = 0
 SPILL = "outbox."  # the spill file's name, before its generation number
 
 
+class _Gone(Exception):
+    """The spill file holds less than the range the state names, or is not there."""
+
+
 class Outbox:
-    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=8):
+    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=4):
         self.capacity_events = capacity_events
         self.hard_cap = 2 * capacity_events
         self.capacity_telemetry = capacity_telemetry
@@ -105,6 +106,7 @@ class Outbox:
         self.dropped_routine = 0
         self.over_cap = 0
         self.spill_errors = 0
+        self.lost = 0  # events a damaged or missing spill file no longer held
 
     def __len__(self):
         return self._n_events + self._n_telemetry
@@ -146,14 +148,12 @@ class Outbox:
     def _drop_kind(self, kind, routine):
         """Drop the oldest item of `kind` (a routine one, if `routine`): in the head, the spilled
         lines, then the tail. Lock held."""
+        want = _TM if kind == TELEMETRY else _RT  # (only routine events are ever dropped)
         for items in (self._items, None, self._tail):
             if items is None:
-                want = _TM if kind == TELEMETRY else (_RT if routine else -1)
-                flags = self._flags
-                for i in range(self._fi, len(flags)):
-                    f = flags[i]
-                    if f == want or (want < 0 and f != _GONE and f != _TM):
-                        flags[i] = _GONE  # refill() skips it
+                for i in range(self._fi, len(self._flags)):
+                    if self._flags[i] == want:
+                        self._flags[i] = _GONE  # refill() skips it
                         return self._dropped(kind)
                 continue
             for i in range(len(items)):
@@ -200,10 +200,9 @@ class Outbox:
         return "%s%d" % (SPILL, gen)
 
     def _file(self, mode, gen=None):
-        store = self._store
-        if store is None:
+        if self._store is None:
             raise OSError(2)  # no store, so nothing spilled: not reached
-        return store.open(self._name(self._gen if gen is None else gen), mode)
+        return self._store.open(self._name(self._gen if gen is None else gen), mode)
 
     def wants_refill(self):
         """Spilled lines are owed and the head runs low: refill() has work."""
@@ -212,8 +211,7 @@ class Outbox:
     def spill(self):
         """Move the events past the head's `ram_events` (and the tail) into the spill file. False
         on a flash error: nothing moved (the app then persists nothing either)."""
-        store = self._store
-        if store is None:
+        if self._store is None:
             return True
         with self._lock:
             if self._spilled():
@@ -245,6 +243,9 @@ class Outbox:
                     f.write(it[2])
                     f.write(b"\n")
                     size += len(it[2]) + 2
+        except _Gone:
+            self._forsake()
+            return self.spill()  # what the head holds past ram_events, into a new file
         except OSError:
             self.spill_errors += 1
             if not fresh:
@@ -280,7 +281,7 @@ class Outbox:
             while left > 0:
                 chunk = src.read(128 if left > 128 else left)
                 if not chunk:
-                    raise OSError(5)  # shorter than the state says
+                    raise _Gone()
                 dst.write(chunk)
                 left -= len(chunk)
         return self._end - self._read
@@ -296,7 +297,7 @@ class Outbox:
                 while self._spilled() and len(self._items) < self.ram_events:
                     line = f.readline()
                     if len(line) < 2 or line[-1] != 10:
-                        raise OSError(5)  # shorter than the state says
+                        raise _Gone()
                     tag = self._flags[self._fi]
                     with self._lock:
                         if tag != _GONE:
@@ -304,8 +305,10 @@ class Outbox:
                                                 line[1:-1]])
                         self._fi += 1
                         self._read += len(line)
-        except OSError:
+        except (OSError, _Gone) as e:
             self.spill_errors += 1
+            if isinstance(e, _Gone) or e.args and e.args[0] == 2:  # ENOENT
+                self._forsake()
             return False
         with self._lock:
             if not self._spilled():  # every line read: the tail follows the head
@@ -316,6 +319,27 @@ class Outbox:
                 self._stale.append(self._gen)
             self.dirty = True  # the state's read offset moved
         return True
+
+    def _forsake(self):
+        """A spill file short of its range, or gone: what it lacks is `lost`; the tail follows."""
+        with self._lock:
+            gone = 0
+            for i in range(self._fi, len(self._flags)):
+                f = self._flags[i]
+                if f == _TM:
+                    self._n_telemetry -= 1
+                elif f != _GONE:
+                    gone += 1
+            self._n_events -= gone
+            self.lost += gone
+            self._items.extend(self._tail)
+            self._tail = []
+            self._flags = bytearray()
+            self._fi = 0
+            self._rewrite = False
+            if self._gen:
+                self._stale.append(self._gen)
+            self.dirty = True
 
     def spill_ref(self):
         """[generation, first byte owed, end] of the spill file for the persisted state, or None."""
@@ -341,8 +365,7 @@ class Outbox:
         f.write("[")
         sep = ""
         for t in self.event_texts():
-            f.write(sep)
-            f.write(t.decode())
+            f.write(sep + t.decode())
             sep = ","
         f.write("]")
 
@@ -378,16 +401,10 @@ class Outbox:
             self._items = items
             self._n_events += len(items)
             if flags:
-                self._flags = flags
-                self._fi = 0
-                self._gen = gen
-                self._read = read
-                self._end = end
-                self._rewrite = rewrite
+                self._flags, self._fi, self._gen, self._read, self._end, self._rewrite = \
+                    flags, 0, gen, read, end, rewrite
                 self._tail = later + self._tail
-                for f in flags:
-                    if f != _GONE:
-                        self._n_events += 1
+                self._n_events += sum(1 for f in flags if f != _GONE)
             else:
                 self._items.extend(later)
         self._sweep()
@@ -420,18 +437,13 @@ class Outbox:
         return flags, gen, read, at, bool(more) or at != end
 
     def _sweep(self):
-        """Delete the spill files of other generations (left by a power cut); later generations
-        start above every one seen."""
+        """Delete the spill files of other generations (a power cut's); new ones start above."""
         store = self._store
         if store is None:
             return
         keep = self._gen if self._spilled() else -1
-        top = self._gen
         for name in store.names():
-            if name.startswith(SPILL) and name[len(SPILL):].isdigit():
-                gen = int(name[len(SPILL):])
-                top = max(top, gen)
-                if gen != keep:
-                    store.delete(name)
-        if not self._spilled():
-            self._gen = top
+            if name.startswith(SPILL) and name[7:].isdigit() and int(name[7:]) != keep:
+                store.delete(name)
+                if keep < 0:
+                    self._gen = max(self._gen, int(name[7:]))

@@ -17,6 +17,7 @@ import sys
 
 import _thread
 import micropython
+from micropython import const
 
 PWRON_RESET = 1
 HARD_RESET = 2
@@ -24,29 +25,29 @@ WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
-_PIN_INIT = 1
-_PIN_GET = 2
-_PIN_SET = 3
-_PIN_IRQ = 4
-_I2C_NEW = 10
-_I2C_INIT = 16
-_I2C_RMEM = 11
-_I2C_WMEM = 12
-_I2C_READ = 13
-_I2C_WRITE = 14
-_I2C_SCAN = 15
-_SPI_INIT = 20
-_SPI_XFER = 21
-_ADC_INIT = 30
-_ADC_READ = 31
-_WDT_INIT = 40
-_WDT_FEED = 41
-_CAUSE = 50
-_UID = 51
-_RESET = 52
-_HELLO = 53
+_PIN_INIT = const(1)
+_PIN_GET = const(2)
+_PIN_SET = const(3)
+_PIN_IRQ = const(4)
+_I2C_NEW = const(10)
+_I2C_INIT = const(16)
+_I2C_RMEM = const(11)
+_I2C_WMEM = const(12)
+_I2C_READ = const(13)
+_I2C_WRITE = const(14)
+_I2C_SCAN = const(15)
+_SPI_INIT = const(20)
+_SPI_XFER = const(21)
+_ADC_INIT = const(30)
+_ADC_READ = const(31)
+_WDT_INIT = const(40)
+_WDT_FEED = const(41)
+_CAUSE = const(50)
+_UID = const(51)
+_RESET = const(52)
+_HELLO = const(53)
 
-_BUF = 128
+_BUF = const(128)
 _req = bytearray(_BUF)
 _rsp = bytearray(_BUF)
 _reqv = memoryview(_req)
