@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench explore check clean typings flash deploy micropython needs image
+.PHONY: test sim bench explore mutate check clean typings flash deploy micropython needs image
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -57,6 +57,11 @@ bench: $(STAMP) $(MICROPYTHON)
 ## violation is written as a scenario under build/explore (EXPLORE_ARGS: --slots 2, --verbose, ...)
 explore: $(STAMP)
 	$(VENV)/bin/tukar explore $(EXPLORE_ARGS)
+
+## mutate: mutation testing of the safety modules (mutmut; the modules and tests: [tool.mutmut] in
+## pyproject.toml); prints the score per module. MUTATE_ARGS: --survivors, --fresh, --max-children 1
+mutate: $(STAMP)
+	$(PY) -m tukar_tools.mutate $(MUTATE_ARGS)
 
 ## flash: erase a board and write a MicroPython image: make flash PORT=/dev/ttyUSB0 FIRMWARE=fw.bin
 flash: $(STAMP)

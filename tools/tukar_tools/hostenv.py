@@ -4,13 +4,15 @@ unmodified on the host and never imports host code: `time.ticks_ms`, `ticks_diff
 `asyncio.sleep_ms` and `asyncio.wait_for_ms` scaled with that clock's speed, `_thread.stack_size`
 with MicroPython's range, and the `micropython` module (`const`, `schedule`). `install()` also puts firmware/ and the shim on sys.path."""
 import asyncio
+import os
 import pathlib
 import sys
 import time
 import types
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
+# TUKAR_FIRMWARE: another tree holding tukar/ (`make mutate` points it at mutmut's mutated copy).
+FIRMWARE = pathlib.Path(os.environ.get("TUKAR_FIRMWARE") or ROOT / "firmware")
 SHIM = ROOT / "tools" / "tukar_tools" / "shim"
 _PERIOD = 1 << 30
 _HALF = _PERIOD >> 1
