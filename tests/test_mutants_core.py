@@ -1,0 +1,411 @@
+"""Safety rules of cabinet.md where a hand-made mutation round found the suite blind: every timed
+rule to the tick, with the ticks wrapping inside its interval; the rider's lock confirmed before
+any other door unlocks; rule 5 in both directions; BMS silence; quarantine while a slot's
+switches are unreadable; cold and hot batteries refused; `hold_swaps`. One behaviour per test,
+the spec's numbers in the assertions (docs/safety.md, "Mutation testing")."""
+import pytest
+from coreworld import Battery, Rig, rider_inserts, stocked_rig
+
+from tukar.clock import TICKS_PERIOD, wrap_diff
+from tukar.core import Core
+
+TICK = 50
+
+
+def settled(start_ms, **kw):
+    """A stocked cabinet whose clock is at start_ms + 1000 after settling; start_ms may be chosen
+    so that the wrap of ticks_ms falls inside the interval a test measures."""
+    return stocked_rig(start_ms=start_ms % TICKS_PERIOD, **kw)
+
+
+def ms_until(rig, cond, limit_ms):
+    """Tick until cond() holds; the simulated ms that took (None if it never did)."""
+    t0 = rig.now
+    while wrap_diff(rig.now, t0) <= limit_ms:
+        if cond():
+            return wrap_diff(rig.now, t0)
+        rig.tick()
+    return None
+
+
+# Each timed rule runs from a clock far from the wrap and from one that wraps inside the interval.
+NEAR_WRAP = [0, TICKS_PERIOD - 1000 - 300]  # the second: the wrap comes 300 ms into the interval
+
+
+# -- rule 8: 500 ms, one retry, then lock_jam -----------------------------------------------------
+@pytest.mark.parametrize("start", NEAR_WRAP)
+def test_a_jammed_lock_is_retried_at_500_ms_and_jammed_at_1000_ms_to_the_tick(start):
+    rig = settled(start)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.world.slots[n - 1].jammed = True
+    p0 = rig.core.lock_pulse[n - 1]
+    assert ms_until(rig, lambda: rig.core.lock_pulse[n - 1] != p0, 2000) == 500
+    assert rig.core.lock_pulse[n - 1] == p0 + 1
+    assert ms_until(rig, lambda: rig.of("Fault"), 2000) == 500
+    assert rig.of("Fault")[-1]["code"] == "lock_jam"
+    assert rig.core.lock_pulse[n - 1] == p0 + 1  # one retry only
+
+
+@pytest.mark.parametrize("start", NEAR_WRAP)
+def test_a_lock_that_drifts_open_is_retried_then_jammed(start):
+    rig = settled(start, full=1, half=0)
+    rig.world.slots[1].locked = False  # the bolt of an empty slot slides back on its own
+    rig.world.slots[1].jammed = True
+    p0 = rig.core.lock_pulse[1]
+    assert ms_until(rig, lambda: rig.core.lock_pulse[1] != p0, 2000) == 550  # seen, then 500 ms
+    assert ms_until(rig, lambda: rig.of("Fault"), 2000) == 500
+    assert rig.core.slot_state(2)["faults"] == ["lock_jam"]
+    assert rig.core.lock_cmd[1] is True and rig.core.charge_ma[1] == 0
+
+
+# -- rule 5: a sensor 10 degC away from the BMS for 1 s, in both directions -------------------------
+@pytest.mark.parametrize("start", NEAR_WRAP)
+@pytest.mark.parametrize("sensor_dc", [351, 149])  # battery at 25.0 degC: 10.1 above, 10.1 below
+def test_a_sensor_more_than_10_degc_away_either_way_is_a_fault_after_1_s(start, sensor_dc):
+    rig = settled(start, full=0, half=1)
+    assert rig.core.charge_ma[0] > 0
+    rig.world.slots[0].slot_temp_dc = sensor_dc
+    rig.tick()  # the first tick that sees the disagreement starts the second
+    assert ms_until(rig, lambda: rig.of("Fault"), 3000) == 1000
+    assert rig.of("Fault")[-1]["code"] == "temp_mismatch"
+    assert rig.core.charge_ma[0] == 0
+    rig.world.slots[0].slot_temp_dc = None  # agreement again: the fault clears
+    rig.run(200)
+    assert rig.of("FaultCleared")[-1]["code"] == "temp_mismatch"
+    assert rig.core.charge_ma[0] > 0
+
+
+@pytest.mark.parametrize("sensor_dc", [350, 150])
+def test_a_sensor_exactly_10_degc_away_either_way_is_no_fault(sensor_dc):
+    rig = settled(0, full=0, half=1)
+    rig.world.slots[0].slot_temp_dc = sensor_dc
+    rig.run(3000)
+    assert rig.of("Fault") == [] and rig.core.charge_ma[0] > 0
+
+
+def test_a_mismatch_interrupted_by_agreement_starts_its_second_again():
+    rig = settled(0, full=0, half=1)
+    rig.world.slots[0].slot_temp_dc = 351
+    rig.run(900)
+    rig.world.slots[0].slot_temp_dc = None
+    rig.tick()
+    rig.world.slots[0].slot_temp_dc = 149
+    rig.run(900)
+    assert rig.of("Fault") == []
+    rig.run(200)
+    assert rig.of("Fault")[-1]["code"] == "temp_mismatch"
+
+
+def test_an_empty_slot_sensor_is_not_compared_with_a_bms():
+    rig = settled(0, full=0, half=0)
+    rig.world.slots[0].slot_temp_dc = 450  # no battery: nothing to disagree with
+    rig.run(3000)
+    assert rig.of("Fault") == []
+
+
+# -- BMS silence: charger off at 2 s, bms_link at 5 s, not dispensable -------------------------------
+@pytest.mark.parametrize("start", NEAR_WRAP)
+def test_bms_silence_stops_the_charger_2_s_after_the_last_reading_to_the_tick(start):
+    rig = settled(start, full=0, half=1)
+    assert rig.core.charge_ma[0] > 0
+    rig.world.slots[0].bms_dead = True
+    last = rig.core.slot_inputs[0].bms.t_ms
+    while rig.core.charge_ma[0] > 0:
+        rig.tick()
+        assert wrap_diff(rig.now, last) <= 2000
+    assert wrap_diff(rig.now, last) == 2000
+    assert rig.of("ChargeStopped")[-1]["reason"] == "bms_stale"
+    assert rig.core.slot_state(1)["reason"] == "bms_stale"
+    assert ms_until(rig, lambda: rig.of("Fault"), 5000) == 3000  # bms_lost_ms 5000 after the reading
+    assert rig.of("Fault")[-1]["code"] == "bms_link"
+    rig.world.slots[0].bms_dead = False
+    rig.run(300)
+    assert rig.of("FaultCleared")[-1]["code"] == "bms_link"
+    assert rig.core.charge_ma[0] > 0
+
+
+@pytest.mark.parametrize("start", NEAR_WRAP)
+def test_a_silent_bms_makes_a_full_battery_not_dispensable(start):
+    rig = settled(start, full=1, half=0)
+    assert rig.core.slot_state(1)["dispensable"] is True
+    rig.world.slots[0].bms_dead = True
+    last = rig.core.slot_inputs[0].bms.t_ms
+    while rig.core.slot_state(1)["dispensable"]:
+        rig.tick()
+        assert wrap_diff(rig.now, last) <= 2000
+    assert rig.cmd("start_swap", id_token="t")["error"] == "no_battery_available"
+
+
+def test_a_bms_link_fault_stops_the_charger_at_once():
+    rig = settled(0, full=0, half=1)
+    rig.world.slots[0].bms_link_fault = True
+    rig.tick()
+    assert rig.core.charge_ma[0] == 0
+    assert rig.core.slot_state(1)["faults"] == ["bms_link"]
+
+
+def test_bms_silence_of_a_battery_being_identified_refuses_it_after_3_s():
+    rig = settled(0, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    b = Battery("Q-1", soc=20)
+    n = rig.core.session.slot_in
+    rig.world.slots[n - 1].bms_dead = True
+    rider_inserts(rig, b, wait_ms=0)
+    assert ms_until(rig, lambda: rig.of("BatteryRejected"), 5000) is not None
+    assert rig.of("BatteryRejected")[-1]["reason"] == "no_bms"
+    assert not rig.of("BatteryIn")
+
+
+# -- timed session rules across the wrap -----------------------------------------------------------
+@pytest.mark.parametrize("start", [0, TICKS_PERIOD - 1000 - 1500])
+def test_identification_times_out_3_s_after_the_lock_confirms_to_the_tick(start):
+    rig = settled(start, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.world.slots[n - 1].bms_dead = True
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("Q-1", soc=20))
+    rig.world.close_door(n)
+    confirmed = None
+    while confirmed is None:
+        rig.tick()
+        if rig.core.slots[n - 1].lock_confirmed() and rig.core.session.phase == "identifying":
+            confirmed = rig.now
+    # 3 s from the last tick that saw the bolt still away (the lock confirmed since then)
+    assert ms_until(rig, lambda: rig.of("BatteryRejected"), 5000) == 3000 - TICK
+    assert rig.of("BatteryRejected")[-1]["reason"] == "no_bms"
+    assert rig.core.lock_cmd[n - 1] is False  # the rider gets the battery back
+
+
+@pytest.mark.parametrize("start", [0, TICKS_PERIOD - 1000 - 30_000])
+def test_a_refused_battery_left_in_is_quarantined_60_s_after_the_refusal(start):
+    rig = settled(start, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    rider_inserts(rig, Battery("C-1", soc=20, temp=-11), wait_ms=0)
+    ms_until(rig, lambda: rig.of("BatteryRejected"), 5000)
+    n = rig.of("BatteryRejected")[-1]["slot"]
+    assert ms_until(rig, lambda: rig.of("Quarantined"), 70_000) == 60_000
+    assert rig.of("Quarantined")[-1]["reason"] == "rejected_not_taken"
+    assert rig.of("SwapAborted")[-1]["reason"] == "rejected"
+    assert rig.core.lock_cmd[n - 1] is True
+
+
+@pytest.mark.parametrize("start", [0, TICKS_PERIOD - 1000 - 30_000])
+def test_a_battery_not_taken_is_locked_in_again_60_s_after_its_door_opened(start):
+    rig = settled(start)
+    rig.cmd("start_swap", id_token="t")
+    rider_inserts(rig, Battery("R-1", soc=20), wait_ms=0)
+    ms_until(rig, lambda: rig.core.session is not None and rig.core.session.phase == "dispensing",
+             5000)
+    out = rig.core.session.slot_out
+    assert ms_until(rig, lambda: rig.of("BatteryOutTimeout"), 70_000) == 60_000
+    assert rig.of("SwapAborted")[-1]["reason"] == "not_taken"
+    assert rig.core.lock_cmd[out - 1] is True
+
+
+@pytest.mark.parametrize("start", [0, TICKS_PERIOD - 1000 - 30_000])
+def test_the_insert_time_out_is_60_s_to_the_tick(start):
+    rig = settled(start)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    assert ms_until(rig, lambda: rig.of("SwapAborted"), 70_000) == 60_000
+    assert rig.of("SwapAborted")[-1]["reason"] == "timeout"
+    assert rig.core.lock_cmd[n - 1] is True
+
+
+@pytest.mark.parametrize("start", NEAR_WRAP)
+def test_switches_unreadable_for_500_ms_are_a_slot_fault_to_the_tick(start):
+    rig = settled(start, full=0, half=1)
+    rig.world.slots[0].io_fault = True
+    rig.tick()  # first seen
+    assert rig.core.charge_ma[0] == 0
+    assert ms_until(rig, lambda: rig.of("Fault"), 2000) == 500
+    assert rig.of("Fault")[-1]["code"] == "slot_io"
+
+
+def test_the_energy_of_a_charge_is_the_same_across_the_wrap():
+    def energy(start):
+        rig = settled(start, full=0, half=1)
+        rig.run(10_000)
+        rig.world.cab_temp_dc = 560  # rule 1: the charge stops
+        rig.tick()
+        e = rig.of("ChargeStopped")[-1]
+        assert e["reason"] == "cabinet_temperature"
+        return e["energy_wh"]
+    # 10 A into a 60 % pack (about 49.6 V) for about 11 s: 1.5 Wh, the wrap inside the charge or not
+    far = energy(0)
+    assert 1.45 < far < 1.55
+    assert energy(TICKS_PERIOD - 1000 - 5000) == far
+
+
+def test_a_session_clock_set_back_is_not_a_time_out():
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    # A tick whose clock reads earlier than the last (wrap_diff negative) must not end the session.
+    rig.now = (rig.now - 1000) % TICKS_PERIOD
+    rig.tick()
+    assert rig.core.session is not None and not rig.of("SwapAborted")
+
+
+# -- the rider's lock confirmed before any other door unlocks -----------------------------------------
+def test_no_door_unlocks_for_dispensing_until_the_riders_lock_is_confirmed():
+    rig = settled(0)
+    rig.world.lock_travel_ms = 400  # a slow bolt
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(600)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    for _ in range(100):
+        rig.tick()
+        others_unlocked = [i + 1 for i in range(12) if i + 1 != n and not rig.core.lock_cmd[i]]
+        if others_unlocked:
+            assert rig.world.slots[n - 1].locked, "slot %s unlocked before the rider's bolt" % (
+                others_unlocked,)
+            assert rig.of("BatteryIn")
+        if rig.of("BatteryIn"):
+            assert rig.world.slots[n - 1].locked
+    assert rig.core.session.phase == "dispensing"
+
+
+def test_a_riders_lock_that_never_locks_opens_no_other_door_and_ends_the_swap():
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.slots[n - 1].jammed = True  # the bolt stays back
+    rig.world.close_door(n)
+    for _ in range(60):
+        rig.tick()
+        assert all(rig.core.lock_cmd[i] for i in range(12) if i + 1 != n)
+    assert not rig.of("BatteryIn")
+    assert rig.of("Fault")[-1]["code"] == "lock_jam"
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault"
+
+
+def test_a_riders_door_left_open_with_the_battery_in_is_not_identified():
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.run(5000)  # door still open: the 3 s have not started
+    assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
+    assert all(rig.core.lock_cmd[i] for i in range(12) if i + 1 != n)
+    rig.world.close_door(n)
+    rig.run(1000)
+    assert rig.of("BatteryIn")
+
+
+# -- quarantine while a slot's switches are unreadable ---------------------------------------------------
+@pytest.mark.parametrize("where", ["sensor", "bms"])
+def test_a_slot_at_60_degc_is_quarantined_even_while_its_switches_are_unreadable(where):
+    rig = settled(0, full=0, half=1)
+    rig.world.slots[0].io_fault = True
+    rig.tick()
+    if where == "sensor":
+        rig.world.slots[0].slot_temp_dc = 600
+        rig.world.slots[0].battery.temp_dc = 550
+    else:
+        rig.world.slots[0].battery.temp_dc = 600
+        rig.world.slots[0].slot_temp_dc = 550
+    rig.run(200)
+    assert rig.of("Quarantined")[-1]["reason"] == "overtemp"
+    assert rig.core.charge_ma[0] == 0 and rig.core.lock_cmd[0] is True
+    rig.world.slots[0].io_fault = False
+    rig.run(200)
+    assert rig.core.slot_state(1)["state"] == "quarantined"
+
+
+def test_a_slot_at_59_9_degc_with_unreadable_switches_is_not_quarantined():
+    rig = settled(0, full=0, half=1)
+    rig.world.slots[0].io_fault = True
+    rig.world.slots[0].slot_temp_dc = 599
+    rig.world.slots[0].battery.temp_dc = 550
+    rig.run(1000)
+    assert not rig.of("Quarantined")
+
+
+def test_unreadable_switches_conclude_no_break_in_and_no_missing_battery():
+    rig = settled(0, full=1, half=1)
+    rig.world.slots[0].io_fault = True  # fail levels: door open, lock open, battery present
+    rig.run(2000)
+    assert not rig.of("DoorForced") and not rig.of("BatteryMissing")
+    assert rig.core.alarm is False
+    rig.world.slots[0].io_fault = False
+    rig.run(300)
+    assert not rig.of("DoorForced")  # the door reads closed again: no edge is made of it
+
+
+# -- cold and hot batteries refused --------------------------------------------------------------------
+@pytest.mark.parametrize("temp_dc, refused", [(-101, True), (-100, False), (500, False), (501, True)])
+def test_a_rider_battery_outside_minus_10_to_50_degc_is_refused(temp_dc, refused):
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    b = Battery("R-1", soc=20)
+    b.temp_dc = temp_dc
+    n = rider_inserts(rig, b, wait_ms=1000)
+    if refused:
+        assert rig.of("BatteryRejected")[-1]["reason"] == "temperature"
+        assert not rig.of("BatteryIn") and rig.core.lock_cmd[n - 1] is False
+    else:
+        assert not rig.of("BatteryRejected") and rig.of("BatteryIn")
+
+
+def test_a_cold_battery_found_in_a_slot_is_held_quarantined_and_never_charged():
+    core = Core("cab-1", 4)
+    rig = Rig(core)
+    rig.world.place(1, Battery("C-1", soc=50, temp=-15))
+    rig.run(2000)
+    assert rig.of("Quarantined")[-1] == dict(rig.of("Quarantined")[-1], slot=1, reason="temperature")
+    assert core.charge_ma[0] == 0 and core.lock_cmd[0] is True
+    assert core.slot_state(1)["state"] == "quarantined"
+    assert core.journal()["inventory"][0][4] is True  # held: the journal says a battery is there
+
+
+def test_a_battery_below_0_degc_is_accepted_but_not_charged_until_3_degc():
+    core = Core("cab-1", 4)
+    rig = Rig(core)
+    rig.world.place(1, Battery("C-1", soc=50, temp=-5))
+    rig.run(2000)
+    assert core.slot_state(1)["state"] == "charge_paused" and core.charge_ma[0] == 0
+    rig.world.slots[0].battery.temp_dc = 29
+    rig.run(300)
+    assert core.charge_ma[0] == 0
+    rig.world.slots[0].battery.temp_dc = 30
+    rig.run(300)
+    assert core.charge_ma[0] > 0
+
+
+# -- hold_swaps: no new swap while the shell holds them ---------------------------------------------------
+def test_a_held_cabinet_refuses_start_swap_and_opens_no_door():
+    rig = settled(0)
+    rig.core.hold("event outbox full (broker unreachable)")
+    ack = rig.cmd("start_swap", id_token="t")
+    assert (ack["ok"], ack["error"], ack["detail"]) == (False, "busy",
+                                                         "event outbox full (broker unreachable)")
+    rig.run(500)
+    assert all(rig.core.lock_cmd) and rig.core.session is None and not rig.of("SwapStarted")
+    rig.core.hold(None)
+    assert rig.cmd("start_swap", id_token="t")["ok"] is True
+
+
+def test_a_hold_lets_an_open_swap_finish():
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    rig.core.hold("event outbox full (broker unreachable)")
+    rider_inserts(rig, Battery("R-1", soc=20), wait_ms=0)
+    ms_until(rig, lambda: rig.core.session.phase == "dispensing", 5000)
+    out = rig.core.session.slot_out
+    rig.run(300)
+    rig.world.open_door(out)
+    rig.world.take(out)
+    rig.world.close_door(out)
+    rig.run(300)
+    assert rig.of("SwapCompleted")
