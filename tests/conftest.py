@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
@@ -15,7 +15,20 @@ from tukar_tools import hostenv  # noqa: E402,F401  (MicroPython's built-in name
 # CI runs more examples; a laptop run stays quick. Both are deterministic per test.
 settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=60, deadline=None, derandomize=True)
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+# `make mutate` runs the tests once per mutant: fewer examples and no shrinking (a mutant is killed
+# by the first failing example; its smallest form is of no interest).
+settings.register_profile("mutate", max_examples=25, deadline=None, derandomize=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+MUTATE = bool(os.environ.get("TUKAR_MUTATE"))
+settings.load_profile("mutate" if MUTATE else "ci" if os.environ.get("CI")
+                      else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `make mutate`, the example-based tests run before the property tests: a mutant stops
+    at its first failing test (-x), and most are killed by a quick one."""
+    if MUTATE:
+        items.sort(key=lambda it: bool(getattr(getattr(it, "obj", None), "is_hypothesis_test", False)))
 
 
 @pytest.fixture

@@ -137,6 +137,7 @@ def main(argv=None):
         stage(a.fresh)
         env = dict(os.environ)
         env["TUKAR_FIRMWARE"] = str(STAGE / "mutants")
+        env["TUKAR_MUTATE"] = "1"  # tests/conftest.py: the mutate hypothesis profile, quick tests first
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)]

@@ -1,0 +1,50 @@
+"""`make mutate`'s configuration stays true to the tree (without running the mutation run): the
+modules it mutates and the tests it runs exist, and the safety modules are all in it."""
+import pathlib
+import re
+
+from tukar_tools import mutate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CFG = mutate.config(ROOT)
+# Where the safety rules of cabinet.md live (docs/core.md: the rule-to-code table).
+SAFETY_MODULES = {"core", "slot", "session", "commands", "journal", "gate", "sign", "outbox"}
+
+
+def test_every_module_mutated_exists_in_the_firmware():
+    for mod in mutate.modules(CFG):
+        assert (ROOT / "firmware" / mod).is_file(), mod
+
+
+def test_the_safety_modules_are_all_mutated():
+    names = {pathlib.Path(m).stem for m in mutate.modules(CFG)}
+    assert SAFETY_MODULES <= names
+
+
+def test_every_test_file_run_against_the_mutants_exists():
+    files = mutate.test_files(CFG)
+    assert files
+    for f in files:
+        assert (ROOT / f).is_file(), f
+
+
+def test_the_focused_mutant_tests_are_run_against_the_mutants():
+    files = set(mutate.test_files(CFG))
+    for p in sorted((ROOT / "tests").glob("test_mutants_*.py")):
+        if p.name == "test_mutants_shell.py":
+            continue  # the shell (app, board, device) is not among the mutated modules
+        assert "tests/" + p.name in files, p.name
+
+
+def test_mutmut_is_pinned_and_make_has_the_target():
+    assert re.search(r"^mutmut==\d+\.\d+\.\d+$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert re.search(r"^mutate:", (ROOT / "Makefile").read_text(), re.M)
+    assert CFG["source_paths"] == ["tukar"]
+
+
+def test_every_survivor_the_docs_explain_is_named_after_a_mutated_module():
+    text = (ROOT / "docs" / "safety.md").read_text()
+    assert "## Mutation testing" in text
+    mods = {pathlib.Path(m).stem for m in mutate.modules(CFG)}
+    for name in re.findall(r"`tukar\.(\w+)\.x[^`]*__mutmut_\d+`", text):
+        assert name in mods, name
