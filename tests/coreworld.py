@@ -51,6 +51,7 @@ class World:
         self.smoke = False
         self.estop = False
         self.cab_temp_dc = 250
+        self.cab_sensor = 0  # the cabinet thermistor's status (tukar.inputs.SENSOR_*)
 
     # -- the rider, the technician and the environment ----------------------------------
     def open_door(self, n, force=False):
@@ -112,6 +113,7 @@ class World:
         cab.smoke = self.smoke
         cab.estop = self.estop
         cab.temp_dc = self.cab_temp_dc
+        cab.sensor = self.cab_sensor
 
     def _fill(self, i, ws, now):
         inp = self.core.slot_inputs[i]
