@@ -1,0 +1,364 @@
+"""The event outbox's bounds and bookkeeping (mqtt.md: "when full, the oldest telemetry is dropped
+first, never a swap or safety event"; cabinet.md: nothing in the outbox is lost), held where
+mutation testing found them unchecked: every counter it reports, the `dirty` flag the app persists
+on, compact JSON, long events through the spill file's copy, and a damaged spill reference."""
+import json
+import os
+
+from tukar import outbox as ob_mod
+from tukar.outbox import EVENT, TELEMETRY, Outbox
+from tukar.store import Store
+
+
+def ev(n, etype="SwapStarted", pad=0):
+    d = {"id": "cab-1-1-%d" % n, "type": etype, "ts": None, "up_ms": n}
+    if pad:
+        d["pad"] = "x" * pad
+    return d
+
+
+def box(tmp_path, **kw):
+    kw.setdefault("ram_events", 2)
+    return Outbox(store=Store(str(tmp_path)), **kw)
+
+
+def drain(ob):
+    out = []
+    while True:
+        ob.refill()
+        item = ob.peek()
+        if item is None:
+            return out
+        d = json.loads(item[2])
+        out.append((item[0], d.get("id", d.get("n"))))
+        ob.done(item)
+
+
+def test_the_defaults_are_64_events_4_telemetry_and_4_in_ram():
+    ob = Outbox()
+    assert (ob.capacity_events, ob.hard_cap, ob.capacity_telemetry, ob.ram_events) == (64, 128, 4, 4)
+    assert ob.dirty is False and len(ob) == 0 and ob.spill_ref() is None
+    for n in range(5):
+        ob.add_telemetry({"n": n})
+    assert len(ob) == 4 and ob.dropped_telemetry == 1
+    for n in range(63):
+        ob.add_event(ev(n))
+    assert not ob.saturated
+    ob.add_event(ev(63))
+    assert ob.saturated
+
+
+def test_items_are_published_as_compact_json():
+    ob = Outbox()
+    ob.add_event(ev(1))
+    ob.add_telemetry({"n": "t", "v": [1, 2]})
+    texts = [ob.peek()[2]]
+    ob.done(ob.peek())
+    texts.append(ob.peek()[2])
+    assert texts[0] == b'{"id":"cab-1-1-1","type":"SwapStarted","ts":null,"up_ms":1}'
+    assert texts[1] == b'{"n":"t","v":[1,2]}'
+    assert ob_mod.dumps({"a": [1, 2]}) == '{"a":[1,2]}'
+
+
+def test_dump_streams_the_same_compact_json(tmp_path):
+    p = tmp_path / "x.json"
+    with open(p, "w") as f:
+        ob_mod.dump({"a": [1, 2], "b": None}, f)
+    assert p.read_text() == '{"a":[1,2],"b":null}'
+
+
+def test_every_dropped_telemetry_is_counted_once():
+    ob = Outbox(capacity_events=3, capacity_telemetry=2)
+    ob.add_telemetry({"n": 1})
+    ob.add_telemetry({"n": 2})
+    ob.add_telemetry({"n": 3})  # the oldest makes room
+    assert ob.dropped_telemetry == 1 and len(ob) == 2
+    ob.add_event(ev(1))  # 3 items: at the soft bound
+    ob.add_event(ev(2))  # telemetry makes room for an event
+    assert ob.dropped_telemetry == 2 and len(ob) == 3 and ob.events == 2
+    ob.add_event(ev(3))
+    assert ob.dropped_telemetry == 3 and len(ob) == 3
+    ob.add_telemetry({"n": 4})  # full of events: this one is dropped, and counted
+    assert ob.dropped_telemetry == 4 and len(ob) == 3 and ob.events == 3
+    assert [k for k, _ in drain(ob)] == [EVENT, EVENT, EVENT]
+
+
+def test_a_routine_event_dropped_at_the_hard_cap_is_counted_and_marks_the_outbox_dirty():
+    ob = Outbox(capacity_events=2)  # hard cap 4
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "ChargeStarted"))
+    ob.add_event(ev(2, "ModeChanged"))
+    ob.add_event(ev(3, "BatteryIn"))
+    ob.dirty = False
+    ob.add_event(ev(4, "BatteryIn"))
+    assert ob.dropped_routine == 1 and ob.events == 4 and len(ob) == 4 and ob.dirty is True
+    ob.add_event(ev(5, "BatteryIn"))
+    assert ob.dropped_routine == 2 and ob.events == 4
+    ob.add_event(ev(6, "BatteryIn"))  # no routine event left: kept, over the cap
+    assert ob.dropped_routine == 2 and ob.over_cap == 1 and ob.events == 5
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 3, 4, 5, 6)]
+
+
+def test_only_routine_events_make_room_and_telemetry_is_never_taken_for_one():
+    ob = Outbox(capacity_events=2)
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "BatteryIn"))
+    ob.add_event(ev(2, "BatteryIn"))
+    ob.add_event(ev(3, "BatteryIn"))
+    ob.add_event(ev(4, "Emergency"))
+    assert ob.over_cap == 1 and ob.dropped_routine == 0 and ob.events == 5
+
+
+def test_telemetry_is_never_routine_nor_persisted():
+    ob = Outbox()
+    ob.add_telemetry({"n": 1})
+    assert ob.peek()[:2] == [TELEMETRY, False]
+    assert ob.dirty is False and ob.event_texts() == []
+
+
+def test_restored_routine_events_are_still_the_ones_that_make_room(tmp_path):
+    ob = Outbox(capacity_events=2)
+    ob.restore([ev(0, "Boot"), ev(1, "BatteryIn"), ev(2, "BatteryIn"), ev(3, "BatteryIn")])
+    assert ob.events == 4
+    ob.add_event(ev(4, "BatteryIn"))
+    assert ob.dropped_routine == 1
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (1, 2, 3, 4)]
+
+
+def test_restore_adds_to_events_already_queued_since_boot():
+    ob = Outbox()
+    ob.add_event(ev(9))
+    ob.restore([ev(0), ev(1)])
+    assert ob.events == 3 and len(ob) == 3
+    assert [i for _, i in drain(ob)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-9"]
+    assert ob.events == 0
+
+
+def test_the_app_persists_on_every_change_of_the_events_and_never_on_telemetry(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    ob.dirty = False
+    assert ob.spill() and ob.dirty is True  # the state must name the new range
+    ob.dirty = False
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert ob.dirty is True
+    ob.dirty = False
+    assert ob.refill() and ob.dirty is True  # the state's read offset moved
+
+
+def test_long_events_pass_through_a_new_spill_generation_intact(tmp_path):
+    # Events longer than the 128-byte copy chunk, copied into a new file after a failed append.
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n, pad=300))
+    assert ob.spill()
+    real = ob._store._open
+    calls = {"n": 0}
+
+    def fails_once(name, mode="rb"):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "ENOSPC")
+        return real(name, mode)
+    ob._store._open = fails_once
+    ob.add_event(ev(5, pad=300))
+    assert ob.spill() is False and ob.spill_errors == 1
+    ob._store._open = real
+    ob.add_event(ev(6, pad=129))
+    assert ob.spill()  # a new file: what is owed copied over, then the tail
+    assert ob.spill_ref()[0] == 2
+    got = ob.snapshot()
+    assert [d["id"] for d in got] == ["cab-1-1-%d" % n for n in range(7)]
+    assert all(len(d["pad"]) in (300, 129) for d in got)
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(7)]
+    assert ob.lost == 0 and len(ob) == 0
+
+
+def test_a_copy_after_part_of_the_file_was_read_copies_only_what_is_owed(tmp_path):
+    ob = box(tmp_path)
+    for n in range(8):
+        ob.add_event(ev(n, pad=200))
+    assert ob.spill()
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert ob.refill()  # two lines read: the range owed starts further on
+    ob._rewrite = True  # as after a failed append
+    ob.add_event(ev(8, pad=200))
+    assert ob.spill()
+    gen, read, end = ob.spill_ref()
+    assert gen == 2 and read == 0
+    assert end == os.path.getsize(os.path.join(str(tmp_path), "outbox.2"))
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(2, 9)]
+
+
+def test_each_failed_read_of_the_spill_file_is_counted(tmp_path):
+    ob = box(tmp_path)
+    for n in range(6):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    real = ob._store._open
+
+    def eio(name, mode="rb"):
+        raise OSError(5, "EIO")
+    ob._store._open = eio
+    assert ob.refill() is False and ob.spill_errors == 1
+    assert ob.refill() is False and ob.spill_errors == 2
+    assert ob.lost == 0 and ob.events == 4  # EIO is not a missing file: nothing given up
+    ob._store._open = real
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(2, 6)]
+
+
+def test_a_refill_reads_up_to_ram_events_and_keeps_routine_flags(tmp_path):
+    ob = box(tmp_path, ram_events=2, capacity_events=4)
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "BatteryIn"))
+    ob.add_event(ev(2, "ChargeStarted"))
+    ob.add_event(ev(3, "BatteryIn"))
+    ob.add_event(ev(4, "BatteryIn"))
+    assert ob.spill()
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert ob.refill()
+    assert len(ob._items) == 2  # no more than ram_events come back
+    assert [it[1] for it in ob._items] == [True, False]  # ChargeStarted is still routine
+    for n in range(5, 10):
+        ob.add_event(ev(n, "BatteryIn"))
+    assert ob.dropped_routine == 0  # 8 events: at the hard cap, not over it
+    ob.add_event(ev(10, "BatteryIn"))
+    assert ob.dropped_routine == 1
+    assert "cab-1-1-2" not in [i for _, i in drain(ob)]
+
+
+def test_a_lost_spill_counts_its_events_and_keeps_the_telemetry_count_true(tmp_path):
+    ob = box(tmp_path)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "t"})
+    ob.add_event(ev(3))
+    assert ob.spill()  # 2 in the head; spilled: event 2, telemetry, event 3
+    ob.add_event(ev(4))  # the tail
+    os.remove(os.path.join(str(tmp_path), "outbox.1"))
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert ob.refill() is False and ob.spill_errors == 1
+    assert ob.lost == 2 and ob.events == 1 and len(ob) == 1
+    assert ob.spill_ref() is None
+    assert [i for _, i in drain(ob)] == ["cab-1-1-4"]
+    # Lost twice: the count adds up.
+    for n in range(5, 10):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    os.remove(os.path.join(str(tmp_path), "outbox.%d" % ob.spill_ref()[0]))
+    drain(ob)
+    assert ob.lost == 5
+
+
+def test_a_dropped_spilled_line_is_not_lost_again(tmp_path):
+    ob = box(tmp_path, capacity_events=4)  # hard cap 8
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "BatteryIn"))
+    ob.add_event(ev(2, "ChargeStarted"))
+    for n in range(3, 8):
+        ob.add_event(ev(n, "BatteryIn"))
+    assert ob.spill()
+    ob.add_event(ev(8, "BatteryIn"))  # the spilled ChargeStarted makes room
+    os.remove(os.path.join(str(tmp_path), "outbox.1"))
+    drain(ob)
+    assert ob.dropped_routine == 1 and ob.lost == 5  # events 3..7; event 2 was dropped, not lost
+
+
+def test_a_spill_reference_that_is_not_gen_read_end_restores_only_the_head(tmp_path):
+    for bad in (None, [1, 0], ["1", 0, 10], [1, "0", 10], [1, 0, "10"], [1, 10, 10], [1, -1, 10],
+                [1, 11, 10], 7):
+        ob = box(tmp_path)
+        ob.restore([ev(0)], bad)
+        assert ob.events == 1 and ob.spill_ref() is None, bad
+        assert ob.spill_errors == 0
+
+
+def test_a_spill_reference_without_a_store_restores_only_the_head():
+    ob = Outbox()
+    ob.restore([ev(0)], [1, 0, 10])
+    assert ob.events == 1 and ob.spill_ref() is None
+
+
+def test_a_spill_reference_to_a_missing_file_is_counted_as_an_error(tmp_path):
+    ob = box(tmp_path)
+    ob.restore([ev(0)], [3, 0, 40])
+    assert ob.events == 1 and ob.spill_errors == 1 and ob.spill_ref() is None
+
+
+def test_restore_keeps_the_lines_before_a_foreign_one_and_marks_the_file_for_rewrite(tmp_path):
+    lines = [b'E' + json.dumps(ev(n), separators=(",", ":")).encode() + b"\n" for n in range(3)]
+    data = lines[0] + lines[1] + b'Xgarbage\n' + lines[2]
+    (tmp_path / "outbox.4").write_bytes(data)
+    ob = box(tmp_path)
+    ob.restore([], [4, 0, len(data)])
+    assert ob.events == 2
+    assert ob.spill_ref() == [4, 0, len(lines[0] + lines[1])]
+    assert [i for _, i in drain(ob)] == ["cab-1-1-0", "cab-1-1-1"]
+
+
+def test_a_restored_range_the_file_extends_past_is_written_anew(tmp_path):
+    lines = [b'E' + json.dumps(ev(n), separators=(",", ":")).encode() + b"\n" for n in range(3)]
+    (tmp_path / "outbox.4").write_bytes(b"".join(lines))
+    ob = box(tmp_path)
+    ob.restore([], [4, 0, len(lines[0] + lines[1])])  # a line appended after the state
+    assert ob.events == 2
+    for n in range(3, 8):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    assert ob.spill_ref()[0] == 5  # not appended to a file that holds more than the state said
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 1, 3, 4, 5, 6, 7)]
+
+
+def test_restore_of_exactly_the_range_appends_to_the_same_file(tmp_path):
+    lines = [b'E' + json.dumps(ev(n), separators=(",", ":")).encode() + b"\n" for n in range(2)]
+    (tmp_path / "outbox.4").write_bytes(b"".join(lines))
+    ob = box(tmp_path)
+    ob.restore([], [4, 0, len(b"".join(lines))])
+    ob.add_event(ev(2))
+    assert ob.spill()
+    assert ob.spill_ref()[0] == 4
+
+
+def test_a_spill_file_of_another_generation_is_swept_and_the_next_one_is_above_it(tmp_path):
+    (tmp_path / "outbox.0").write_bytes(b'E{"id":"x"}\n')
+    (tmp_path / "outbox.5").write_bytes(b'E{"id":"x"}\n')
+    ob = box(tmp_path)
+    ob.restore(None)
+    assert sorted(n for n in os.listdir(str(tmp_path)) if n.startswith("outbox.")) == []
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill() and ob.spill_ref()[0] == 6
+
+
+def test_the_snapshot_lists_tail_events_but_not_tail_telemetry(tmp_path):
+    ob = box(tmp_path)
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    ob.add_telemetry({"n": "t"})
+    ob.add_event(ev(4))
+    assert [d["id"] for d in ob.snapshot()] == ["cab-1-1-%d" % n for n in range(5)]
+
+
+def test_refill_has_nothing_to_do_when_nothing_is_spilled(tmp_path):
+    ob = box(tmp_path)
+    ob.add_event(ev(0))
+    assert ob.refill() is True and ob.events == 1
+
+
+def test_write_events_is_a_json_array_of_the_head(tmp_path):
+    import io
+    ob = Outbox()
+    ob.add_event(ev(0))
+    ob.add_telemetry({"n": 1})
+    ob.add_event(ev(1))
+    f = io.StringIO()
+    ob.write_events(f)
+    assert json.loads(f.getvalue()) == [ev(0), ev(1)]
