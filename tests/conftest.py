@@ -29,6 +29,11 @@ def pytest_collection_modifyitems(config, items):
     at its first failing test (-x), and most are killed by a quick one."""
     if MUTATE:
         items.sort(key=lambda it: bool(getattr(getattr(it, "obj", None), "is_hypothesis_test", False)))
+        for it in items:  # a test's own @settings too: at most 10 examples per mutant
+            f = getattr(it, "obj", None)
+            s = getattr(f, "_hypothesis_internal_use_settings", None)
+            if s is not None and s.max_examples > 10:
+                f._hypothesis_internal_use_settings = settings(s, max_examples=10)
 
 
 @pytest.fixture

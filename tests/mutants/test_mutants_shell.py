@@ -10,7 +10,7 @@ import pytest
 
 import hosttime
 import machine
-from test_app import KEY, OfflineClient, build, run_for, SPEED
+from test_app import KEY, SPEED, build, run_for
 from tukar import device
 from tukar.board import Board
 from tukar.clock import asleep_ms
