@@ -1,0 +1,163 @@
+"""The command gate where mutation testing found it unchecked: strict UTF-8 (as CPython decodes it)
+at every boundary of the encoding, every ack a valid ack of the contract (mqtt.md: one reply to
+every command, `detail` a string), and the memory of the last 64 req_ids."""
+import itertools
+import json
+
+import pytest
+
+from tukar import errors
+from tukar.gate import Gate, utf8_ok
+from tukar_tools import schemas
+from tukar_tools.sign import command, sign
+
+KEY = bytes(range(32))
+NOW = 1764300000
+
+# Lead bytes at and around every boundary of UTF-8, and continuation bytes around 0x80..0xBF and
+# the narrowed ranges after E0, ED, F0 and F4.
+LEADS = [0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF,
+         0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF]
+CONTS = [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0]
+
+
+def cpython_ok(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_utf8_ok_agrees_with_cpython_on_every_boundary_sequence():
+    seqs = [b""]
+    for lead in LEADS:
+        seqs.append(bytes([lead]))
+        for n in (1, 2, 3):
+            for cont in itertools.product(CONTS, repeat=n):
+                seqs.append(bytes([lead]) + bytes(cont))
+    for s in seqs:
+        for wrapped in (s, b"a" + s, s + b"a", b"\xc3\xa9" + s):  # after ASCII or a valid character
+            assert utf8_ok(wrapped) == cpython_ok(wrapped), wrapped.hex()
+
+
+@pytest.mark.parametrize("text", ["é", "€", "𝄞", "a€b𝄞c", "\U0010ffff", "\ud7ff", "\ue000"])
+def test_valid_characters_of_every_length_pass(text):
+    assert utf8_ok(text.encode())
+    assert utf8_ok(("x" * 5 + text) .encode())
+
+
+def test_a_sequence_cut_short_at_the_end_fails():
+    for full in ("é", "€", "𝄞"):
+        b = full.encode()
+        for cut in range(1, len(b)):
+            assert not utf8_ok(b[:cut])
+            assert not utf8_ok(b"ok" + b[:cut])
+
+
+def ack_of(gate, payload, retained=False, now=0, wall=NOW):
+    body, ack = gate.admit(payload, retained, now, wall)
+    assert body is None
+    schemas.validate("ack", ack)
+    assert isinstance(ack["detail"], str) and ack["detail"]
+    return ack
+
+
+def test_every_refusal_is_a_valid_ack_with_a_detail():
+    g = Gate(KEY, rate_per_s=3)
+    good = sign(command("rebirth", "r-1", ts=NOW), KEY)
+    cases = [
+        (b"\xff\xfe", errors.BAD_JSON),
+        (b"{not json", errors.BAD_JSON),
+        (b"[1]", errors.BAD_JSON),
+        (b"x" * 3000, errors.BAD_JSON),
+    ]
+    for payload, code in cases:
+        assert ack_of(Gate(KEY), payload)["error"] == code
+    assert ack_of(g, good, retained=True)["error"] == errors.NOT_ALLOWED
+    assert ack_of(Gate(KEY), json.dumps({"body": "{}", "sig": "00" * 32}).encode())["error"] == \
+        errors.BAD_SIGNATURE
+    for i in range(3):
+        g.admit(sign(command("rebirth", "r-%d" % (i + 10), ts=NOW), KEY), False, i, NOW)
+    a = ack_of(g, good, now=5)
+    assert a["error"] == errors.RATE_LIMITED and "3" in a["detail"]
+
+
+def test_a_gate_that_fails_inside_still_answers_with_a_valid_ack():
+    g = Gate(KEY)
+    g._signer = None  # a bug: verify() raises
+    payload = sign(command("rebirth", "r-1", ts=NOW), KEY)
+    a = ack_of(g, payload)
+    assert a["error"] == errors.BAD_JSON and a["req_id"] is None
+    assert "AttributeError" in a["detail"]
+
+
+def test_a_duplicate_while_executing_is_busy_with_a_detail():
+    g = Gate(KEY)
+    payload = sign(command("rebirth", "r-1", ts=NOW), KEY)
+    body, ack = g.admit(payload, False, 0, NOW)
+    assert body is not None
+    a = ack_of(g, payload, now=200)
+    assert (a["error"], a["duplicate"], a["req_id"]) == (errors.BUSY, True, "r-1")
+
+
+def test_acks_the_executor_remembers_are_replayed_for_the_last_64_req_ids():
+    g = Gate(KEY, rate_per_s=1000)
+    for i in range(70):
+        payload = sign(command("rebirth", "r-%d" % i, ts=NOW), KEY)
+        body, _ = g.admit(payload, False, i, NOW)
+        assert body is not None
+        ack = {"req_id": "r-%d" % i, "ok": i % 2 == 0, "error": None if i % 2 == 0 else "busy",
+               "detail": "" if i % 2 == 0 else "no %d" % i}
+        g.remember("r-%d" % i, ack)
+    for i in range(6, 70):
+        a = g.admit(sign(command("rebirth", "r-%d" % i, ts=NOW), KEY), False, 1000 + i, NOW)[1]
+        assert a["duplicate"] is True and a["ok"] == (i % 2 == 0), i
+        if i % 2:
+            assert a["detail"] == "no %d" % i
+    body, ack = g.admit(sign(command("rebirth", "r-0", ts=NOW), KEY), False, 2000, NOW)
+    assert body is not None  # forgotten: the 65th newer req_id pushed it out
+
+
+def test_an_ack_remembered_for_a_req_id_the_gate_never_admitted_is_kept_too():
+    # The app remembers what the executor answered; a req_id not reserved (a restart between)
+    # still gets a place of its own, and does not take the place of one just admitted.
+    g = Gate(KEY, rate_per_s=1000)
+    p1 = sign(command("rebirth", "r-1", ts=NOW), KEY)
+    assert g.admit(p1, False, 0, NOW)[0] is not None
+    g.remember("r-x", {"req_id": "r-x", "ok": False, "error": "busy", "detail": "d"})
+    p2 = sign(command("rebirth", "r-2", ts=NOW), KEY)
+    assert g.admit(p2, False, 1, NOW)[0] is not None
+    g.remember("r-1", {"req_id": "r-1", "ok": True, "error": None, "detail": ""})
+    assert g.admit(sign(command("rebirth", "r-x", ts=NOW), KEY), False, 2, NOW)[1]["error"] == "busy"
+    a1 = g.admit(p1, False, 3, NOW)[1]
+    assert a1["ok"] is True and a1["duplicate"] is True
+    a2 = g.admit(p2, False, 4, NOW)[1]
+    assert a2["error"] == errors.BUSY and a2["detail"] == "command still executing"
+    for i in range(63):  # 63 more: r-1 and r-x, the oldest, are forgotten; r-2 is not
+        g.remember("q-%d" % i, {"req_id": "q-%d" % i, "ok": True, "error": None, "detail": ""})
+    assert g.admit(p2, False, 5, NOW)[1]["duplicate"] is True
+    assert g.admit(p1, False, 6, NOW)[0] is not None
+
+
+def test_a_remembered_plain_success_comes_back_as_the_same_plain_success():
+    g = Gate(KEY)
+    p = sign(command("rebirth", "r-1", ts=NOW), KEY)
+    g.admit(p, False, 0, NOW)
+    g.remember("r-1", {"req_id": "r-1", "ok": True, "error": None, "detail": ""})
+    a = g.admit(p, False, 1, NOW)[1]
+    assert a == {"req_id": "r-1", "ok": True, "error": None, "detail": "", "duplicate": True}
+    p2 = sign(command("start_swap", "r-2", ts=NOW, id_token="t"), KEY)
+    g.admit(p2, False, 2, NOW)
+    g.remember("r-2", {"req_id": "r-2", "ok": True, "error": None, "detail": "", "slot": 4,
+                       "session": "s-1"})
+    a2 = g.admit(p2, False, 3, NOW)[1]
+    assert (a2["slot"], a2["session"]) == (4, "s-1")
+
+
+def test_a_non_hex_signature_is_bad_signature():
+    g = Gate(KEY)
+    body = json.dumps(command("rebirth", "r-1", ts=NOW))
+    for sig in ("zz" * 32, "", "XXXX", "0"):
+        p = json.dumps({"body": body, "sig": sig}).encode()
+        assert ack_of(g if sig else Gate(KEY), p)["error"] == errors.BAD_SIGNATURE
