@@ -178,3 +178,124 @@ def test_switches_lost_on_the_session_slot_end_it_and_its_lock_is_still_supervis
     rig.run(1200)
     assert rig.of("Fault")[-1] == dict(rig.of("Fault")[-1], slot=n, code="lock_jam")
     valid(rig)
+
+
+# -- quarantine inside a swap (rule 7: a quarantined battery is never dispensed) -----------------------
+def test_quarantining_a_refused_battery_before_it_is_taken_back_ends_the_swap_as_rejected():
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("C-1", soc=20, temp=-15))
+    rig.world.close_door(n)
+    rig.run(1000)
+    assert rig.of("BatteryRejected")[-1]["reason"] == "temperature"
+    assert rig.cmd("quarantine", slot=n, reason="inspection")["ok"]
+    rig.run(300)
+    assert rig.of("SwapAborted")[-1]["reason"] == "rejected"
+    assert rig.core.lock_cmd[n - 1] is True
+    assert rig.core.slot_state(n)["state"] == "quarantined"
+    assert rig.core.journal()["inventory"][n - 1][3:] == ["inspection", True]  # held behind it
+    rig.run(5000)
+    assert not rig.of("BatteryMissing")
+    valid(rig)
+
+
+def test_quarantining_the_dispense_slot_keeps_its_battery_locked_in_and_ends_the_swap():
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    out = rig.core.session.slot_out
+    assert rig.cmd("quarantine", slot=out, reason="inspection")["ok"]
+    rig.run(500)
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault"
+    assert rig.core.lock_cmd[out - 1] is True
+    st = rig.core.slot_state(out)
+    assert st["state"] == "quarantined" and st["battery"]["serial"] is not None
+    assert rig.core.journal()["inventory"][out - 1][2] is True  # still the cabinet's, accepted
+    assert not rig.of("BatteryMissing") and not rig.of("BatteryOut")
+    valid(rig)
+
+
+def test_quarantining_the_empty_swap_slot_ends_the_swap_and_leaves_it_empty():
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    rig.run(300)
+    assert rig.cmd("quarantine", slot=s["slot"], reason="broken hinge")["ok"]
+    rig.run(300)
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault"
+    assert rig.core.lock_cmd[s["slot"] - 1] is True
+    assert rig.core.journal()["inventory"][s["slot"] - 1] == [None, None, False, "broken hinge",
+                                                            False]
+    assert rig.core.slot_state(s["slot"])["state"] == "quarantined"
+    valid(rig)
+
+
+def test_quarantining_another_slot_leaves_the_swap_open():
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    other = 5 if s["slot"] != 5 else 4
+    assert rig.cmd("quarantine", slot=other, reason="inspection")["ok"]
+    rig.run(300)
+    assert rig.core.session is not None and not rig.of("SwapAborted")
+    valid(rig)
+
+
+def test_quarantine_keeps_what_was_already_to_be_persisted():
+    core = Core("c-1", 2)
+    core.take_journal()
+    core.jdirty |= J_CONFIG
+    assert core.command({"cmd": "quarantine", "req_id": "r", "slot": 1, "reason": "x"})["ok"]
+    assert core.take_journal() & (J_CONFIG | J_INVENTORY) == J_CONFIG | J_INVENTORY
+
+
+def test_quarantining_a_slot_open_for_maintenance_keeps_the_battery_and_locks_it():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("set_mode", mode="maintenance")
+    assert rig.cmd("open_slot", slot=1) == dict(rig.acks[-1], ok=True, slot=1)
+    rig.run(300)
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]
+    rig.run(300)
+    assert rig.core.lock_cmd[0] is True and rig.core.slot_state(1)["state"] == "quarantined"
+    assert rig.core.journal()["inventory"][0][0] == "F-01"
+    valid(rig)
+
+
+# -- release and open_slot ----------------------------------------------------------------------------
+def test_release_outside_maintenance_is_wrong_mode_and_of_a_slot_not_quarantined_not_allowed():
+    rig = stocked_rig()
+    rig.cmd("quarantine", slot=1, reason="inspection")
+    a = rig.cmd("release", slot=1)
+    assert (a["error"], bool(a["detail"])) == ("wrong_mode", True)
+    rig.cmd("set_mode", mode="maintenance")
+    a = rig.cmd("release", slot=2)
+    assert a["error"] == "not_allowed" and "2" in a["detail"]
+    a = rig.cmd("release", slot=1)
+    assert a["ok"] is True and a["slot"] == 1
+    assert rig.of("QuarantineReleased")[-1] == dict(rig.of("QuarantineReleased")[-1], slot=1,
+                                                   reason="inspection")
+    valid(rig)
+
+
+def test_open_slot_outside_maintenance_is_wrong_mode():
+    rig = stocked_rig()
+    a = rig.cmd("open_slot", slot=1)
+    assert (a["error"], bool(a["detail"])) == ("wrong_mode", True)
+    rig.run(300)
+    assert all(rig.core.lock_cmd)
+    valid(rig)
+
+
+def test_reboot_during_a_session_is_busy_naming_the_session():
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    a = rig.cmd("reboot")
+    assert a["error"] == "busy" and s["session"] in a["detail"]
+    valid(rig)
