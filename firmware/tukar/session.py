@@ -21,6 +21,7 @@ class Session:
         self.battery_in: "dict | None" = None  # battery view at BatteryIn
         self.battery_out: "dict | None" = None  # battery view when its door opened
         self.in_recorded = False  # BatteryIn was emitted: the swap must complete or be not_taken
+        self.end_reason = "rejected"  # SwapAborted's reason once a battery given back is taken
         self.t_start = now
         self.t_phase = now
 
@@ -89,17 +90,17 @@ class SessionSteps:
                 s_in.command_lock(True, now)
                 self._clear_battery(s_in)
                 s_in.phase = sl.P_EMPTY
-                self._abort_session("rejected", now)
+                self._abort_session(ss.end_reason, now)
             elif wrap_diff(now, ss.t_phase) >= lim.take_ms:
                 s_in.command_lock(True, now)
                 if inp.present:
-                    self._abort_session("rejected", now)
+                    self._abort_session(ss.end_reason, now)
                     s_in.phase = sl.P_HELD
                     self._quarantine(s_in, "rejected_not_taken", now)
                 else:
                     self._clear_battery(s_in)
                     s_in.phase = sl.P_EMPTY
-                    self._abort_session("rejected", now)
+                    self._abort_session(ss.end_reason, now)
         elif ss.phase == S_DISPENSING:
             assert ss.slot_out is not None
             s_out = self.slots[ss.slot_out - 1]
