@@ -225,13 +225,91 @@ def test_charger_of_the_dispensed_slot_goes_off_in_the_tick_its_lock_opens():
     assert rig.of("ChargeStopped")[-1]["slot"] == out
 
 
-def test_no_battery_available_after_battery_in_aborts_the_swap():
+def rider_takes_back(rig, n):
+    rig.run(300)
+    assert rig.world.open_door(n)
+    b = rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(300)
+    return b
+
+
+def test_nothing_left_to_hand_out_gives_the_riders_battery_back_without_battery_in():
     rig = stocked_rig(full=1, half=0)
     rig.cmd("start_swap", id_token="t")
     rig.world.slots[0].battery.soc_pm = 500  # the only full battery drops below 90 % meanwhile
-    rider_inserts(rig, Battery("R-1", soc=12))
-    assert rig.of("BatteryIn")
+    n = rider_inserts(rig, Battery("R-1", soc=12))
+    assert not rig.of("BatteryIn") and not rig.of("SwapAborted")
+    assert rig.core.session.phase == "rejected" and rig.core.lock_cmd[n - 1] is False
+    assert rig.core.slot_state(n)["state"] == "rejected"
+    assert rider_takes_back(rig, n).serial == "R-1"
     assert rig.of("SwapAborted")[-1]["reason"] == "no_battery_available"
+    assert rig.core.session is None and rig.core.slots[n - 1].serial is None
+    assert all(rig.core.lock_cmd)
+
+
+def test_the_last_battery_turning_bad_after_battery_in_gives_the_riders_back():
+    """BatteryIn recorded, then the one battery to hand out fails rule 6 at the choice (a tick
+    later): the rider's own goes back; nothing is owed after it (in_recorded cleared)."""
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rider_inserts(rig, Battery("R-1", soc=12), wait_ms=0)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    rig.world.slots[0].battery.faults = 4  # the BMS raises a fault flag before the choice
+    rig.run(300)
+    assert not rig.of("BatteryOut")
+    ss = rig.core.session
+    assert ss.phase == "rejected" and ss.slot_in == n and not ss.in_recorded
+    assert rig.core.lock_cmd[0] is True and rig.core.lock_cmd[n - 1] is False
+    assert rider_takes_back(rig, n).serial == "R-1"
+    assert rig.of("SwapAborted")[-1]["reason"] == "no_battery_available"
+    assert rig.core.slots[n - 1].serial is None and not rig.core.slots[n - 1].accepted
+
+
+def test_a_battery_turning_bad_behind_a_closed_dispense_door_is_not_handed_out():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.world.slots[out - 1].battery.faults = 4  # before the rider opens the door
+    rig.run(300)
+    ss = rig.core.session
+    assert ss.phase == "dispensing" and ss.slot_out != out
+    assert rig.core.lock_cmd[out - 1] is True
+    n, b = rider_takes(rig)
+    assert b.serial != rig.world.slots[out - 1].battery.serial
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == b.serial
+
+
+def test_the_dispense_battery_quarantined_before_its_door_opens_hands_out_another():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    assert rig.cmd("quarantine", slot=out, reason="recall")["ok"]
+    rig.run(300)
+    ss = rig.core.session
+    assert ss is not None and ss.phase == "dispensing" and ss.slot_out not in (None, out)
+    rider_takes(rig)
+    assert rig.of("SwapCompleted") and not rig.of("SwapAborted")
+
+
+def test_a_pack_pushed_into_the_dispense_slot_after_the_take_is_identified_not_charged_blind():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.run(300)
+    assert rig.world.open_door(out)
+    taken = rig.world.take(out)
+    rig.tick()
+    assert rig.world.insert(out, Battery("X-9", soc=40, faults=4))  # a faulted pack pushed in
+    rig.world.close_door(out)
+    rig.run(5000)
+    done = rig.of("SwapCompleted")
+    assert done and done[-1]["battery_out"] == taken.serial
+    assert not rig.of("BatteryOutTimeout")
+    s = rig.core.slots[out - 1]
+    assert rig.core.charge_ma[out - 1] == 0 and s.quarantine == "battery_fault"
+    assert s.serial == "X-9" and not s.accepted
 
 
 def test_slot_states_over_a_swap_use_only_the_spec_names():
