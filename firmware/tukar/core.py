@@ -356,20 +356,25 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             self._quarantine(s, "overtemp", now)
 
     def _session_slot_failed(self, s, now):
-        """A slot of the open session can no longer be trusted: end the session."""
-        ss = self.session
-        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
+        """A slot the open session drives can no longer be trusted: end the session. (The
+        rider's slot once BatteryIn is recorded holds the cabinet's battery: not the session's.)"""
+        if self.session is not None and self._in_session(s):
             self._abort_session("fault", now)
 
     def _quarantine(self, s, reason, now):
         if s.quarantine is not None:
             return
         ss = self.session
-        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out) and not (
-                s.n == ss.slot_out and ss.phase == S_DISPENSING and not ss.out_opened):
-            self._abort_session("rejected" if ss.phase == S_REJECTED else "fault", now)
-        # (A dispense slot whose door the rider has not opened: the session hands out another
-        # battery, or gives the rider's back, in its step.)
+        if ss is not None and self._in_session(s):
+            if ss.phase != S_DISPENSING:
+                self._abort_session("rejected" if ss.phase == S_REJECTED else "fault", now)
+            elif ss.out_gone:
+                self._complete(ss, s, now)  # the battery handed out has gone: the swap is done,
+                # and what is in the slot now (pushed in since) is held below
+            elif not s.inp.door_closed:
+                self._abort_session("fault", now)
+            # (Behind the dispense door, still shut: the session hands out another battery, or
+            # gives the rider's back, in its step.)
         s.quarantine = reason
         self.jdirty |= J_INVENTORY
         self._emit("Quarantined", {"slot": s.n, "reason": reason})

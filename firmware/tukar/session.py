@@ -22,7 +22,6 @@ class Session:
         self.battery_out: "dict | None" = None  # battery view when its door opened
         self.in_recorded = False  # BatteryIn was emitted: the swap must complete or be not_taken
         self.end_reason = "rejected"  # SwapAborted's reason once a battery given back is taken
-        self.out_opened = False  # the rider has opened the dispense door
         self.out_gone = False  # the battery handed out has left its slot
         self.t_start = now
         self.t_phase = now
@@ -112,8 +111,6 @@ class SessionSteps:
             assert ss.slot_out is not None
             s_out = self.slots[ss.slot_out - 1]
             o = s_out.inp
-            if not o.door_closed:
-                ss.out_opened = True
             if not o.present:
                 ss.out_gone = True
             if not o.present and o.door_closed:
@@ -126,9 +123,9 @@ class SessionSteps:
                 self._complete(ss, s_out, now)
                 s_out.phase = sl.P_IDENTIFYING
                 s_out.ident_t = now
-            elif not ss.out_opened and self._turned_bad(s_out):
+            elif o.door_closed and self._turned_bad(s_out):
                 # The battery turned bad (fault flag, slot fault, out of the handling window,
-                # quarantined) before the rider opened its door: it is not handed out.
+                # quarantined) and its door is shut: it is not handed out.
                 s_out.command_lock(True, now)
                 if s_out.phase == sl.P_DISPENSING:
                     s_out.phase = sl.P_STORED
@@ -169,7 +166,11 @@ class SessionSteps:
     def _give_back(self, ss, s_in, reason, now):
         """The rider's battery goes back to them (no battery to hand out, or a cut before its
         BatteryIn was written): its slot opens as for a refused battery; the session ends
-        `reason` once it is taken, or it is held as rejected_not_taken."""
+        `reason` once it is taken, or it is held as rejected_not_taken. A quarantined one stays
+        shut (rule 7): the session ends `reason` now."""
+        if s_in.quarantine is not None:
+            self._abort_session(reason, now)
+            return
         if s_in.accepted:
             s_in.accepted = False  # it is the rider's again, not the cabinet's
             s_in.profile = None
