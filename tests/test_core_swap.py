@@ -332,3 +332,48 @@ def test_a_reading_without_a_serial_does_not_identify_the_battery():
     assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
     rig.run(1000)
     assert rig.of("BatteryRejected")[-1]["reason"] == "no_bms"
+
+
+def test_a_battery_turning_bad_after_the_rider_opened_and_shut_its_door_is_not_handed_out():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.run(300)
+    assert rig.world.open_door(out)  # the rider looks, and shuts it without taking
+    rig.tick()
+    rig.world.slots[out - 1].battery.faults = 4
+    rig.world.close_door(out)
+    rig.run(300)
+    ss = rig.core.session
+    assert ss.phase == "dispensing" and ss.slot_out != out and rig.core.lock_cmd[out - 1]
+
+
+def test_the_riders_slot_quarantined_after_battery_in_still_hands_the_rider_a_battery():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n_in = insert_until_dispensing(rig, Battery("R-1", soc=12)) and rig.core.session.slot_in
+    assert rig.cmd("quarantine", slot=n_in, reason="recall")["ok"]
+    rig.tick()
+    assert rig.core.session is not None and rig.core.session.phase == "dispensing"
+    rider_takes(rig)
+    assert rig.of("SwapCompleted") and not rig.of("SwapAborted")
+    assert rig.core.slots[n_in - 1].quarantine == "recall" and rig.core.lock_cmd[n_in - 1]
+
+
+def test_a_hot_pack_pushed_into_the_dispense_slot_after_the_take_completes_the_swap_and_is_held():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    assert rig.world.take(out).serial == old
+    rig.tick()
+    assert rig.world.insert(out, Battery("HOT-3", soc=50, temp=65))
+    rig.run(300)  # quarantined with its door open
+    rig.world.close_door(out)
+    rig.run(2000)
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == old
+    s = rig.core.slots[out - 1]
+    assert s.quarantine == "overtemp" and s.serial != old and not s.accepted
+    assert rig.core.charge_ma[out - 1] == 0
