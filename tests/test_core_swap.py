@@ -377,3 +377,40 @@ def test_a_hot_pack_pushed_into_the_dispense_slot_after_the_take_completes_the_s
     s = rig.core.slots[out - 1]
     assert s.quarantine == "overtemp" and s.serial != old and not s.accepted
     assert rig.core.charge_ma[out - 1] == 0
+
+
+def test_taken_then_another_pushed_in_and_an_emergency_completes_the_swap():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    assert rig.world.take(out).serial == old
+    rig.tick()
+    assert rig.world.insert(out, Battery("X-5", soc=40))
+    rig.world.smoke = True
+    rig.tick()
+    assert rig.core.mode == "emergency"
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == old and not rig.of("SwapAborted")
+    rig.world.close_door(out)
+    rig.run(1000)
+    s = rig.core.slots[out - 1]
+    assert s.serial == "X-5" and rig.core.charge_ma[out - 1] == 0
+
+
+def test_a_battery_not_taken_is_identified_again_before_it_charges():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    rig.world.take(out)  # taken and swapped for another: the cabinet does not see it (the
+    rig.world.slots[out - 1].battery = Battery("X-6", soc=40)  # presence switch stays pressed)
+    rig.world.close_door(out)
+    rig.run(61_000)
+    assert rig.of("BatteryOutTimeout")
+    s = rig.core.slots[out - 1]
+    assert s.serial == "X-6"
+    assert rig.of("BatteryMissing")[-1]["serial"] == old

@@ -291,13 +291,12 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         self.dirty |= 1
 
     def _after_relock(self, s, now):
-        """A door that was open for some purpose is locked again: find out what is behind it."""
+        """A door that was open for some purpose is locked again: find out what is behind it.
+        Whatever is there is identified again, the cabinet's own pack included: while the door
+        was unlocked it could have been taken and another pushed in."""
         if s.inp.present:
-            if s.accepted and s.phase == sl.P_DISPENSING:
-                s.phase = sl.P_STORED
-            else:
-                s.phase = sl.P_IDENTIFYING
-                s.ident_t = now
+            s.phase = sl.P_IDENTIFYING
+            s.ident_t = now
         else:
             self._clear_battery(s)
             s.phase = sl.P_EMPTY

@@ -145,7 +145,10 @@ class SessionSteps:
                 elif not o.present:
                     self._complete(ss, s_out, now)
                 else:
-                    s_out.phase = sl.P_STORED
+                    # Not taken, or so it seems: the door was unlocked for a minute (and the
+                    # cabinet may have lost sight of a take in a power cut): identified again.
+                    s_out.phase = sl.P_IDENTIFYING
+                    s_out.ident_t = now
                     self._emit("BatteryOutTimeout", {"session": ss.id,
                                                      "request_id": ss.request_id,
                                                      "slot": s_out.n, "battery": ss.battery_out})
@@ -218,6 +221,16 @@ class SessionSteps:
     def _abort_session(self, reason, now):
         ss = self.session
         if ss is None:
+            return
+        if ss.phase == S_DISPENSING and ss.out_gone and ss.slot_out:
+            # The battery handed out has already left: the rider has it, the swap is done.
+            s_out = self.slots[ss.slot_out - 1]
+            if not s_out.lock_cmd:
+                s_out.command_lock(True, now)
+            self._complete(ss, s_out, now)
+            if s_out.inp.present:  # pushed in since: a battery found in the slot
+                s_out.phase = sl.P_IDENTIFYING
+                s_out.ident_t = now
             return
         self._emit("SwapAborted", {"session": ss.id, "request_id": ss.request_id,
                                    "reason": reason})

@@ -207,6 +207,10 @@ def rider_gets_a_battery_or_their_own_back(before, ev, events, info, after):
             if e["reason"] == "no_battery_available" and isinstance(n, int) and \
                     after.journal["inventory"][n - 1][3] is not None:
                 continue  # the rider's battery is quarantined (rule 7 keeps it shut)
+            b = ss.get("battery_in") if ss is not None else None
+            if e["reason"] == "no_battery_available" and isinstance(b, dict) and \
+                    b.get("serial") not in after.world.serial:
+                continue  # nothing to hand out, and the rider has their own back
             return "session %s: BatteryIn recorded, then SwapAborted(%s)" % (e["session"], e["reason"])
     return None
 
