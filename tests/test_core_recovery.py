@@ -281,3 +281,26 @@ def test_an_old_journal_without_the_held_flag_still_loads():
         del e[4]
     core = Core("cab-1", 6, journal=json.loads(json.dumps(j)))
     assert core.slots[0].serial == "F-01" and core.slots[0].accepted
+
+
+def test_a_pack_swapped_into_the_dispense_slot_before_a_power_cut_is_never_taken_for_the_old():
+    """make explore: the rider takes the battery handed out, pushes a cold one in, the power goes
+    before the cabinet wrote the take; after the boot the dispense door opens again on the cold
+    pack. Shut, it is identified (not kept as the battery that left) and held, and the battery that
+    left is reported missing."""
+    rig = stocked_rig(slots=6, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    assert rig.world.take(out).serial == old
+    rig.world.slots[out - 1].battery = Battery("C-7", soc=40, temp=-15)  # in the same instant
+    reboot(rig)
+    rig.run(500)
+    rig.world.close_door(out)
+    rig.run(3000)
+    s = rig.core.slots[out - 1]
+    assert s.serial == "C-7" and not s.accepted and s.quarantine is not None
+    assert old in [e["serial"] for e in rig.of("BatteryMissing")]
+    assert rig.core.journal()["inventory"][out - 1][0] == "C-7"

@@ -425,8 +425,11 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
                 s.phase = sl.P_EMPTY
             elif r:
                 # No rider to hand it back to: keep it locked in until a technician looks.
+                serial = inp.bms.serial if inp.bms.valid else None
+                if s.serial is not None and s.serial != serial:
+                    self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
                 self._clear_battery(s)
-                s.serial = inp.bms.serial if inp.bms.valid else None
+                s.serial = serial
                 s.phase = sl.P_HELD
                 s.opened = False  # identified behind a shut door
                 self._quarantine(s, r, now)
