@@ -161,3 +161,33 @@ def test_a_non_hex_signature_is_bad_signature():
     for sig in ("zz" * 32, "", "XXXX", "0"):
         p = json.dumps({"body": body, "sig": sig}).encode()
         assert ack_of(g if sig else Gate(KEY), p)["error"] == errors.BAD_SIGNATURE
+
+
+def _signed(body_text):
+    from tukar_tools.sign import signature
+    return json.dumps({"body": body_text, "sig": signature(body_text, KEY)}).encode()
+
+
+@pytest.mark.parametrize("payload, code, req_id", [
+    (b"\xff", errors.BAD_JSON, None),  # not UTF-8
+    (b"x" * 2049, errors.BAD_JSON, None),
+    (b"{", errors.BAD_JSON, None),  # envelope not JSON
+    (b"[]", errors.BAD_JSON, None),  # envelope not an object
+    (b'{"body": 1, "sig": "00"}', errors.BAD_JSON, None),
+    (b'{"body": "\\ud800", "sig": "00"}', errors.BAD_JSON, None),  # a lone surrogate: not UTF-8
+    (_signed("{"), errors.BAD_JSON, None),  # body not JSON
+    (_signed("[1]"), errors.BAD_JSON, None),  # body not an object
+    (_signed('{"req_id": "", "ts": 1, "cmd": "x"}'), errors.BAD_ARGS, None),
+    (_signed('{"req_id": "r-1", "ts": "1", "cmd": "x"}'), errors.BAD_ARGS, "r-1"),
+    (_signed('{"req_id": "r-1", "ts": %d, "cmd": 5}' % NOW), errors.BAD_ARGS, "r-1"),
+    (_signed('{"req_id": "r-1", "ts": %d, "cmd": "x"}' % (NOW - 301)), errors.STALE, "r-1"),
+    (b'{"body": "{}", "sig": "' + b"00" * 32 + b'"}', errors.BAD_SIGNATURE, None),
+])
+def test_every_refusal_of_the_gate_is_a_valid_ack_that_says_why(payload, code, req_id):
+    a = ack_of(Gate(KEY), payload)
+    assert (a["error"], a["req_id"], a["ok"]) == (code, req_id, False)
+
+
+def test_a_stale_ack_names_the_skew_and_the_limit():
+    a = ack_of(Gate(KEY), _signed('{"req_id": "r-1", "ts": %d, "cmd": "x"}' % (NOW + 400)))
+    assert "400" in a["detail"] and "300" in a["detail"]
