@@ -362,3 +362,78 @@ def test_write_events_is_a_json_array_of_the_head(tmp_path):
     f = io.StringIO()
     ob.write_events(f)
     assert json.loads(f.getvalue()) == [ev(0), ev(1)]
+
+
+def test_a_range_of_any_length_is_copied_whole_into_a_new_generation(tmp_path):
+    # Whatever the owed range's length modulo the copy's 128-byte chunk, every byte is copied.
+    for pad in range(128):
+        d = tmp_path / ("p%d" % pad)
+        d.mkdir()
+        ob = box(d, ram_events=1)
+        ob.add_event(ev(0))
+        ob.add_event(ev(1, pad=pad + 1))
+        assert ob.spill()
+        ob._rewrite = True  # as after a failed append: the next spill copies into a new file
+        ob.add_event(ev(2))
+        assert ob.spill() and ob.spill_ref()[0] == 2
+        assert [i for _, i in drain(ob)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2"], pad
+        assert ob.lost == 0
+
+
+def test_a_spilled_routine_event_is_still_routine_after_a_reboot(tmp_path):
+    ob = box(tmp_path, ram_events=1, capacity_events=2)  # hard cap 4
+    ob.add_event(ev(0, "BatteryIn"))
+    ob.add_event(ev(1, "ChargeStarted"))
+    ob.add_event(ev(2, "BatteryIn"))
+    assert ob.spill()
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    after = box(tmp_path, ram_events=1, capacity_events=2)
+    after.restore(*state)
+    assert after.events == 3
+    after.add_event(ev(3, "BatteryIn"))
+    after.add_event(ev(4, "BatteryIn"))  # at the hard cap: the spilled ChargeStarted makes room
+    assert after.dropped_routine == 1 and after.over_cap == 0
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in (0, 2, 3, 4)]
+
+
+def test_two_appends_to_the_spill_file_are_both_named_by_the_state(tmp_path):
+    ob = box(tmp_path, ram_events=1)
+    for n in range(3):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    for n in range(3, 6):
+        ob.add_event(ev(n))
+    assert ob.spill()  # appended to the same file
+    gen, read, end = ob.spill_ref()
+    assert gen == 1 and read == 0 and end == os.path.getsize(os.path.join(str(tmp_path), "outbox.1"))
+    after = box(tmp_path, ram_events=1)
+    after.restore([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in range(6)]
+
+
+def test_every_failed_spill_is_counted(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+
+    def eio(*a, **k):
+        raise OSError(5, "EIO")
+    ob._store._open = eio
+    assert ob.spill() is False and ob.spill() is False
+    assert ob.spill_errors == 2
+
+
+def test_the_head_is_refilled_once_it_is_below_half_of_ram_events(tmp_path):
+    ob = box(tmp_path, ram_events=4)
+    for n in range(10):
+        ob.add_event(ev(n))
+    assert ob.spill() and len(ob._items) == 4
+    assert not ob.wants_refill()
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert not ob.wants_refill()  # 2 of 4 left: not yet
+    ob.done(ob.peek())
+    assert ob.wants_refill()  # 1 left
+    assert ob.refill() and len(ob._items) == 4
+    empty = box(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    assert not empty.wants_refill()  # nothing spilled: nothing to read back
