@@ -84,3 +84,44 @@ def test_cancel_swap_of_the_first_slot_leaves_the_others_alone():
     rig.tick()
     assert rig.core.lock_cmd == [True] * 4
     assert [rig.core.slot_state(i)["state"] for i in (2, 3, 4)] == ["charging"] * 3
+
+
+def _swap_to_dispensing(rig):
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    return rig.core.session.slot_out
+
+
+def test_a_dispense_battery_at_exactly_minus_10_or_50_degc_is_still_handed_out():
+    for temp_dc in (-100, 500):  # rule 6: inside -10 to 50 degC, the ends included
+        rig = stocked_rig(slots=4, full=1, half=0)
+        rig.world.slots[0].battery.temp_dc = temp_dc
+        rig.world.slots[0].slot_temp_dc = temp_dc
+        rig.run(300)
+        out = _swap_to_dispensing(rig)
+        assert out == 1
+        rig.run(400)
+        assert rig.core.lock_cmd[0] is False, temp_dc
+        rig.world.open_door(1)
+        rig.world.take(1)
+        rig.world.close_door(1)
+        rig.run(400)
+        assert rig.of("SwapCompleted"), temp_dc
+
+
+def test_quarantining_the_dispense_slot_with_its_door_open_ends_the_swap_as_a_fault():
+    rig = stocked_rig()
+    out = _swap_to_dispensing(rig)
+    rig.run(300)
+    assert rig.world.open_door(out)  # the rider has opened it, the battery still inside
+    rig.tick()
+    assert rig.cmd("quarantine", slot=out, reason="inspection")["ok"]
+    rig.run(200)
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault"
+    assert rig.core.lock_cmd[out - 1] is True
