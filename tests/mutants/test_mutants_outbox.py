@@ -437,3 +437,46 @@ def test_the_head_is_refilled_once_it_is_below_half_of_ram_events(tmp_path):
     assert ob.refill() and len(ob._items) == 4
     empty = box(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
     assert not empty.wants_refill()  # nothing spilled: nothing to read back
+
+
+def test_spill_with_nothing_to_move_succeeds_so_the_app_persists(tmp_path):
+    ob = box(tmp_path)
+    assert ob.spill() is True
+    ob.add_event(ev(0))
+    assert ob.spill() is True and ob.spill_ref() is None
+
+
+def test_lines_this_outbox_did_not_write_end_the_range_read_back(tmp_path):
+    good = b'E' + json.dumps(ev(0), separators=(",", ":")).encode() + b"\n"
+    for bad in (b'E{"id":"x"\n', b'E"id":"x"}\n', b'E{"id":"x"}'):  # no }, no {, no newline
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        (d / "outbox.3").write_bytes(good + bad)
+        ob = box(d)
+        ob.restore([], [3, 0, len(good + bad)])
+        assert ob.events == 1, bad
+        assert [i for _, i in drain(ob)] == ["cab-1-1-0"]
+
+
+def test_after_everything_spilled_is_read_back_the_outbox_spills_again(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5)]
+    for n in range(5, 10):
+        ob.add_event(ev(n))
+    assert ob.spill() and ob.spill_ref() is not None
+    ob.add_event(ev(10))
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5, 11)]
+
+
+def test_the_snapshot_after_a_partial_refill_lists_each_event_once(tmp_path):
+    ob = box(tmp_path)
+    for n in range(8):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    assert ob.refill()
+    assert [d["id"] for d in ob.snapshot()] == ["cab-1-1-%d" % n for n in range(2, 8)]
