@@ -125,3 +125,30 @@ def test_quarantining_the_dispense_slot_with_its_door_open_ends_the_swap_as_a_fa
     rig.run(200)
     assert rig.of("SwapAborted")[-1]["reason"] == "fault"
     assert rig.core.lock_cmd[out - 1] is True
+
+
+def test_the_give_back_opens_the_riders_door_under_the_multi_rate_tick():
+    # The device's step() evaluates only the slots its mask names and those the core watches:
+    # the give-back must schedule the rider's slot itself.
+    from tukar.clock import wrap_add
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    rig.tick()
+    rig.cmd("quarantine", slot=1, reason="inspection")
+    for _ in range(60):  # with nothing in the shell's mask
+        rig.now = wrap_add(rig.now, rig.tick_ms)
+        rig.world.step(rig.now)
+        rig.core.step(rig.now, 0)
+        if rig.core.session is not None and rig.core.session.phase == "rejected":
+            break
+    assert rig.core.session.phase == "rejected"
+    for _ in range(3):
+        rig.now = wrap_add(rig.now, rig.tick_ms)
+        rig.world.step(rig.now)
+        rig.core.step(rig.now, 0)
+    assert rig.core.lock_cmd[n - 1] is False
