@@ -381,14 +381,16 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         if s.phase in (sl.P_AWAITING, sl.P_DISPENSING, sl.P_REJECTED, sl.P_MAINT_OPEN,
                        sl.P_IDENTIFYING):
             inp = s.inp
-            if inp.present and s.accepted and s.phase == sl.P_DISPENSING:
-                s.phase = sl.P_STORED  # the cabinet's own pack, not handed out
-            elif inp.present:
-                # Whatever is in the slot now (a rider's pack, a technician's replacement) is not
-                # the pack the inventory may name: held, known by its BMS serial if it gave one.
-                self._clear_battery(s)
+            if inp.present:
+                # Its door was unlocked: whatever is in the slot now (a rider's pack, a
+                # technician's replacement, the pack handed out or another) is held, known by its
+                # BMS serial if it gave one, never taken for the pack the inventory named.
                 b = inp.bms
-                s.serial = b.serial if b.valid else None
+                serial = b.serial if b.valid else None
+                if s.serial is not None and serial is not None and s.serial != serial:
+                    self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+                self._clear_battery(s)
+                s.serial = serial
                 if s.serial is not None:
                     self.jdirty |= J_INVENTORY
                 s.phase = sl.P_HELD
