@@ -304,3 +304,26 @@ def test_a_pack_swapped_into_the_dispense_slot_before_a_power_cut_is_never_taken
     assert s.serial == "C-7" and not s.accepted and s.quarantine is not None
     assert old in [e["serial"] for e in rig.of("BatteryMissing")]
     assert rig.core.journal()["inventory"][out - 1][0] == "C-7"
+
+
+def test_a_pack_changed_in_a_quarantined_slot_before_a_power_cut_is_identified_at_the_boot():
+    """make explore: in maintenance a technician changes the pack of a quarantined slot and the
+    power goes before the door shuts. At the boot the new pack is identified (the old one is
+    missing), and the slot stays quarantined and off."""
+    rig = stocked_rig(slots=6, full=2, half=0)
+    old = rig.world.slots[0].battery.serial
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("open_slot", slot=1)["ok"]
+    rig.run(300)
+    assert rig.world.open_door(1)
+    assert rig.world.take(1).serial == old
+    assert rig.world.insert(1, Battery("N-8", soc=70))
+    reboot(rig)
+    rig.world.close_door(1)
+    rig.run(3000)
+    s = rig.core.slots[0]
+    assert s.serial == "N-8" and s.quarantine == "inspection"
+    assert rig.core.journal()["inventory"][0][0] == "N-8"
+    assert old in [e["serial"] for e in rig.of("BatteryMissing")]
+    assert rig.core.charge_ma[0] == 0 and rig.core.lock_cmd[0]
