@@ -213,6 +213,7 @@ def test_quarantining_the_dispense_slot_keeps_its_battery_locked_in_and_hands_ou
     while rig.core.session.phase != "dispensing":
         rig.tick()
     out = rig.core.session.slot_out
+    serial = rig.core.slot_state(out)["battery"]["serial"]
     assert rig.cmd("quarantine", slot=out, reason="inspection")["ok"]
     rig.run(500)
     assert not rig.of("SwapAborted")  # the rider is still owed a battery: another one
@@ -220,7 +221,8 @@ def test_quarantining_the_dispense_slot_keeps_its_battery_locked_in_and_hands_ou
     assert rig.core.lock_cmd[out - 1] is True
     st = rig.core.slot_state(out)
     assert st["state"] == "quarantined" and st["battery"]["serial"] is not None
-    assert rig.core.journal()["inventory"][out - 1][2] is True  # still the cabinet's, accepted
+    inv = rig.core.journal()["inventory"][out - 1]
+    assert (inv[0], inv[3]) == (serial, "inspection")  # kept, named, quarantined
     assert not rig.of("BatteryMissing") and not rig.of("BatteryOut")
     valid(rig)
 
