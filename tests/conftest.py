@@ -35,8 +35,8 @@ def pytest_collection_modifyitems(config, items):
             config.hook.pytest_deselected(items=[it for it in items if it not in keep])
             items[:] = keep
         items.sort(key=lambda it: bool(getattr(getattr(it, "obj", None), "is_hypothesis_test", False)))
-        for it in items:  # a mutant that makes a test loop fails it after 20 s, not minutes
-            it.add_marker(pytest.mark.timeout(20))
+        for it in items:  # a mutant that makes a test loop fails it after 60 s (wall clock: on a
+            it.add_marker(pytest.mark.timeout(60))  # loaded machine a shorter limit kills falsely)
         for it in items:  # a test's own @settings too: at most 10 examples per mutant
             f = getattr(it, "obj", None)
             s = getattr(f, "_hypothesis_internal_use_settings", None)
