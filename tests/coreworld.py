@@ -51,6 +51,7 @@ class World:
         self.smoke = False
         self.estop = False
         self.cab_temp_dc = 250
+        self.cab_sensor = 0  # the cabinet's thermistor: 0 sound, 1 open (reads -40 degC), 2 shorted
 
     # -- the rider, the technician and the environment ----------------------------------
     def open_door(self, n, force=False):
@@ -111,7 +112,11 @@ class World:
         cab = core.cabinet
         cab.smoke = self.smoke
         cab.estop = self.estop
-        cab.temp_dc = self.cab_temp_dc
+        # A broken thermistor reads as the NTC table's ends (tukar.ntc: T_MIN_DC, T_MAX_DC).
+        cs = self.cab_sensor
+        cab.temp_dc = -400 if cs == 1 else 1500 if cs == 2 else self.cab_temp_dc
+        if cs or hasattr(cab, "sensor"):
+            cab.sensor = cs
 
     def _fill(self, i, ws, now):
         inp = self.core.slot_inputs[i]
