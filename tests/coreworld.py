@@ -51,7 +51,7 @@ class World:
         self.smoke = False
         self.estop = False
         self.cab_temp_dc = 250
-        self.cab_sensor = 0  # the cabinet's thermistor: 0 sound, 1 open (reads -40 degC), 2 shorted
+        self.cab_sensor = 0  # the cabinet thermistor's status (tukar.inputs.SENSOR_*)
 
     # -- the rider, the technician and the environment ----------------------------------
     def open_door(self, n, force=False):
@@ -112,11 +112,11 @@ class World:
         cab = core.cabinet
         cab.smoke = self.smoke
         cab.estop = self.estop
-        # A broken thermistor reads as the NTC table's ends (tukar.ntc: T_MIN_DC, T_MAX_DC).
+        # A broken thermistor reads as the NTC table's ends (tukar.ntc: T_MIN_DC open, T_MAX_DC
+        # shorted), as the board reports it.
         cs = self.cab_sensor
         cab.temp_dc = -400 if cs == 1 else 1500 if cs == 2 else self.cab_temp_dc
-        if cs or hasattr(cab, "sensor"):
-            cab.sensor = cs
+        cab.sensor = cs
 
     def _fill(self, i, ws, now):
         inp = self.core.slot_inputs[i]

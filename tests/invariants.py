@@ -15,7 +15,7 @@ SLOTS = 6
 STARTS = st.sampled_from([0, TICKS_PERIOD - 10_000, 123_456])
 CAPACITY_MAH = 300  # small packs: a charger fills one in about 2 minutes, so the stock turns over
 # The cabinet sensor's fault (open or shorted thermistor) stops every charger (docs/core.md).
-CABINET_SENSOR_FAULT_STOPS_CHARGING = False
+CABINET_SENSOR_FAULT_STOPS_CHARGING = True
 
 slot_no = st.integers(1, SLOTS)
 # A fault's slot: 0 is the slot the rider is at (the session's door), so faults meet the swap.

@@ -250,6 +250,7 @@ def test_every_command_of_the_spec_validates_inside_a_signed_envelope(body):
                                                       "value": True},
     {"action": "set_cabinet_temp", "temp_c": 41}, {"action": "fault", "target": "lock:3",
                                                    "on": True},
+    {"action": "fault", "target": "cabinet_sensor", "on": True},
     {"action": "power_cycle"},
 ])
 def test_every_simulator_action_validates(action):

@@ -5,7 +5,6 @@ from tukar.boardfile import BoardError, _int, _ref, load, validate  # noqa: F401
 
 from tukar.charger import Charger
 from tukar.clock import ticks_diff
-from tukar.inputs import SENSOR_OK
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
 from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_pin, raw_input
@@ -94,7 +93,6 @@ class Board(Sampling):
         # Temperature targets: slot i is i, the cabinet is n. Mux channels are visited in order.
         self._tmap = [[-1] * 16 for _ in self._adcs]
         self._direct = []  # (ADC, target) for sensors on their own ADC1 pin
-        self.cabinet_sensor = SENSOR_OK
 
         self._outs = []  # every output, for safe_outputs
         self.doors = []
@@ -332,7 +330,7 @@ class Board(Sampling):
             s.sensor = ntc.status(code)
         else:
             cabinet.temp_dc = ntc.temp_dc(code)
-            self.cabinet_sensor = ntc.status(code)
+            cabinet.sensor = ntc.status(code)
 
     def fail_inputs(self, slot_inputs, cabinet):
         """Every input at the level assumed when its chip does not answer (FAIL_LEVEL)."""

@@ -28,6 +28,7 @@ from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SE
 
 _TICKS_MAX = const((1 << 30) - 1)  # tukar.clock.TICKS_MAX
 _TICKS_HALF = const(1 << 29)
+_CAB_SENSOR_CODES = (None, "temp_sensor_open", "temp_sensor_short")  # by tukar.inputs.SENSOR_*
 
 class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
     def __init__(self, cabinet_id, slots, profiles=None, config=None, journal=None,
@@ -91,7 +92,8 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             self._bit_slot[1 << s.n] = s
         self.n_forced = 0
         self._touch = 0
-        self._cab_over = False
+        self._cab_over = False  # the cabinet blocks every charger: over its limit, or its sensor faulted
+        self.cab_sensor = 0  # the cabinet thermistor's status as last reported (tukar.inputs.SENSOR_*)
         if journal:
             self._restore(journal)
         self.boot += 1
@@ -196,8 +198,14 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         mask |= self.watch | self.pending
         self.pending = 0
         full = self.all_slots
-        over = self.cabinet.temp_dc > self.lim.cabinet_max_dc
-        if over != self._cab_over:  # every charger's rule 1 turns on the cabinet's temperature
+        cab = self.cabinet
+        sensor = cab.sensor
+        if sensor != self.cab_sensor:
+            self._cabinet_sensor(sensor)
+        # Every charger's rule 1 turns on the cabinet's temperature, which a faulted sensor
+        # cannot give: an open thermistor reads -40 degC and would switch the limit off.
+        over = sensor != 0 or cab.temp_dc > self.lim.cabinet_max_dc
+        if over != self._cab_over:
             self._cab_over = over
             mask = full
         if self.mode == EMERGENCY:
@@ -227,6 +235,19 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         self._publishable(now, k)
         self._schedule(k)
 
+    def _cabinet_sensor(self, sensor):
+        """The cabinet thermistor opened, shorted or came back: a cabinet fault (slot null) with
+        the slots' own codes. While it lasts no charger is on and its reading counts for nothing."""
+        was = self.cab_sensor
+        self.cab_sensor = sensor
+        if was:
+            self._emit("FaultCleared", {"slot": None, "code": _CAB_SENSOR_CODES[was],
+                                        "severity": "error"})
+        if sensor:
+            self._emit("Fault", {"slot": None, "code": _CAB_SENSOR_CODES[sensor],
+                                 "severity": "error"})
+        self.dirty |= 1
+
     def _cabinet_safety(self, now, k):
         """Rule 4 (cabinet part): smoke, emergency stop, 70 degC anywhere -> latched emergency.
         The slots evaluated this tick are observed afresh; the others keep their last hottest
@@ -237,7 +258,7 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             causes |= C_SMOKE
         if cab.estop:
             causes |= C_ESTOP
-        hot = cab.temp_dc
+        hot = cab.temp_dc if not cab.sensor else -1000  # a faulted sensor's reading means nothing
         ev = self._ev
         fresh = self.lim.fresh_ms
         for j in range(k):
@@ -411,7 +432,7 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
     # == charging ==========================================================================
     def _charge(self, now, k):
         em = self.mode == EMERGENCY
-        cab = self.cabinet.temp_dc
+        cab = self.cabinet.temp_dc if not self.cabinet.sensor else None  # None: not known
         lim = self.lim
         ev = self._ev
         charge_t = self._charge_t

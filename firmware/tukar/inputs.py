@@ -93,3 +93,4 @@ class CabinetInputs:
         self.smoke = False
         self.estop = False
         self.temp_dc = 250
+        self.sensor = SENSOR_OK  # the cabinet thermistor: SENSOR_OPEN or SENSOR_SHORT is a cabinet fault

@@ -3,7 +3,7 @@
 # and P/C/telemetry (mqtt.md). Core derives from Payloads (`self` is the Core).
 # pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
 from tukar import slot as sl
-from tukar.states import A_CABINET_OVERTEMP, A_DOOR_FORCED, ALARMS, EMERGENCY
+from tukar.states import A_CABINET_OVERTEMP, A_CABINET_SENSOR, A_DOOR_FORCED, ALARMS, EMERGENCY
 
 
 class Payloads:
@@ -69,7 +69,10 @@ class Payloads:
         forced = self.n_forced > 0
         cab = self.cabinet.temp_dc
         alarms = self.causes
-        if cab > lim.cabinet_max_dc:
+        if self.cab_sensor:
+            alarms |= A_CABINET_SENSOR
+            cab = 1000  # unknown: the fan runs
+        elif cab > lim.cabinet_max_dc:
             alarms |= A_CABINET_OVERTEMP
         if forced:
             alarms |= A_DOOR_FORCED
@@ -97,7 +100,7 @@ class Payloads:
         return {"mode": self.mode, "ready": self.counts[0], "empty": self.counts[1],
                 "charging": self.counts[2], "faulted": self.counts[3],
                 "session": self.session.view() if self.session else None,
-                "temp_c": self.cabinet.temp_dc / 10,
+                "temp_c": None if self.cab_sensor else self.cabinet.temp_dc / 10,
                 "alarms": [ALARMS[i] for i in range(len(ALARMS)) if self.alarms & (1 << i)]}
 
     def slot_state(self, n):
@@ -130,4 +133,4 @@ class Payloads:
                 volt.append(tenth(b.voltage_mv) if b.valid else None)
                 amps.append(tenth(b.current_ma) if b.valid else None)
         return {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
-                "cabinet_temp_c": tenth(self.cabinet.temp_dc * 100)}
+                "cabinet_temp_c": None if self.cab_sensor else tenth(self.cabinet.temp_dc * 100)}

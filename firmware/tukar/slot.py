@@ -234,6 +234,8 @@ class Slot:
             self.reason = "battery_fault"
         elif self.temp_hold:
             self.reason = "temperature"
+        elif cabinet_dc is None:
+            self.reason = "cabinet_sensor"
         elif cabinet_dc > lim.cabinet_max_dc:
             self.reason = "cabinet_temperature"
         elif self.full_hold:

@@ -18,7 +18,8 @@ C_ESTOP = 2
 C_OVERTEMP = 4
 A_CABINET_OVERTEMP = 8
 A_DOOR_FORCED = 16
-ALARMS = ("smoke", "estop", "overtemp", "cabinet_overtemp", "door_forced")
+A_CABINET_SENSOR = 32
+ALARMS = ("smoke", "estop", "overtemp", "cabinet_overtemp", "door_forced", "cabinet_sensor")
 
 # Journal sections that changed since the shell last persisted.
 J_INVENTORY = 1

@@ -201,6 +201,7 @@ class Physical:
         self.packs = [None] * self.n  # the physical pack in each slot
         self.ambient_c = temp_c
         self.cabinet_c = temp_c
+        self.cabinet_sensor_broken = False
         self.smoke = False
         self.estop = False
         self.slot_c = [None] * self.n  # a forced slot sensor temperature (None: follows the pack)
@@ -363,7 +364,17 @@ class Physical:
 
     def set_cabinet_temp(self, temp_c):
         self.cabinet_c = float(temp_c)
-        self.set_cabinet(temp_c=temp_c)
+        if not self.cabinet_sensor_broken:
+            self.set_cabinet(temp_c=temp_c)
+
+    def break_cabinet_sensor(self, raw):
+        """The cabinet thermistor's ADC reads `raw` (4095: open, 0: shorted); None mends it."""
+        self.cabinet_sensor_broken = raw is not None
+        cab = self.cfg["cabinet"]
+        if raw is None:
+            self.world.set_temp(cab["temp"], self.cabinet_c)
+        else:
+            self.world.set_temp(cab["temp"], None, raw)
 
     def fault(self, target, on):
         if target == "can":
@@ -376,6 +387,8 @@ class Physical:
             self.hw.fault(self.hw.i2c_bus(1), on)  # a device holds SDA low on the battery bus
         elif target.startswith("lock:"):
             self.jam_lock(int(target[5:]), on)
+        elif target == "cabinet_sensor":
+            self.break_cabinet_sensor(4095 if on else None)  # the thermistor's lead breaks
         else:
             raise WorldError("bad_args: %s faults belong to the firmware's host, not the cabinet" % target)
 

@@ -5,7 +5,7 @@ import json
 
 ACTIONS = ("insert", "take", "close_door", "open_door", "set_battery", "set_input",
            "set_cabinet_temp", "fault", "power_cycle")
-FAULT_TARGETS = ("can", "i2c", "mqtt", "flash")  # and lock:N
+FAULT_TARGETS = ("can", "i2c", "mqtt", "flash", "cabinet_sensor")  # and lock:N
 
 
 class WorldError(Exception):
@@ -107,7 +107,7 @@ def apply(world, msg):
             if not 1 <= lock <= world.n_slots:
                 raise WorldError("slot_range: slot %d is outside 1..%d" % (lock, world.n_slots))
         elif target not in FAULT_TARGETS:
-            raise WorldError("bad_args: target must be can, i2c, lock:N, mqtt or flash")
+            raise WorldError("bad_args: target must be can, i2c, lock:N, mqtt, flash or cabinet_sensor")
         world.fault(target, on)
     elif action == "power_cycle":
         world.power_cycle()
