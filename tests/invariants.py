@@ -16,6 +16,10 @@ STARTS = st.sampled_from([0, TICKS_PERIOD - 10_000, 123_456])
 CAPACITY_MAH = 300  # small packs: a charger fills one in about 2 minutes, so the stock turns over
 # The cabinet sensor's fault (open or shorted thermistor) stops every charger (docs/core.md).
 CABINET_SENSOR_FAULT_STOPS_CHARGING = True
+# A pack pushed into the dispense slot after the charged one was taken is kept under the taken
+# pack's identity (test_core_safety: xfail). Until the firmware identifies it, the world does not
+# do that, so that the property runs keep finding other things. True once it is fixed.
+PACK_INTO_OPEN_DISPENSE_SLOT = False
 
 slot_no = st.integers(1, SLOTS)
 # A fault's slot: 0 is the slot the rider is at (the session's door), so faults meet the swap.
@@ -247,9 +251,10 @@ def technician(rig, a, check):
     rig.cmd("set_mode", mode="maintenance")
     rig.cmd("open_slot", slot=n)
     ticks(rig, 6, check)
-    if w.open_door(n):
+    if rig.core.slots[n - 1].phase == sl.P_MAINT_OPEN and w.open_door(n):
         if op != "look":
             w.take(n)
+            ticks(rig, 2, check)
         if op == "restock":
             w.insert(n, Battery(_serial(rig), soc=100, capacity_mah=CAPACITY_MAH))
         ticks(rig, 2, check)
@@ -285,6 +290,11 @@ def recover(rig, repair=False):
 
 SLOT_FAULTS = ("open", "close", "insert", "take", "temp", "slot_temp", "soc", "fault", "bms", "jam",
                "io", "sensor")
+
+
+def _dispensing(rig, n):
+    ss = rig.core.session
+    return ss is not None and ss.phase == "dispensing" and ss.slot_out == n
 
 
 def rider_slot(rig):
@@ -326,7 +336,7 @@ def act(rig, a, check):
         w.open_door(a[1], force=a[2])
     elif kind == "close":
         w.close_door(a[1])
-    elif kind == "insert":
+    elif kind == "insert" and (PACK_INTO_OPEN_DISPENSE_SLOT or not _dispensing(rig, a[1])):
         b = a[2]
         w.insert(a[1], Battery(b.serial, soc=b.soc_pm // 10, temp=b.temp_dc // 10,
                                faults=b.faults, profile=b.profile, capacity_mah=CAPACITY_MAH))
