@@ -188,6 +188,11 @@ class Month:
         self.ids.add(ev["id"])
         if t == "SwapStarted":
             self.open_sessions.add(ev["session"])
+        if t == "SwapAborted":
+            k = "aborted:" + str(ev["reason"])
+            self.types[k] = self.types.get(k, 0) + 1
+        if t == "SwapStarted":
+            pass
         elif t in ("SwapCompleted", "SwapAborted"):
             if ev["session"] not in self.open_sessions:
                 self.violations.append((self.sim_ms, "session %s ended twice" % ev["session"]))
@@ -230,6 +235,7 @@ class Month:
         total = int(days * 86400_000)
         gc.collect()
         self.size_start = deep_size(rig.core)
+        self.size_day1 = None  # after the first day: the dicts and lists at their working size
         self.journal_start = len(json.dumps(rig.core.journal()))
         next_report = report_every_days * 86400_000
         t0 = time.monotonic()
@@ -249,6 +255,8 @@ class Month:
             self.check(rig)
             if self.sim_ms >= next_report:
                 next_report += report_every_days * 86400_000
+                if self.size_day1 is None:
+                    self.size_day1 = deep_size(rig.core)
                 out("  day %.0f: %d ticks, %d swaps completed, %d violations, outbox %d, %.0f s"
                     % (self.sim_ms / 86400_000, self.ticks, self.types.get("SwapCompleted", 0),
                        len(self.violations), len(self.outbox), time.monotonic() - t0))
@@ -266,7 +274,11 @@ class Month:
             "swaps_completed": self.types.get("SwapCompleted", 0),
             "swaps_aborted": self.types.get("SwapAborted", 0), "events": self.events,
             "violations": len(self.violations), "first_violations": self.violations[:5],
-            "core_bytes_start": self.size_start, "core_bytes_end": self.size_end,
+            "aborted": {k[8:]: v for k, v in sorted(self.types.items()) if k.startswith("aborted:")},
+            "technician_visits": self.types.get("TechnicianVisit", 0),
+            "emergencies_reset": self.types.get("Recovered", 0),
+            "core_bytes_start": self.size_start, "core_bytes_day1": self.size_day1,
+            "core_bytes_end": self.size_end,
             "journal_bytes_start": self.journal_start, "journal_bytes_end": self.journal_end,
             "outbox_end": len(self.outbox), "outbox_max": self.outbox_max,
             "outbox_dropped_routine": self.outbox.dropped_routine,
@@ -288,9 +300,12 @@ def month(days=30.0, seed=None, out=None, **kw):
     out("soak month: %.1f days, %d ticks, ticks_ms wrapped %d times" % (s["days"], s["ticks"], s["wraps"]))
     out("  swaps: %d started, %d completed, %d aborted; %d events"
         % (s["swaps_started"], s["swaps_completed"], s["swaps_aborted"], s["events"]))
+    out("  aborted by reason: %s; technician visits %d, emergencies reset %d"
+        % (", ".join("%s %d" % kv for kv in s["aborted"].items()), s["technician_visits"],
+           s["emergencies_reset"]))
     out("  invariant violations: %d %s" % (s["violations"], s["first_violations"] or ""))
-    out("  core: %d bytes at the start, %d at the end (CPython deep size)"
-        % (s["core_bytes_start"], s["core_bytes_end"]))
+    out("  core: %d bytes at the start, %s after a day, %d at the end (CPython deep size)"
+        % (s["core_bytes_start"], s["core_bytes_day1"], s["core_bytes_end"]))
     out("  journal: %d bytes at the start, %d at the end" % (s["journal_bytes_start"], s["journal_bytes_end"]))
     out("  outbox: %d items at the end, at most %d (outages included); routine events dropped %d, "
         "over the hard cap %d" % (s["outbox_end"], s["outbox_max"], s["outbox_dropped_routine"],
