@@ -73,6 +73,7 @@ FAULTS = [
     st.tuples(st.just("soc"), at_slot, st.sampled_from([50, 89, 95, 100])),
     st.tuples(st.just("fault"), at_slot, st.sampled_from([0, 0, 2])),
     st.tuples(st.just("bms"), at_slot, st.sampled_from(["dead", "link", "ok"])),
+    st.tuples(st.just("bms"), slot_no, st.just("dead")),  # a stored pack's BMS falls silent
     # The rider's own door jams, or its switches stop answering: the faults that meet a swap.
     st.tuples(st.just("jam"), st.just(0), st.just(True)),
     st.tuples(st.just("jam"), slot_no, st.booleans()),
@@ -81,6 +82,9 @@ FAULTS = [
     st.tuples(st.just("sensor"), at_slot, st.sampled_from([0, 1, 2])),
     hazard,
     visit,
+    # An operator's command on a slot: the rider's (0) as often as any other, or out of range.
+    st.tuples(st.just("cmd_at"), st.sampled_from(["quarantine", "release", "open_slot"]),
+              st.sampled_from([0, 0, 0, SLOTS + 1] + list(range(1, SLOTS + 1)))),
     st.tuples(st.just("cmd"), command),
     st.tuples(st.just("cmd"), command),
 ]
@@ -381,6 +385,12 @@ def act(rig, a, check):
         w.cab_temp_dc = a[1]
     elif kind == "cab_sensor":
         w.cab_sensor = a[1]
+    elif kind == "cmd_at":
+        n = a[2] or rider_slot(rig)
+        args = {"slot": n, "reason": "operator"} if a[1] == "quarantine" else {"slot": n}
+        ack = rig.cmd(a[1], **args)
+        rig.slot_cmds = getattr(rig, "slot_cmds", set())
+        rig.slot_cmds.add((a[1], n, ack["ok"]))
     elif kind == "cmd":
         name, args = a[1]
         ack = rig.cmd(name, **args)
@@ -563,4 +573,8 @@ def reached(rig):
             got.add("emergency:" + e["cause"])
     if getattr(rig, "power_cuts", 0):
         got.add("power_cut")
+    for name, n, ok in getattr(rig, "slot_cmds", ()):
+        got.add("cmd:%s:%d" % (name, n))
+        if ok:
+            got.add("cmd_ok:%s" % name)
     return got

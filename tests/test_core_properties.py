@@ -39,10 +39,6 @@ def _reach(strategy):
         seen.update(reached(rig))
         if rig.types().count("SwapCompleted") >= 2:
             seen["two_swaps"] += 1
-        for a in acts:
-            for _, d in a[4]:
-                if d[0] == "cmd" and d[1][0] in ("quarantine", "release", "open_slot"):
-                    seen["cmd_slot:%d" % d[1][1]["slot"]] += 1
 
     explore()
     return seen
@@ -56,7 +52,7 @@ def test_random_runs_reach_deep_into_the_swap_and_into_every_fault():
         # The session's later phases in at least half the examples; whole swaps, several a run.
         assert seen["BatteryIn"] >= n // 2, seen
         assert seen["SwapCompleted"] >= n // 3, seen
-        assert seen["two_swaps"] >= n // 10, seen
+        assert seen["two_swaps"] >= n // 20, seen
         total = seen if strategy is actions else total + seen
     # The ways a swap ends badly, and the faults and hazards the world causes, across both.
     for what in ("BatteryRejected", "aborted:timeout", "aborted:fault", "aborted:emergency",
@@ -66,5 +62,11 @@ def test_random_runs_reach_deep_into_the_swap_and_into_every_fault():
         assert total[what] >= 1, (what, total)
     assert total["fault:temp_sensor_open"] + total["fault:temp_sensor_short"] >= 1, total
     assert total["emergency:estop"] + total["emergency:smoke"] >= 1, total
-    # Operator commands on the cabinet's slots (the strategy names slots out of range as well).
-    assert sum(total["cmd_slot:%d" % k] for k in range(1, SLOTS + 1)) >= 1, total
+    # Operator commands on slots (the strategy names the rider's slot often, so that commands meet
+    # the swap): each kind given, on several slots, and a quarantine carried out.
+    named = {k for k in range(SLOTS + 2) for c in ("quarantine", "release", "open_slot")
+             if total["cmd:%s:%d" % (c, k)]}
+    for c in ("quarantine", "release", "open_slot"):
+        assert any(total["cmd:%s:%d" % (c, k)] for k in range(SLOTS + 2)), (c, total)
+    assert len(named) >= 4, named
+    assert total["cmd_ok:quarantine"], total
