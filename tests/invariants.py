@@ -1,6 +1,7 @@
-"""Random physical events, BMS readings, commands and time steps against the core, with the
-safety invariants of cabinet.md checked after every control tick. Shared by the property tests
-and the power-cut recovery tests."""
+"""Riders' swaps, step by step, with random physical events, BMS readings, operator commands,
+time steps and power cuts slipped in between their steps, against the core; the safety invariants
+of cabinet.md checked after every control tick, from the raw inputs. Shared by the property tests,
+the power-cut recovery tests and `make soak`."""
 import json
 
 from hypothesis import strategies as st
@@ -31,8 +32,8 @@ battery = st.builds(
     st.sampled_from(["B-1", "B-2", "B-3", "B-4", "X-1"]),
     st.integers(0, 100), st.sampled_from([-15, 0, 5, 25, 25, 25, 44, 46, 55, 61, 71]),
     st.sampled_from([0, 0, 0, 1, 4]), st.sampled_from(["ref48v", "ref48v", "unknown"]))
-# What a rider brings: mostly a sound, flat pack (first, so that examples shrink towards it).
-# (temperature degC, fault bits, profile): three in four sound; the rest refused for one reason each.
+# What a rider brings, a flat pack: (temperature degC, fault bits, profile), three in four sound
+# (the first, where examples shrink to), the others refused for one reason each.
 PACKS = [(25, 0, "ref48v")] * 8 + [(30, 0, "ref48v"), (10, 0, "ref48v"), (40, 0, "ref48v"),
                                    (5, 0, "ref48v"), (44, 0, "ref48v")] + [
     (-15, 0, "ref48v"), (55, 0, "ref48v"), (61, 0, "ref48v"), (71, 0, "ref48v"), (25, 1, "ref48v"),
@@ -115,7 +116,6 @@ def actions_of(disturbance, max_size):
     return st.lists(swap_of(disturbance), min_size=1, max_size=max_size)
 
 
-action = st.one_of(swap_of(fault), visit, fault)  # one step of any kind (for other tests)
 actions = actions_of(fault, 8)
 actions_with_cuts = actions_of(fault_or_cut, 8)
 
@@ -142,24 +142,6 @@ def power_cut(rig):
     rig.world.core = core
     rig.power_cuts = getattr(rig, "power_cuts", 0) + 1
     _watch(rig).clear()
-
-
-def rider(rig):
-    """A rider acting on whatever the open session expects."""
-    ss = rig.core.session
-    w = rig.world
-    if ss is None:
-        return
-    if ss.phase == "awaiting_battery":
-        n = ss.slot_in
-        if w.open_door(n):
-            w.insert(n, Battery(_serial(rig), soc=15, capacity_mah=CAPACITY_MAH))
-            w.close_door(n)
-    elif ss.phase in ("dispensing", "rejected"):
-        n = ss.slot_out if ss.phase == "dispensing" else ss.slot_in
-        if w.open_door(n):
-            w.take(n)
-            w.close_door(n)
 
 
 def _serial(rig):
