@@ -293,11 +293,11 @@ def month(days=30.0, seed=None, out=None, **kw):
     out = out or _say
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
-    out("soak month: seed %d, %.1f simulated days (replay: tukar soak month --seed %d)"
-        % (seed, days, seed))
+    out("soak month: seed %d, %g simulated days (replay: tukar soak month --seed %d --days %g)"
+        % (seed, days, seed, days))
     m = Month(seed, **kw)
     s = m.run(days, out=out)
-    out("soak month: %.1f days, %d ticks, ticks_ms wrapped %d times" % (s["days"], s["ticks"], s["wraps"]))
+    out("soak month: %.2f days, %d ticks, ticks_ms wrapped %d times" % (s["days"], s["ticks"], s["wraps"]))
     out("  swaps: %d started, %d completed, %d aborted; %d events"
         % (s["swaps_started"], s["swaps_completed"], s["swaps_aborted"], s["events"]))
     out("  aborted by reason: %s; technician visits %d, emergencies reset %d"
@@ -305,7 +305,8 @@ def month(days=30.0, seed=None, out=None, **kw):
            s["emergencies_reset"]))
     out("  invariant violations: %d %s" % (s["violations"], s["first_violations"] or ""))
     out("  core: %d bytes at the start, %s after a day, %d at the end (CPython deep size)"
-        % (s["core_bytes_start"], s["core_bytes_day1"], s["core_bytes_end"]))
+        % (s["core_bytes_start"], "-" if s["core_bytes_day1"] is None else s["core_bytes_day1"],
+           s["core_bytes_end"]))
     out("  journal: %d bytes at the start, %d at the end" % (s["journal_bytes_start"], s["journal_bytes_end"]))
     out("  outbox: %d items at the end, at most %d (outages included); routine events dropped %d, "
         "over the hard cap %d" % (s["outbox_end"], s["outbox_max"], s["outbox_dropped_routine"],
