@@ -54,3 +54,4 @@ def test_the_application_never_writes_a_core_field():
     text = (ROOT / "firmware" / "tukar" / "app.py").read_text()
     writes = re.findall(r"\bcore\.[a-z_]+(?:\[[^\]]*\])?\s*(?:[|&+-]?=)(?!=)", text)
     assert writes == []
+

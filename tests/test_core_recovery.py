@@ -201,6 +201,7 @@ TICKS = full_swap_ticks()
 @pytest.mark.parametrize("cut", range(TICKS))
 def test_power_cut_at_every_tick_of_a_swap(cut):
     rig = stocked_rig(slots=6, full=2, half=2)
+    everyone = [ws.battery.serial for ws in rig.world.slots if ws.battery is not None] + ["R-1"]
     script = swap_script(rig)
     for _ in range(cut):
         next(script)
@@ -209,15 +210,18 @@ def test_power_cut_at_every_tick_of_a_swap(cut):
     had_battery_in = bool(rig.of("BatteryIn"))
     before = list(rig.events)
     reboot(rig)
-    # After the reboot the rider takes a battery if a door opens for one, then leaves.
+    # After the reboot the rider takes a battery if a door opens for one (a charged one, or their
+    # own given back), then leaves.
     for _ in range(20):
         rig.tick()
         check_tick(rig)
     ss = rig.core.session
-    if ss is not None and ss.phase == "dispensing":
-        rig.world.open_door(ss.slot_out)
-        rig.world.take(ss.slot_out)
-        rig.world.close_door(ss.slot_out)
+    taken = None
+    if ss is not None and ss.phase in ("dispensing", "rejected"):
+        n = ss.slot_out if ss.phase == "dispensing" else ss.slot_in
+        rig.world.open_door(n)
+        taken = rig.world.take(n)
+        rig.world.close_door(n)
     for ws in rig.world.slots:
         ws.door_closed = True
     for _ in range(130_000 // rig.tick_ms):
@@ -236,6 +240,10 @@ def test_power_cut_at_every_tick_of_a_swap(cut):
     inside = [ws.battery.serial for ws in rig.world.slots if ws.battery is not None]
     known = [s.serial for s in rig.core.slots if s.serial is not None]
     assert sorted(inside) == sorted(known)
+    # The rider leaves with one battery (a charged one, or their own), or with their own never
+    # put in: never with two, never with none. What no slot holds is in the rider's hands.
+    rider = sorted(set(everyone) - set(inside))
+    assert len(rider) == 1, (rider, inside)
 
 
 def test_a_quarantined_empty_slot_stays_out_of_use_across_power_cuts_with_nothing_missing():

@@ -225,13 +225,91 @@ def test_charger_of_the_dispensed_slot_goes_off_in_the_tick_its_lock_opens():
     assert rig.of("ChargeStopped")[-1]["slot"] == out
 
 
-def test_no_battery_available_after_battery_in_aborts_the_swap():
+def rider_takes_back(rig, n):
+    rig.run(300)
+    assert rig.world.open_door(n)
+    b = rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(300)
+    return b
+
+
+def test_nothing_left_to_hand_out_gives_the_riders_battery_back_without_battery_in():
     rig = stocked_rig(full=1, half=0)
     rig.cmd("start_swap", id_token="t")
     rig.world.slots[0].battery.soc_pm = 500  # the only full battery drops below 90 % meanwhile
-    rider_inserts(rig, Battery("R-1", soc=12))
-    assert rig.of("BatteryIn")
+    n = rider_inserts(rig, Battery("R-1", soc=12))
+    assert not rig.of("BatteryIn") and not rig.of("SwapAborted")
+    assert rig.core.session.phase == "rejected" and rig.core.lock_cmd[n - 1] is False
+    assert rig.core.slot_state(n)["state"] == "rejected"
+    assert rider_takes_back(rig, n).serial == "R-1"
     assert rig.of("SwapAborted")[-1]["reason"] == "no_battery_available"
+    assert rig.core.session is None and rig.core.slots[n - 1].serial is None
+    assert all(rig.core.lock_cmd)
+
+
+def test_the_last_battery_turning_bad_after_battery_in_gives_the_riders_back():
+    """BatteryIn recorded, then the one battery to hand out fails rule 6 at the choice (a tick
+    later): the rider's own goes back; nothing is owed after it (in_recorded cleared)."""
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rider_inserts(rig, Battery("R-1", soc=12), wait_ms=0)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    rig.world.slots[0].battery.faults = 4  # the BMS raises a fault flag before the choice
+    rig.run(300)
+    assert not rig.of("BatteryOut")
+    ss = rig.core.session
+    assert ss.phase == "rejected" and ss.slot_in == n and not ss.in_recorded
+    assert rig.core.lock_cmd[0] is True and rig.core.lock_cmd[n - 1] is False
+    assert rider_takes_back(rig, n).serial == "R-1"
+    assert rig.of("SwapAborted")[-1]["reason"] == "no_battery_available"
+    assert rig.core.slots[n - 1].serial is None and not rig.core.slots[n - 1].accepted
+
+
+def test_a_battery_turning_bad_behind_a_closed_dispense_door_is_not_handed_out():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.world.slots[out - 1].battery.faults = 4  # before the rider opens the door
+    rig.run(300)
+    ss = rig.core.session
+    assert ss.phase == "dispensing" and ss.slot_out != out
+    assert rig.core.lock_cmd[out - 1] is True
+    n, b = rider_takes(rig)
+    assert b.serial != rig.world.slots[out - 1].battery.serial
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == b.serial
+
+
+def test_the_dispense_battery_quarantined_before_its_door_opens_hands_out_another():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    assert rig.cmd("quarantine", slot=out, reason="recall")["ok"]
+    rig.run(300)
+    ss = rig.core.session
+    assert ss is not None and ss.phase == "dispensing" and ss.slot_out not in (None, out)
+    rider_takes(rig)
+    assert rig.of("SwapCompleted") and not rig.of("SwapAborted")
+
+
+def test_a_pack_pushed_into_the_dispense_slot_after_the_take_is_identified_not_charged_blind():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.run(300)
+    assert rig.world.open_door(out)
+    taken = rig.world.take(out)
+    rig.tick()
+    assert rig.world.insert(out, Battery("X-9", soc=40, faults=4))  # a faulted pack pushed in
+    rig.world.close_door(out)
+    rig.run(5000)
+    done = rig.of("SwapCompleted")
+    assert done and done[-1]["battery_out"] == taken.serial
+    assert not rig.of("BatteryOutTimeout")
+    s = rig.core.slots[out - 1]
+    assert rig.core.charge_ma[out - 1] == 0 and s.quarantine == "battery_fault"
+    assert s.serial == "X-9" and not s.accepted
 
 
 def test_slot_states_over_a_swap_use_only_the_spec_names():
@@ -254,3 +332,85 @@ def test_a_reading_without_a_serial_does_not_identify_the_battery():
     assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
     rig.run(1000)
     assert rig.of("BatteryRejected")[-1]["reason"] == "no_bms"
+
+
+def test_a_battery_turning_bad_after_the_rider_opened_and_shut_its_door_is_not_handed_out():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    rig.run(300)
+    assert rig.world.open_door(out)  # the rider looks, and shuts it without taking
+    rig.tick()
+    rig.world.slots[out - 1].battery.faults = 4
+    rig.world.close_door(out)
+    rig.run(300)
+    ss = rig.core.session
+    assert ss.phase == "dispensing" and ss.slot_out != out and rig.core.lock_cmd[out - 1]
+
+
+def test_the_riders_slot_quarantined_after_battery_in_still_hands_the_rider_a_battery():
+    rig = stocked_rig(full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n_in = insert_until_dispensing(rig, Battery("R-1", soc=12)) and rig.core.session.slot_in
+    assert rig.cmd("quarantine", slot=n_in, reason="recall")["ok"]
+    rig.tick()
+    assert rig.core.session is not None and rig.core.session.phase == "dispensing"
+    rider_takes(rig)
+    assert rig.of("SwapCompleted") and not rig.of("SwapAborted")
+    assert rig.core.slots[n_in - 1].quarantine == "recall" and rig.core.lock_cmd[n_in - 1]
+
+
+def test_a_hot_pack_pushed_into_the_dispense_slot_after_the_take_completes_the_swap_and_is_held():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    assert rig.world.take(out).serial == old
+    rig.tick()
+    assert rig.world.insert(out, Battery("HOT-3", soc=50, temp=65))
+    rig.run(300)  # quarantined with its door open
+    rig.world.close_door(out)
+    rig.run(2000)
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == old
+    s = rig.core.slots[out - 1]
+    assert s.quarantine == "overtemp" and s.serial != old and not s.accepted
+    assert rig.core.charge_ma[out - 1] == 0
+
+
+def test_taken_then_another_pushed_in_and_an_emergency_completes_the_swap():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    assert rig.world.take(out).serial == old
+    rig.tick()
+    assert rig.world.insert(out, Battery("X-5", soc=40))
+    rig.world.smoke = True
+    rig.tick()
+    assert rig.core.mode == "emergency"
+    assert rig.of("SwapCompleted")[-1]["battery_out"] == old and not rig.of("SwapAborted")
+    rig.world.close_door(out)
+    rig.run(1000)
+    s = rig.core.slots[out - 1]
+    assert s.serial == "X-5" and rig.core.charge_ma[out - 1] == 0
+
+
+def test_a_battery_not_taken_is_identified_again_before_it_charges():
+    rig = stocked_rig(full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=12))
+    old = rig.world.slots[out - 1].battery.serial
+    rig.run(300)
+    assert rig.world.open_door(out)
+    rig.world.take(out)  # taken and swapped for another: the cabinet does not see it (the
+    rig.world.slots[out - 1].battery = Battery("X-6", soc=40)  # presence switch stays pressed)
+    rig.world.close_door(out)
+    rig.run(61_000)
+    assert rig.of("BatteryOutTimeout")
+    s = rig.core.slots[out - 1]
+    assert s.serial == "X-6"
+    assert rig.of("BatteryMissing")[-1]["serial"] == old

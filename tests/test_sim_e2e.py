@@ -234,11 +234,14 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     sim.step({"do": "world", "action": "power_cycle"})
     sim.step({"do": "expect_event", "type": "Boot", "within_s": 15})
     sim.step({"do": "expect_status", "value": "online", "within_s": 15})
-    # The rider finishes whatever the cabinet still lets them do, then walks away.
+    # The rider finishes whatever the cabinet still lets them do (take a charged battery, or
+    # their own given back: it went in before BatteryIn was written), then walks away.
     time.sleep(2 / sim.speed)
     state = sim.obs.state or {}
-    if state.get("session") and state["session"]["phase"] == "dispensing":
-        n = state["session"]["slot_out"]
+    given_back = False
+    if state.get("session") and state["session"]["phase"] in ("dispensing", "rejected"):
+        given_back = state["session"]["phase"] == "rejected"
+        n = state["session"]["slot_out" if not given_back else "slot_in"]
         sim.step({"do": "expect_slot", "slot": n, "match": {"lock": "unlocked"}, "within_s": 5})
         sim.step({"do": "world", "action": "take", "slot": n})
         # The rider shuts the door they took the battery from (the world snapshot below may not
@@ -254,6 +257,8 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
         assert ends[0]["type"] == "SwapCompleted"
     else:
         assert ends[0]["type"] == "SwapAborted" and ends[0]["reason"] == "power_loss"
+    if given_back:  # the rider has their own battery back: no slot holds it
+        assert all((ws["battery"] or {}).get("serial") != "E2E-PACK" for ws in sim.obs.world["slots"])
     consistent(sim)
     telemetry_valid(sim)
 

@@ -291,13 +291,12 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         self.dirty |= 1
 
     def _after_relock(self, s, now):
-        """A door that was open for some purpose is locked again: find out what is behind it."""
+        """A door that was open for some purpose is locked again: find out what is behind it.
+        Whatever is there is identified again, the cabinet's own pack included: while the door
+        was unlocked it could have been taken and another pushed in."""
         if s.inp.present:
-            if s.accepted and s.phase == sl.P_DISPENSING:
-                s.phase = sl.P_STORED
-            else:
-                s.phase = sl.P_IDENTIFYING
-                s.ident_t = now
+            s.phase = sl.P_IDENTIFYING
+            s.ident_t = now
         else:
             self._clear_battery(s)
             s.phase = sl.P_EMPTY
@@ -356,25 +355,44 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             self._quarantine(s, "overtemp", now)
 
     def _session_slot_failed(self, s, now):
-        """A slot of the open session can no longer be trusted: end the session."""
-        ss = self.session
-        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
+        """A slot the open session drives can no longer be trusted: end the session. (The
+        rider's slot once BatteryIn is recorded holds the cabinet's battery: not the session's.)"""
+        if self.session is not None and self._in_session(s):
             self._abort_session("fault", now)
 
     def _quarantine(self, s, reason, now):
         if s.quarantine is not None:
             return
         ss = self.session
-        if ss is not None and (s.n == ss.slot_in or s.n == ss.slot_out):
-            self._abort_session("rejected" if ss.phase == S_REJECTED else "fault", now)
+        if ss is not None and self._in_session(s):
+            if ss.phase != S_DISPENSING:
+                self._abort_session("rejected" if ss.phase == S_REJECTED else "fault", now)
+            elif ss.out_gone:
+                self._complete(ss, s, now)  # the battery handed out has gone: the swap is done,
+                # and what is in the slot now (pushed in since) is held below
+            elif not s.inp.door_closed:
+                self._abort_session("fault", now)
+            # (Behind the dispense door, still shut: the session hands out another battery, or
+            # gives the rider's back, in its step.)
         s.quarantine = reason
         self.jdirty |= J_INVENTORY
         self._emit("Quarantined", {"slot": s.n, "reason": reason})
         s.command_lock(True, now)
         if s.phase in (sl.P_AWAITING, sl.P_DISPENSING, sl.P_REJECTED, sl.P_MAINT_OPEN,
                        sl.P_IDENTIFYING):
-            if s.inp.present:
-                s.phase = sl.P_STORED if s.accepted else sl.P_HELD
+            inp = s.inp
+            if inp.present and s.accepted and s.phase == sl.P_DISPENSING:
+                s.phase = sl.P_STORED  # the cabinet's own pack, not handed out
+            elif inp.present:
+                # Whatever is in the slot now (a rider's pack, a technician's replacement) is not
+                # the pack the inventory may name: held, known by its BMS serial if it gave one.
+                self._clear_battery(s)
+                b = inp.bms
+                s.serial = b.serial if b.valid else None
+                if s.serial is not None:
+                    self.jdirty |= J_INVENTORY
+                s.phase = sl.P_HELD
+                s.opened = not inp.door_closed  # it may yet be taken out before the door shuts
             else:
                 self._clear_battery(s)
                 s.phase = sl.P_EMPTY
@@ -410,12 +428,19 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
                 self._clear_battery(s)
                 s.serial = inp.bms.serial if inp.bms.valid else None
                 s.phase = sl.P_HELD
+                s.opened = False  # identified behind a shut door
                 self._quarantine(s, r, now)
         elif ph == sl.P_STORED or ph == sl.P_HELD:
             if not inp.present:
-                self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+                # Missing: a pack the cabinet named, gone from behind a door that had shut on it.
+                # A pack held while its door was open and taken out before it shut (a rider's
+                # hot pack, a technician's) simply left.
+                if s.serial is not None and not (ph == sl.P_HELD and s.opened):
+                    self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
                 self._clear_battery(s)
                 s.phase = sl.P_EMPTY
+            elif s.opened and inp.door_closed and ph == sl.P_HELD:
+                s.opened = False
         elif ph == sl.P_MAINT_OPEN:
             if not inp.door_closed:
                 s.opened = True

@@ -10,6 +10,7 @@ _RECOVER_MS = 1000  # at most one recovery attempt per second on a stuck I2C bus
 # under 2 ms at 100 kHz, and each of 11 packs is read again every 1.65 s (fresh: < 2 s).
 SBS_WORDS = 3
 CAN_SERVICE_TICKS = 20  # error passive or after a restart: the CAN controller is read every 1 s
+_WAL = 3  # tukar.states J_INVENTORY | J_SESSION: what a door may not open ahead of
 
 # Stages whose OSError no driver caught (a bug or an unforeseen bus error), counted apart.
 STAGES = ("scan", "bms", "can", "tick_apply", "repeat")
@@ -45,11 +46,23 @@ class ControlCycle:
         self._can_wait = False  # marked slots wait for a frame received since then
         self._present = [False] * n
         self._again = 0  # outputs to drive again next tick (-1: all, after a failed write)
+        # Write-ahead: called with the journal's changes unwritten and a lock about to open; it
+        # writes them to flash first (App.persist). None: nothing persists (rigs, benches).
+        self.commit = None
+        self.commits = 0
         self.held = False  # every charger kept off at the hardware (hold_chargers)
         self._zero = [0] * n
         self._seen = list(board.i2c_errors)
         self._recover_t = [0] * len(self._seen)
         self._recovered = [False] * len(self._seen)  # a recovery time is in _recover_t
+
+    def _opens(self, outs):
+        """Some slot in `outs` is commanded unlocked (-1: every slot)."""
+        cmd = self.core.lock_cmd
+        for i in range(len(cmd)):
+            if not cmd[i] and outs & (2 << i):
+                return True
+        return False
 
     # -- the tick ----------------------------------------------------------------------------
     def step(self, now_ms, wall=None):
@@ -119,6 +132,12 @@ class ControlCycle:
         core.step(now_ms, mask, wall)
         if core.outputs or self._again or b.unflushed:
             outs = core.take_outputs() | self._again
+            if core.jdirty & _WAL and self.commit is not None and self._opens(outs):
+                # A door that opens commits the cabinet to the rider (a battery handed out, the
+                # rider's own given back): what the cabinet knows is on flash before the bolt
+                # moves, so a power cut after it finds the session and the inventory as they are.
+                self.commits += 1
+                self.commit()
             try:
                 self._again = b.apply(core.lock_cmd, core.lock_pulse,
                                       self._zero if self.held else core.charge_ma, core.fan,

@@ -7,7 +7,7 @@ from tukar import slot as sl
 from tukar.clock import wrap_diff
 from tukar.session import Session
 from tukar.states import (EMERGENCY, IN_SERVICE, J_SESSION, JOURNAL_VERSION, MAINTENANCE,
-                          OUT_OF_SERVICE, S_DISPENSING, S_IDENTIFYING)
+                          OUT_OF_SERVICE, S_DISPENSING, S_IDENTIFYING, S_REJECTED)
 
 
 class Journal:
@@ -127,6 +127,19 @@ class Journal:
         self.session = ss
         if not ss.in_recorded or not valid_in:
             ss.slot_out = None
+            s_in = self.slots[n_in - 1] if valid_in else None
+            if (s_in is not None and s_in.inp.present and s_in.quarantine is None
+                    and self.mode == IN_SERVICE):
+                # The power went after the rider's battery went in and before BatteryIn was
+                # written: the battery is the rider's, and it goes back to them. The session ends
+                # as power_loss once it is taken (or, left, it is held as rejected_not_taken).
+                s_in.phase = sl.P_REJECTED
+                s_in.command_lock(False, now)
+                ss.phase = S_REJECTED
+                ss.t_phase = now
+                ss.end_reason = "power_loss"
+                self.jdirty |= J_SESSION
+                return
             self._abort_session("power_loss", now)
             return
         if not valid_out:

@@ -21,6 +21,8 @@ class Session:
         self.battery_in: "dict | None" = None  # battery view at BatteryIn
         self.battery_out: "dict | None" = None  # battery view when its door opened
         self.in_recorded = False  # BatteryIn was emitted: the swap must complete or be not_taken
+        self.end_reason = "rejected"  # SwapAborted's reason once a battery given back is taken
+        self.out_gone = False  # the battery handed out has left its slot
         self.t_start = now
         self.t_phase = now
 
@@ -60,10 +62,15 @@ class SessionSteps:
                 elif self._any_identifying() and wrap_diff(now, ss.t_phase) < lim.identify_ms:
                     self.pending |= 1 << ss.slot_in
                 else:
-                    self._abort_session("no_battery_available", now)
+                    self._give_back(ss, s_in, "no_battery_available", now)
                 return
             r = self._identify(s_in, now)
-            if r == 1:
+            if r == 1 and not self._any_dispensable():
+                # Good, but nothing left to hand out (the last one turned bad, was quarantined or
+                # forced since the swap began): the rider's own goes back, no BatteryIn.
+                s_in.serial = inp.bms.serial
+                self._give_back(ss, s_in, "no_battery_available", now)
+            elif r == 1:
                 self._accept(s_in)
                 ss.battery_in = s_in.battery_view()
                 ss.in_recorded = True
@@ -89,34 +96,94 @@ class SessionSteps:
                 s_in.command_lock(True, now)
                 self._clear_battery(s_in)
                 s_in.phase = sl.P_EMPTY
-                self._abort_session("rejected", now)
+                self._abort_session(ss.end_reason, now)
             elif wrap_diff(now, ss.t_phase) >= lim.take_ms:
                 s_in.command_lock(True, now)
                 if inp.present:
-                    self._abort_session("rejected", now)
+                    self._abort_session(ss.end_reason, now)
                     s_in.phase = sl.P_HELD
                     self._quarantine(s_in, "rejected_not_taken", now)
                 else:
                     self._clear_battery(s_in)
                     s_in.phase = sl.P_EMPTY
-                    self._abort_session("rejected", now)
+                    self._abort_session(ss.end_reason, now)
         elif ss.phase == S_DISPENSING:
             assert ss.slot_out is not None
             s_out = self.slots[ss.slot_out - 1]
             o = s_out.inp
+            if not o.present:
+                ss.out_gone = True
             if not o.present and o.door_closed:
                 s_out.command_lock(True, now)
                 self._complete(ss, s_out, now)
+            elif ss.out_gone and o.door_closed:
+                # Taken, and another battery pushed in before the door shut: the swap is done,
+                # and the newcomer is a battery found in the slot, identified before anything.
+                s_out.command_lock(True, now)
+                self._complete(ss, s_out, now)
+                s_out.phase = sl.P_IDENTIFYING
+                s_out.ident_t = now
+            elif o.door_closed and self._turned_bad(s_out):
+                # The battery turned bad (fault flag, slot fault, out of the handling window,
+                # quarantined) and its door is shut: it is not handed out.
+                s_out.command_lock(True, now)
+                if s_out.phase == sl.P_DISPENSING:
+                    s_out.phase = sl.P_STORED
+                self.pending |= 1 << s_out.n
+                best = self._choose_dispense()
+                if best is not None:
+                    self._dispense(ss, best, now)
+                else:
+                    self._give_back(ss, s_in, "no_battery_available", now)
             elif wrap_diff(now, ss.t_phase) >= lim.take_ms:
                 s_out.command_lock(True, now)
-                if not o.present:
+                if ss.out_gone:
                     self._complete(ss, s_out, now)  # taken, door left open: the lock latches later
+                    if o.present:  # and another pushed in
+                        s_out.phase = sl.P_IDENTIFYING
+                        s_out.ident_t = now
+                elif not o.present:
+                    self._complete(ss, s_out, now)
                 else:
-                    s_out.phase = sl.P_STORED
+                    # Not taken, or so it seems: the door was unlocked for a minute (and the
+                    # cabinet may have lost sight of a take in a power cut): identified again.
+                    s_out.phase = sl.P_IDENTIFYING
+                    s_out.ident_t = now
                     self._emit("BatteryOutTimeout", {"session": ss.id,
                                                      "request_id": ss.request_id,
                                                      "slot": s_out.n, "battery": ss.battery_out})
                     self._abort_session("not_taken", now)
+
+    def _any_dispensable(self):
+        for s in self.slots:
+            if s.dispensable:
+                return True
+        return False
+
+    def _turned_bad(self, s):
+        """Rule 6 without the door: the battery in dispense slot s may no longer be handed out."""
+        b = s.inp.bms
+        return (s.quarantine is not None or s.faults != 0 or b.faults != 0 or not s.inp.io_ok
+                or b.temp_dc < cf.HANDLING_MIN_DC or b.temp_dc > cf.HANDLING_MAX_DC)
+
+    def _give_back(self, ss, s_in, reason, now):
+        """The rider's battery goes back to them (no battery to hand out, or a cut before its
+        BatteryIn was written): its slot opens as for a refused battery; the session ends
+        `reason` once it is taken, or it is held as rejected_not_taken. A quarantined one stays
+        shut (rule 7): the session ends `reason` now."""
+        if s_in.quarantine is not None:
+            self._abort_session(reason, now)
+            return
+        if s_in.accepted:
+            s_in.accepted = False  # it is the rider's again, not the cabinet's
+            s_in.profile = None
+            self.jdirty |= J_INVENTORY
+        s_in.phase = sl.P_REJECTED
+        s_in.command_lock(False, now)
+        ss.end_reason = reason
+        ss.in_recorded = False  # nothing is owed now: after a power cut it is not handed out
+        self.pending |= 1 << s_in.n
+        self._phase(ss, S_REJECTED, now)
 
     def _any_identifying(self):
         for s in self.slots:
@@ -154,6 +221,16 @@ class SessionSteps:
     def _abort_session(self, reason, now):
         ss = self.session
         if ss is None:
+            return
+        if ss.phase == S_DISPENSING and ss.out_gone and ss.slot_out:
+            # The battery handed out has already left: the rider has it, the swap is done.
+            s_out = self.slots[ss.slot_out - 1]
+            if not s_out.lock_cmd:
+                s_out.command_lock(True, now)
+            self._complete(ss, s_out, now)
+            if s_out.inp.present:  # pushed in since: a battery found in the slot
+                s_out.phase = sl.P_IDENTIFYING
+                s_out.ident_t = now
             return
         self._emit("SwapAborted", {"session": ss.id, "request_id": ss.request_id,
                                    "reason": reason})

@@ -94,7 +94,8 @@ class Slot:
         self.wake = 0  # when the core must look at the slot again without news (Core._schedule)
         self.io_bad_since: "int | None" = None  # ticks since the slot's switches read
         self.mismatch_since: "int | None" = None  # ticks since sensor and BMS disagree (rule 5)
-        self.opened = False  # maintenance_open: the door has been opened since the unlock
+        self.opened = False  # maintenance_open: the door has been opened since the unlock;
+        # held (quarantined with its door open): the door has not shut since
         # What was last published, to publish on change only.
         self.pub_door: "bool | None" = None
         self.pub_locked: "bool | None" = None

@@ -190,8 +190,10 @@ def battery_missing_names_a_missing_battery(before, ev, events, info, after):
 
 def rider_gets_a_battery_or_their_own_back(before, ev, events, info, after):
     """mqtt.md session steps 4 and 5, cabinet.md recovery: once BatteryIn is recorded the swap
-    completes or ends `not_taken` (power cut included); only an emergency or a slot fault,
-    where the safety rules keep the doors shut, may end it otherwise."""
+    completes or ends `not_taken` (power cut included), or the rider's battery is given back
+    (which clears `in_recorded`: no battery left to hand out); only an emergency, a slot fault or a
+    quarantine of the rider's slot, where the safety rules keep the doors shut, may end it
+    otherwise."""
     ss = before.journal["session"] if before is not None else None
     recorded = set()
     if ss is not None and ss["in_recorded"]:
@@ -201,6 +203,14 @@ def rider_gets_a_battery_or_their_own_back(before, ev, events, info, after):
             recorded.add(e["session"])
         elif e["type"] == "SwapAborted" and e["session"] in recorded and \
                 e["reason"] not in ("not_taken", "emergency", "fault"):
+            n = ss.get("slot_in") if ss is not None else None
+            if e["reason"] == "no_battery_available" and isinstance(n, int) and \
+                    after.journal["inventory"][n - 1][3] is not None:
+                continue  # the rider's battery is quarantined (rule 7 keeps it shut)
+            b = ss.get("battery_in") if ss is not None else None
+            if e["reason"] == "no_battery_available" and isinstance(b, dict) and \
+                    b.get("serial") not in after.world.serial:
+                continue  # nothing to hand out, and the rider has their own back
             return "session %s: BatteryIn recorded, then SwapAborted(%s)" % (e["session"], e["reason"])
     return None
 
