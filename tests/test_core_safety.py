@@ -390,10 +390,8 @@ def test_losing_the_switches_of_the_session_slot_aborts_the_swap():
     assert rig.core.lock_cmd[n - 1] is True
 
 
-@pytest.mark.xfail(strict=True, reason="firmware: a pack put into the open dispense slot after the "
-                   "charged one was taken is kept as the charged one (not_taken, accepted, its "
-                   "serial and profile), never identified; found by the CI-profile property run")
-def test_a_pack_put_into_the_open_dispense_slot_after_the_take_is_identified_again():
+def test_a_pack_put_into_the_open_dispense_slot_after_the_take_is_identified():
+    # Found by the CI-profile property run (a pack in a slot not accounted for); fixed on main.
     rig = stocked_rig(slots=6, full=2, half=1)
     rig.cmd("start_swap", id_token="rider")
     rider_inserts(rig, Battery("R-1", soc=20))
@@ -410,5 +408,9 @@ def test_a_pack_put_into_the_open_dispense_slot_after_the_take_is_identified_aga
     rig.run(61_000)  # take_timeout_s
     s = rig.core.slots[n - 1]
     assert taken.serial == served
-    # The pack behind the door is X-9 (faulted, unknown profile), not the one the rider took.
-    assert not (s.accepted and s.serial == served), (s.serial, s.inp.bms.serial, rig.types()[-4:])
+    # The rider has the served pack: the swap completed with it, and no timeout names it.
+    assert [e["battery"]["serial"] for e in rig.of("BatteryOut")] == [served]
+    assert rig.of("SwapCompleted") and not rig.of("BatteryOutTimeout")
+    # The pack behind the door is X-9 (unknown profile), identified, not taken for the served one.
+    assert not (s.accepted and s.serial == served), (s.serial, s.inp.bms.serial)
+    assert s.quarantine == "unknown_profile"

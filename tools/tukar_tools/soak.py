@@ -80,7 +80,9 @@ def properties(minutes=None, ticks=1_000_000, seed=None, chunk=25, out=None, shr
                 run()
             except Exception as e:  # hypothesis has shrunk it: the notes name the example
                 failure = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-                failure += "\n".join(getattr(e, "__notes__", ()))
+                for note in getattr(e, "__notes__", ()):
+                    if note not in failure:  # Python 3.11 prints the notes with the traceback
+                        failure += note + "\n"
                 break
     secs = time.monotonic() - t0
     out("soak properties: %d examples, %d control ticks, %.0f s, %s"
@@ -219,7 +221,7 @@ class Month:
         self.rig.tick_ms = 50
         core = self.rig.core
         if core.mode != "in_service":  # a hot pack's emergency: the operator resets it remotely
-            inv.recover(self.rig)
+            inv.recover(self.rig, self.check)
             self.types["Recovered"] = self.types.get("Recovered", 0) + 1
         if core.session is None and not any(s.is_free() for s in core.slots):
             # A pack not taken (or a refused one left) fills the cabinet: the technician's round.
