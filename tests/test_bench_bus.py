@@ -61,6 +61,15 @@ def test_full_scan_and_control_tick_allocate_nothing_under_micropython():
     assert a["per_tick"] == 0
 
 
+@pytest.mark.mpy
+def test_the_ticks_readers_and_a_core_step_with_nothing_to_decide_put_no_frame_on_the_heap():
+    # MicroPython puts the frame of a function with more than 11 words of state on the heap at
+    # every call: in the busy minute such frames cost about half of a tick's fuel.
+    a = bench_bus.vm_allocations(n=10)
+    assert a["readers_frames"] == 0
+    assert a["core_quiet_frames"] == 0
+
+
 def test_the_calibration_turns_fuel_into_esp32_time_from_pystone():
     from tukar_tools import bench
     cal = bench.calibration(loops=20)

@@ -134,7 +134,7 @@ class Board(Sampling):
         cab = cfg["cabinet"]
         self.smoke = self._input(cab["smoke"], "smoke")
         self.estop = self._input(cab["estop"], "estop")
-        # scan_switches reads a GPIO switch without its adapter: the pin and its asserted level.
+        # switch_reader reads a GPIO switch without its adapter: the pin and its asserted level.
         self._smoke_pin, self._smoke_on = raw_input(self.smoke)
         self._estop_pin, self._estop_on = raw_input(self.estop)
         self.fan = self._output(cab["fan"], 0)
@@ -146,7 +146,7 @@ class Board(Sampling):
                 if t[ch] >= 0:
                     self._steps.append(ch)
                     break
-        # The multi-rate scan (scan_switches): the slots each expander's inputs belong to, and
+        # The multi-rate scan (switch_reader): the slots each expander's inputs belong to, and
         # the slots with an input on a GPIO of its own (read every tick).
         self._x_slots = [0] * len(self.expanders)
         self._x_pins = [[] for _ in self.expanders]  # per expander: (its bits of a slot, the slot's bit)
@@ -167,7 +167,7 @@ class Board(Sampling):
                     self._x_pins[j].append((bits[j], 1 << (i + 1)))
         self._x_last = [-2] * len(self.expanders)  # each expander's last word (-1: no answer)
         self._x_reads = [(x.dev.i2c, x.dev.addr, x.dev._b2) for x in self.expanders]
-        # One temperature per tick (sample_temperature): (mux channel or -1, ADC, target) in turn.
+        # One temperature per tick (temperature_reader): (mux channel or -1, ADC, target) in turn.
         samples = []
         # Visited in Gray-code order: most steps change one select line, not two on average.
         for ch in sorted(self._steps, key=_gray_rank):
@@ -199,7 +199,7 @@ class Board(Sampling):
         self._sbs_slots = []
         self._sbs_bus = [0] * n
         self._sbs_next = 0
-        self._sbs_cur = -1  # the slot whose battery poll_sbs is part-way through
+        self._sbs_cur = -1  # the slot whose battery sbs_reader is part-way through
         for i, s in enumerate(cfg["slots"]):
             sb = s["battery"].get("sbs")
             if sb is not None:

@@ -177,24 +177,32 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         change or sampled this tick; the cabinet rules run every tick, and so does every slot that
         needs watching (a session's, a lock in motion, identifying, a fault timer running), every
         slot a command touched, and, in an emergency, all of them. The others keep their last
-        decisions until the shell samples them again (docs/core.md: the schedule)."""
-        dt = wrap_diff(now, self.now)
+        decisions until the shell samples them again (docs/core.md: the schedule).
+
+        Kept within 11 words of state, so that MicroPython does not allocate its frame on the heap
+        at every tick: what a tick with something to decide does is in _evaluate."""
+        dt = ((now - self.now + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF  # wrap_diff, inline
         self.now = now
         self.wall = wall
         if dt > 0:
-            r = self.up_rem + dt
-            while r >= 1000:
-                r -= 1000
+            dt += self.up_rem
+            while dt >= 1000:
+                dt -= 1000
                 self.up_s += 1
-            self.up_rem = r
+            self.up_rem = dt
         if not self.booted:
             self.booted = True
             self._reconcile(now)
             mask = self.all_slots
         if self.timed:
             mask |= self._timers_due(now)
-        if not (mask | self.watch | self.pending) and self.mode != EMERGENCY:
-            return  # nothing changed, nothing sampled, nothing watched: the decisions stand
+        if mask | self.watch | self.pending or self.mode == EMERGENCY:
+            self._evaluate(now, mask)
+        # else nothing changed, nothing sampled, nothing watched: the decisions stand
+
+    def _evaluate(self, now, mask):
+        """The slots of `mask`, those watched and those a command touched: the rules, the session,
+        charging, what to publish, and when to look at each again."""
         mask |= self.watch | self.pending
         self.pending = 0
         full = self.all_slots
@@ -381,14 +389,16 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
         if s.phase in (sl.P_AWAITING, sl.P_DISPENSING, sl.P_REJECTED, sl.P_MAINT_OPEN,
                        sl.P_IDENTIFYING):
             inp = s.inp
-            if inp.present and s.accepted and s.phase == sl.P_DISPENSING:
-                s.phase = sl.P_STORED  # the cabinet's own pack, not handed out
-            elif inp.present:
-                # Whatever is in the slot now (a rider's pack, a technician's replacement) is not
-                # the pack the inventory may name: held, known by its BMS serial if it gave one.
-                self._clear_battery(s)
+            if inp.present:
+                # Its door was unlocked: whatever is in the slot now (a rider's pack, a
+                # technician's replacement, the pack handed out or another) is held, known by its
+                # BMS serial if it gave one, never taken for the pack the inventory named.
                 b = inp.bms
-                s.serial = b.serial if b.valid else None
+                serial = b.serial if b.valid else None
+                if s.serial is not None and serial is not None and s.serial != serial:
+                    self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+                self._clear_battery(s)
+                s.serial = serial
                 if s.serial is not None:
                     self.jdirty |= J_INVENTORY
                 s.phase = sl.P_HELD
@@ -425,8 +435,11 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
                 s.phase = sl.P_EMPTY
             elif r:
                 # No rider to hand it back to: keep it locked in until a technician looks.
+                serial = inp.bms.serial if inp.bms.valid else None
+                if s.serial is not None and s.serial != serial:
+                    self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
                 self._clear_battery(s)
-                s.serial = inp.bms.serial if inp.bms.valid else None
+                s.serial = serial
                 s.phase = sl.P_HELD
                 s.opened = False  # identified behind a shut door
                 self._quarantine(s, r, now)

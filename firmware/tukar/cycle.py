@@ -55,6 +55,9 @@ class ControlCycle:
         self._seen = list(board.i2c_errors)
         self._recover_t = [0] * len(self._seen)
         self._recovered = [False] * len(self._seen)  # a recovery time is in _recover_t
+        self._now = 0  # the tick's arguments, for the generator that runs it
+        self._wall = None
+        self._run = self._ticks()
 
     def _opens(self, outs):
         """Some slot in `outs` is commanded unlocked (-1: every slot)."""
@@ -71,87 +74,108 @@ class ControlCycle:
         sensor in turn; a few SBS words. The core evaluates the slots whose inputs changed or were
         sampled, and the slots it watches; a quiet cabinet does little more than read its
         expanders. The first tick reads everything and evaluates every slot."""
+        self._now = now_ms
+        self._wall = wall
+        if not next(self._run, False):  # ended: what escaped the last tick ended it
+            self._run = self._ticks()
+            next(self._run)
+
+    def _ticks(self):
+        """The tick's body, a generator resumed once a tick by step(), like the board's readers
+        (tukar.sampling): its frame, and theirs, are allocated once and not at every tick."""
         b = self.board
         core = self.core
         inputs = core.slot_inputs
-        mask = 0
-        if self.ticks == 0:
-            mask = core.all_slots
-            try:
-                b.scan(inputs, core.cabinet, now_ms)
-            except OSError:
-                self.escaped[0] += 1
-                b.fail_inputs(inputs, core.cabinet)
-            self._removals(inputs, mask)
-        else:
-            try:
-                mask = b.scan_switches(inputs, core.cabinet)
-            except OSError:
-                self.escaped[0] += 1
-                b.fail_inputs(inputs, core.cabinet)
+        cabinet = core.cabinet
+        switches = b.switch_reader(inputs, cabinet)
+        temperatures = b.temperature_reader(inputs, cabinet)
+        sbs = b.sbs_reader(inputs, SBS_WORDS)
+        next(sbs)
+        while True:
+            now_ms = self._now
+            mask = 0
+            if self.ticks == 0:
                 mask = core.all_slots
-            if mask > 1:
-                self._removals(inputs, mask)  # presence moves only with the switches
-            try:
-                t = b.sample_temperature(inputs, core.cabinet)
-                if t >= 0:
-                    mask |= 2 << t if t < core.n_slots else 1
-                else:
-                    t = -1 - t  # unchanged; a slot's turn is when its BMS age is looked at
-                    if t < core.n_slots and core.due(t, now_ms):
-                        mask |= 2 << t
-            except OSError:
-                self.escaped[0] += 1
-        try:
-            i = b.poll_sbs(inputs, now_ms, SBS_WORDS)
-            if i >= 0:
-                mask |= 2 << i
-            elif i < -1 and not core.slots[-2 - i].fresh:
-                mask |= 2 << (-2 - i)  # the same values, but fresh again (a slot identifying
-                # is watched every tick anyway)
-        except OSError:
-            self.escaped[1] += 1
-        if b.can is not None:
-            # The MCP2515 pulls INT low on a frame and on any change of its error flags (ERRIE):
-            # with INT high and the bus error-free, nothing waits and its error state is as last
-            # read. The receive task drains frames between ticks; this is the backstop. Off the
-            # error-free state, or after a restart, the state is read once a second as well.
-            # (An INT line stuck high would starve the CAN packs: stale, their chargers stop.)
-            pin = b.can_int
-            if (pin is None or not pin.value() or self.can_state == _BUS_OFF
-                    or self.ticks % CAN_SERVICE_TICKS == 0 and (self.can_state or b.can.restarting())):
                 try:
-                    b.drain_can(now_ms)
+                    b.scan(inputs, cabinet, now_ms)
                 except OSError:
-                    self.escaped[2] += 1
-                mask |= self._can_service(now_ms)
-            if b.canbms is not None and b.canbms.changed:
-                mask |= b.canbms.take_changed()
-        if b.i2c_errors != self._seen:
-            self._i2c_recovery(now_ms)
-        core.step(now_ms, mask, wall)
-        if core.outputs or self._again or b.unflushed:
-            outs = core.take_outputs() | self._again
-            if core.jdirty & _WAL and self.commit is not None and self._opens(outs):
-                # A door that opens commits the cabinet to the rider (a battery handed out, the
-                # rider's own given back): what the cabinet knows is on flash before the bolt
-                # moves, so a power cut after it finds the session and the inventory as they are.
-                self.commits += 1
-                self.commit()
+                    self.escaped[0] += 1
+                    b.fail_inputs(inputs, cabinet)
+                self._removals(inputs, mask)
+            else:
+                try:
+                    mask = next(switches)
+                except OSError:
+                    switches = b.switch_reader(inputs, cabinet)
+                    self.escaped[0] += 1
+                    b.fail_inputs(inputs, cabinet)
+                    mask = core.all_slots
+                if mask > 1:
+                    self._removals(inputs, mask)  # presence moves only with the switches
+                try:
+                    t = next(temperatures)
+                    if t >= 0:
+                        mask |= 2 << t if t < core.n_slots else 1
+                    else:
+                        t = -1 - t  # unchanged; a slot's turn is when its BMS age is looked at
+                        if t < core.n_slots and core.due(t, now_ms):
+                            mask |= 2 << t
+                except OSError:
+                    temperatures = b.temperature_reader(inputs, cabinet)
+                    self.escaped[0] += 1
             try:
-                self._again = b.apply(core.lock_cmd, core.lock_pulse,
-                                      self._zero if self.held else core.charge_ma, core.fan,
-                                      core.alarm, -1 if self._again < 0 else outs)
+                i = sbs.send(now_ms)
+                if i >= 0:
+                    mask |= 2 << i
+                elif i < -1 and not core.slots[-2 - i].fresh:
+                    mask |= 2 << (-2 - i)  # the same values, but fresh again (a slot identifying
+                    # is watched every tick anyway)
             except OSError:
-                self.escaped[3] += 1
-                self._chargers_off()
-                self._again = -1
-        if b.can_charger_bank is not None:
-            try:
-                b.repeat_charger_commands(now_ms)
-            except OSError:
-                self.escaped[4] += 1
-        self.ticks += 1
+                sbs = b.sbs_reader(inputs, SBS_WORDS)
+                next(sbs)
+                self.escaped[1] += 1
+            if b.can is not None:
+                # The MCP2515 pulls INT low on a frame and on any change of its error flags (ERRIE):
+                # with INT high and the bus error-free, nothing waits and its error state is as last
+                # read. The receive task drains frames between ticks; this is the backstop. Off the
+                # error-free state, or after a restart, the state is read once a second as well.
+                # (An INT line stuck high would starve the CAN packs: stale, their chargers stop.)
+                pin = b.can_int
+                if (pin is None or not pin.value() or self.can_state == _BUS_OFF
+                        or self.ticks % CAN_SERVICE_TICKS == 0 and (self.can_state or b.can.restarting())):
+                    try:
+                        b.drain_can(now_ms)
+                    except OSError:
+                        self.escaped[2] += 1
+                    mask |= self._can_service(now_ms)
+                if b.canbms is not None and b.canbms.changed:
+                    mask |= b.canbms.take_changed()
+            if b.i2c_errors != self._seen:
+                self._i2c_recovery(now_ms)
+            core.step(now_ms, mask, self._wall)
+            if core.outputs or self._again or b.unflushed:
+                outs = core.take_outputs() | self._again
+                if core.jdirty & _WAL and self.commit is not None and self._opens(outs):
+                    # A door that opens commits the cabinet to the rider (a battery handed out,
+                    # the rider's own given back): what the cabinet knows is on flash before the
+                    # bolt moves, so a power cut after it finds the session and inventory as they are.
+                    self.commits += 1
+                    self.commit()
+                try:
+                    self._again = b.apply(core.lock_cmd, core.lock_pulse,
+                                          self._zero if self.held else core.charge_ma, core.fan,
+                                          core.alarm, -1 if self._again < 0 else outs)
+                except OSError:
+                    self.escaped[3] += 1
+                    self._chargers_off()
+                    self._again = -1
+            if b.can_charger_bank is not None:
+                try:
+                    b.repeat_charger_commands(now_ms)
+                except OSError:
+                    self.escaped[4] += 1
+            self.ticks += 1
+            yield True
 
     def hold_chargers(self, on):
         """Keep every charger off at the hardware (on), whatever the core decides, or give the

@@ -103,8 +103,11 @@ class Journal:
             self._clear_battery(s)
             s.phase = sl.P_EMPTY
         for s in self.slots:
-            if s.inp.present and s.quarantine is None:
-                s.phase = sl.P_IDENTIFYING  # check that the battery is the one the journal names
+            if s.inp.present:
+                # Check that the battery is the one the journal names, in a quarantined slot too
+                # (a technician may have changed it in maintenance just before the cut): it stays
+                # quarantined, shut and off whatever the answer.
+                s.phase = sl.P_IDENTIFYING
                 s.ident_t = now
         if sj:
             self._resume_session(sj, now)

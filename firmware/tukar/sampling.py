@@ -1,6 +1,9 @@
 # What the control tick reads from the board, at its rates (docs/hardware.md): the switches every
 # tick, one temperature sensor in turn, a few SMBus words of one battery, and the CAN frames the
 # receive task drains. Board derives from Sampling (`self` is the Board, which builds the tables).
+# The per-tick stages are generators, created once and resumed every tick: MicroPython allocates
+# the frame of a function with more than 11 words of state on the heap at every call (and counts
+# it towards gc.threshold); a generator's frame is allocated once, with the generator.
 # pyright: reportAttributeAccessIssue=false
 
 # ADC codes a temperature may wander before it is stored again: the ESP32 ADC's noise. Two codes
@@ -20,51 +23,52 @@ def _gray_rank(ch):
 
 class Sampling:
     # -- the multi-rate scan: switches every tick, one temperature and a few SBS words per tick ---
-    def scan_switches(self, slot_inputs, cabinet):
-        """Read every expander once and the cabinet's switches; refill the inputs of the slots
-        whose switches changed. Returns their mask (bit n: slot n), with bit 0 when smoke or the
-        emergency stop changed."""
-        last = self._x_last
-        cand = self._gpio_slots
-        j = 0
-        for i2c, addr, buf in self._x_reads:  # the hot path: one read per expander, inline
-            try:
-                i2c.readfrom_mem_into(addr, 0x12, buf)  # GPIOA, GPIOB
-                v = buf[0] | (buf[1] << 8)
-            except OSError:
-                v = -1
-            if v != last[j]:
-                cand |= self._x_changed(j, v)
-            j += 1
-        changed = 0
-        if cand:
-            i = 0
-            cand >>= 1
-            while cand:
-                if cand & 1:
-                    s = slot_inputs[i]
-                    d = self.doors[i].value() == 1
-                    p = self.presence[i].value() == 1
-                    lk = self._feedback[i].value() == 1
-                    ok = True
-                    for x in self.slot_x[i]:
-                        if not x.ok:
-                            ok = False
-                    if d != s.door_closed or p != s.present or lk != s.locked or ok != s.io_ok:
-                        s.door_closed = d
-                        s.present = p
-                        s.locked = lk
-                        s.io_ok = ok
-                        changed |= 2 << i
+    def switch_reader(self, slot_inputs, cabinet):
+        """A generator: each next() reads every expander once and the cabinet's switches, refills
+        the inputs of the slots whose switches changed, and yields their mask (bit n: slot n), with
+        bit 0 when smoke or the emergency stop changed."""
+        while True:
+            last = self._x_last
+            cand = self._gpio_slots
+            j = 0
+            for i2c, addr, buf in self._x_reads:  # the hot path: one read per expander, inline
+                try:
+                    i2c.readfrom_mem_into(addr, 0x12, buf)  # GPIOA, GPIOB
+                    v = buf[0] | (buf[1] << 8)
+                except OSError:
+                    v = -1
+                if v != last[j]:
+                    cand |= self._x_changed(j, v)
+                j += 1
+            changed = 0
+            if cand:
+                i = 0
                 cand >>= 1
-                i += 1
-        sm = self._smoke_pin.value() == self._smoke_on  # the raw pins where they are GPIOs
-        es = self._estop_pin.value() == self._estop_on
-        if sm != cabinet.smoke or es != cabinet.estop:
-            cabinet.smoke = sm
-            cabinet.estop = es
-            changed |= 1
-        return changed
+                while cand:
+                    if cand & 1:
+                        s = slot_inputs[i]
+                        d = self.doors[i].value() == 1
+                        p = self.presence[i].value() == 1
+                        lk = self._feedback[i].value() == 1
+                        ok = True
+                        for x in self.slot_x[i]:
+                            if not x.ok:
+                                ok = False
+                        if d != s.door_closed or p != s.present or lk != s.locked or ok != s.io_ok:
+                            s.door_closed = d
+                            s.present = p
+                            s.locked = lk
+                            s.io_ok = ok
+                            changed |= 2 << i
+                    cand >>= 1
+                    i += 1
+            sm = self._smoke_pin.value() == self._smoke_on  # the raw pins where they are GPIOs
+            es = self._estop_pin.value() == self._estop_on
+            if sm != cabinet.smoke or es != cabinet.estop:
+                cabinet.smoke = sm
+                cabinet.estop = es
+                changed |= 1
+            yield changed
 
     def _x_changed(self, j, v):
         """Expander j read v (-1: it did not answer): its new state; the slots it carries."""
@@ -88,28 +92,31 @@ class Sampling:
                 slots |= bit
         return slots
 
-    def sample_temperature(self, slot_inputs, cabinet):
-        """Read the next temperature sensor in turn (each one every len(_samples) calls). Returns
-        its target (the slot index, or slot_count for the cabinet) when its reading moved by more
-        than the ADC's noise (TEMP_NOISE codes) and was stored, else -1 - target."""
-        j = self._t_next
-        samples = self._samples
-        self._t_next = j + 1 if j + 1 < len(samples) else 0
-        ch, adc, t = samples[j]
-        if ch >= 0 and ch != self._sel_state:
-            d = ch ^ self._sel_state
-            if self._sel_state >= 0 and d & (d - 1) == 0:  # the Gray order's usual step: one line
-                self._select[self._line[d]].value(1 if ch & d else 0)
-                self._sel_state = ch
+    def temperature_reader(self, slot_inputs, cabinet):
+        """A generator: each next() reads the next temperature sensor in turn (each one every
+        len(_samples) calls) and yields its target (the slot index, or slot_count for the cabinet)
+        when its reading moved by more than the ADC's noise (TEMP_NOISE codes) and was stored, else
+        -1 - target."""
+        while True:
+            j = self._t_next
+            samples = self._samples
+            self._t_next = j + 1 if j + 1 < len(samples) else 0
+            ch, adc, t = samples[j]
+            if ch >= 0 and ch != self._sel_state:
+                d = ch ^ self._sel_state
+                if self._sel_state >= 0 and d & (d - 1) == 0:  # the Gray order's usual step
+                    self._select[self._line[d]].value(1 if ch & d else 0)
+                    self._sel_state = ch
+                else:
+                    self._select_channel(ch)
+            code = adc.read_u16() >> 4
+            d = code - self._t_code[j]
+            if -TEMP_NOISE <= d and d <= TEMP_NOISE:
+                yield -1 - t
             else:
-                self._select_channel(ch)
-        code = adc.read_u16() >> 4
-        d = code - self._t_code[j]
-        if -TEMP_NOISE <= d and d <= TEMP_NOISE:
-            return -1 - t
-        self._t_code[j] = code
-        self._store(t, code, self.ntc, slot_inputs, cabinet)
-        return t
+                self._t_code[j] = code
+                self._store(t, code, self.ntc, slot_inputs, cabinet)
+                yield t
 
     def _select_channel(self, ch):
         """Route analog mux channel ch: only the select lines that differ are written."""
@@ -120,33 +127,44 @@ class Sampling:
                 sel[b].value((ch >> b) & 1)
         self._sel_state = ch
 
-    def poll_sbs(self, slot_inputs, now_ms, budget):
-        """Advance the SBS poll by at most `budget` word reads (a battery's poll spans ticks, so the
-        SMBus time of one tick stays short). Returns the slot whose reading was just completed with
-        a change a rule may look at, or failed; -2 - slot for a completed reading that changed
-        nothing the rules look at; else -1."""
-        k = len(self._sbs_slots)
-        i = self._sbs_cur
-        if i < 0:
-            for _ in range(k):
-                j = self._sbs_slots[self._sbs_next]
-                self._sbs_next = self._sbs_next + 1 if self._sbs_next + 1 < k else 0
-                if slot_inputs[j].present and not self.can_fed[j]:
-                    i = j
-                    break
+    def sbs_reader(self, slot_inputs, budget):
+        """A generator: each send(now_ms) advances the SBS poll by at most `budget` word reads (a
+        battery's poll spans ticks, so the SMBus time of one tick stays short) and yields the slot
+        whose reading was just completed with a change a rule may look at, or failed; -2 - slot for
+        a completed reading that changed nothing the rules look at; else -1. Started with next()."""
+        r = -1
+        while True:
+            now_ms = yield r
+            r = -1
+            k = len(self._sbs_slots)
+            i = self._sbs_cur
             if i < 0:
-                return -1
-            self._isolate(i)
-        r = self.sbs[i].step(slot_inputs[i].bms, now_ms, budget)
-        if r == 0:
-            self._sbs_cur = i
-            return -1
-        self._sbs_cur = -1
-        if r < 0:
-            self.i2c_errors[self._sbs_bus[i]] += 1
-        elif r == 2:
-            return -2 - i  # a fresh reading, every value a rule looks at as before
-        return i
+                for _ in range(k):
+                    j = self._sbs_slots[self._sbs_next]
+                    self._sbs_next = self._sbs_next + 1 if self._sbs_next + 1 < k else 0
+                    if slot_inputs[j].present and not self.can_fed[j]:
+                        i = j
+                        break
+                if i < 0:
+                    continue
+                for other in self._mux_others[self._sbs_mux[i]]:  # _isolate(i), inline
+                    try:
+                        other.deselect()
+                    except OSError:
+                        self.i2c_errors[self._sbs_bus[i]] += 1
+            r = self.sbs[i].step(slot_inputs[i].bms, now_ms, budget)
+            if r == 0:
+                self._sbs_cur = i
+                r = -1
+                continue
+            self._sbs_cur = -1
+            if r < 0:
+                self.i2c_errors[self._sbs_bus[i]] += 1
+                r = i
+            elif r == 2:
+                r = -2 - i  # a fresh reading, every value a rule looks at as before
+            else:
+                r = i
 
     def _isolate(self, i):
         """Every battery answers at 0x0B: before slot i's mux routes its channel, the other muxes

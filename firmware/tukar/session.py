@@ -127,8 +127,9 @@ class SessionSteps:
                 # The battery turned bad (fault flag, slot fault, out of the handling window,
                 # quarantined) and its door is shut: it is not handed out.
                 s_out.command_lock(True, now)
-                if s_out.phase == sl.P_DISPENSING:
-                    s_out.phase = sl.P_STORED
+                if s_out.phase == sl.P_DISPENSING:  # its door was unlocked: identified again
+                    s_out.phase = sl.P_IDENTIFYING
+                    s_out.ident_t = now
                 self.pending |= 1 << s_out.n
                 best = self._choose_dispense()
                 if best is not None:

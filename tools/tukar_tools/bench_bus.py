@@ -84,13 +84,17 @@ for t in range(80):  # boot, identify every pack, start charging
     full_scan(now)
     cycle.step(now)
 core.events.clear()
+import micropython
+FRAMES = [0]  # bytes allocated and freed again in the steps: frames MicroPython put on the heap
 def measure(now, n, whole):
     alloc = 0
     for i in range(n):
         now += 50
         m0 = gc.mem_alloc()
         if whole:
+            t0 = micropython.mem_total()
             cycle.step(now)
+            FRAMES[0] += micropython.mem_total() - t0
         else:
             full_scan(now)
         alloc += gc.mem_alloc() - m0
@@ -109,8 +113,26 @@ else:
     measure(now, 2, 0)
     scan = measure(now + 100, %(n)d, 0)
     tick = measure(now + 100 + 50 * %(n)d, %(n)d, 1)
+    now += 100 + 100 * %(n)d
+    # The tick's own stages, resumed or called alone: in steady state none puts a frame on the heap.
+    sw = b.switch_reader(core.slot_inputs, core.cabinet)
+    tr = b.temperature_reader(core.slot_inputs, core.cabinet)
+    next(sw)
+    next(tr)
+    t0 = micropython.mem_total()
+    for i in range(%(n)d):
+        next(sw)
+        next(tr)
+    readers = micropython.mem_total() - t0
+    t0 = micropython.mem_total()
+    for i in range(%(n)d):
+        now += 50
+        core.step(now, 0)
+    quiet = micropython.mem_total() - t0
     gc.enable()
-    print(json.dumps({"scan": scan, "tick": tick, "charging": sum(1 for x in core.charge_ma if x),
+    print(json.dumps({"scan": scan, "tick": tick, "frames": FRAMES[0], "readers": readers,
+                      "core_quiet": quiet,
+                      "charging": sum(1 for x in core.charge_ma if x),
                       "events": [e["type"] for e in core.events]}))
 '''
 
@@ -135,14 +157,18 @@ def _sbs_table():
 
 
 def vm_allocations(board="tukar-12-wroom", n=20):
-    """Bytes allocated per full scan and per ControlCycle.step, under the MicroPython VM."""
+    """Bytes allocated per full scan and per ControlCycle.step, under the MicroPython VM; and the
+    bytes of the frames a step put on the heap and freed (frames_per_tick), and those of the
+    board's switch and temperature readers and of Core.step with nothing to decide, alone."""
     from tukar_tools.rig import board_path
 
     code = _VM % {"table": repr(_sbs_table()), "n": n, "fuel": -1}
     res = mpvm.run(mpvm.FAKE_MACHINE + code, files={"board.json": board_path(board)}, fuel=10**11)
     info = json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
     return {"per_scan": info["scan"] / n, "per_tick": info["tick"] / n,
-            "charging": info["charging"], "events": info["events"]}
+            "frames_per_tick": info["frames"] / n, "readers_frames": info["readers"] / n,
+            "core_quiet_frames": info["core_quiet"] / n, "charging": info["charging"],
+            "events": info["events"]}
 
 
 def step_fuel(board="tukar-12-wroom", n=20):
