@@ -215,9 +215,6 @@ def swap(rig, a, check):
     if n_out and variant != "no_take" and w.open_door(n_out):
         before(8)
         w.take(n_out)
-        # A tick before anything else goes in: a pack swapped within one tick at the open
-        # dispense door is kept as the taken one (test_core_safety, xfail: a firmware gap).
-        ticks(rig, 1, check)
         before(9)
         w.close_door(n_out)
     else:
