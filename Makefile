@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench explore mutate check clean typings flash deploy micropython needs image
+.PHONY: test sim bench explore soak mutate check clean typings flash deploy micropython needs image
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -57,6 +57,12 @@ bench: $(STAMP) $(MICROPYTHON)
 ## violation is written as a scenario under build/explore (EXPLORE_ARGS: --slots 2, --verbose, ...)
 explore: $(STAMP)
 	$(VENV)/bin/tukar explore $(EXPLORE_ARGS)
+
+## soak: randomized property runs (1 M control ticks, or SOAK_ARGS="--minutes 30"), then one cabinet
+## for 30 simulated days across three wraps of ticks_ms; prints the seed, exits 1 on a violation
+## (SOAK_ARGS: properties | month, --seed N, --days 5 ...)
+soak: $(STAMP)
+	$(VENV)/bin/tukar soak $(SOAK_ARGS)
 
 ## mutate: mutation testing of the safety modules (mutmut; the modules and tests: [tool.mutmut] in
 ## pyproject.toml); prints the score per module. MUTATE_ARGS: --survivors, --fresh, --max-children 1

@@ -8,8 +8,17 @@ import pytest
 from hypothesis import Phase, settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
+# This checkout's own code first, here and in every subprocess a test starts (PYTHONPATH): an
+# installed tukar_tools (another checkout's, through the venv's .pth) must not supply the tools,
+# nor through their ROOT the firmware, of the checkout under test.
+_OWN = [str(ROOT / "tests"), str(ROOT / "tools"), str(ROOT / "firmware")]
+sys.path[:] = _OWN + [p for p in sys.path if p not in _OWN]
+_rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in _OWN]
+os.environ["PYTHONPATH"] = os.pathsep.join(_OWN[1:] + _rest)
+for _name in [m for m in sys.modules if m == "tukar_tools" or m.startswith("tukar_tools.")
+              or m == "tukar" or m.startswith("tukar.")]:
+    if not str(getattr(sys.modules[_name], "__file__", "") or "").startswith(str(ROOT)):
+        del sys.modules[_name]  # imported from elsewhere before this file ran
 from tukar_tools import hostenv  # noqa: E402,F401  (MicroPython's built-in names, firmware/ on the path)
 
 # CI runs more examples; a laptop run stays quick. Both are deterministic per test.

@@ -112,8 +112,11 @@ class World:
         cab = core.cabinet
         cab.smoke = self.smoke
         cab.estop = self.estop
-        cab.temp_dc = self.cab_temp_dc
-        cab.sensor = self.cab_sensor
+        # A broken thermistor reads as the NTC table's ends (tukar.ntc: T_MIN_DC open, T_MAX_DC
+        # shorted), as the board reports it.
+        cs = self.cab_sensor
+        cab.temp_dc = -400 if cs == 1 else 1500 if cs == 2 else self.cab_temp_dc
+        cab.sensor = cs
 
     def _fill(self, i, ws, now):
         inp = self.core.slot_inputs[i]

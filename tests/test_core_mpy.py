@@ -59,11 +59,15 @@ def test_scenarios_exercise_the_whole_session():
 
 
 @pytest.mark.mpy
-@pytest.mark.parametrize("case", ["idle", "swap"])
+@pytest.mark.parametrize("case", ["idle", "swap", "identifying", "rejected", "dispensing"])
 def test_control_tick_allocates_nothing_in_steady_state(case):
     from tukar_tools import bench
+    assert case in bench.CASES
     _, info = bench._measure(case, 100, 2)
     assert info["events"] == []  # steady state: nothing happened during the measured ticks
+    if case != "idle":
+        phase = "awaiting_battery" if case == "swap" else case
+        assert info["session"] == phase
     if case == "swap":
-        assert info["charging"] == 11 and info["session"] == "awaiting_battery"
+        assert info["charging"] == 11
     assert info["alloc"] == 0

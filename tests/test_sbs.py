@@ -437,8 +437,7 @@ r = BmsReading()
 assert bat.poll(r, 1)  # identifies: the serial and names are allocated here, once
 bat.poll(r, 2)  # first steady poll
 
-def measure(n):
-    gc.collect()
+def measure(n):  # the caller collects first, at the top level (mpvm.nested_collects)
     gc.disable()
     before = gc.mem_alloc()
     for i in range(n):
@@ -447,6 +446,7 @@ def measure(n):
     gc.enable()
     return after - before
 
+gc.collect()
 print(r.temp_dc, r.soc_pm, r.serial, r.profile, measure(N))
 """
 

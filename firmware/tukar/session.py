@@ -123,7 +123,12 @@ class SessionSteps:
                 self._complete(ss, s_out, now)
                 s_out.phase = sl.P_IDENTIFYING
                 s_out.ident_t = now
-            elif o.door_closed and self._turned_bad(s_out):
+            elif self._turned_bad(s_out) and not o.door_closed:
+                # Turned bad (quarantined by the operator as the rider opened the door, say) with
+                # the door open: no longer offered; the bolt latches when the door shuts.
+                s_out.command_lock(True, now)
+                self._abort_session("fault", now)
+            elif self._turned_bad(s_out):
                 # The battery turned bad (fault flag, slot fault, out of the handling window,
                 # quarantined) and its door is shut: it is not handed out.
                 s_out.command_lock(True, now)

@@ -24,11 +24,12 @@ from tukar.core import Core
 from coreworld import Rig, Battery
 gc.collect()
 imported = gc.mem_alloc()
-core = Core("bench-1", 12)
+CASE = %(case)r
+# identifying: the rider's pack is in, its BMS silent; the longest identify time keeps it there.
+core = Core("bench-1", 12, config={"identify_timeout_s": 10} if CASE == "identifying" else None)
 gc.collect()
 built = gc.mem_alloc()
 rig = Rig(core)
-CASE = %(case)r
 if CASE == "idle":
     for n in range(1, 7):
         rig.world.place(n, Battery("B" + str(n), soc=100))
@@ -36,10 +37,25 @@ else:
     for n in range(1, 12):
         rig.world.place(n, Battery("B" + str(n), soc=90))
 rig.run(2000)
-if CASE == "swap":
+if CASE != "idle":  # a session in the phase the case names
     a = rig.cmd("start_swap", id_token="rider")
     assert a["ok"], a
     rig.run(200)
+    n_in = a["slot"]
+    w = rig.world
+    if CASE != "swap":
+        rig.run(300)  # the lock's travel
+        assert w.open_door(n_in)
+        w.slots[n_in - 1].bms_dead = CASE == "identifying"
+        w.insert(n_in, Battery("R1", soc=10, faults=4 if CASE == "rejected" else 0))
+        w.close_door(n_in)
+        want = {"identifying": "identifying", "rejected": "rejected", "dispensing": "dispensing"}[CASE]
+        for i in range(100):
+            rig.tick()
+            if core.session.phase == want:
+                break
+        rig.run(300)
+        assert core.session.phase == want, core.session.phase
 rig.events.clear()
 inputs = core.slot_inputs
 now = rig.now
@@ -51,9 +67,10 @@ def measure(now):  # locals only: a new global name would grow the module dict m
     alloc = 0
     for i in range(N):
         now = (now + 50) & 0x3FFFFFFF
-        for k in range(12):  # fresh BMS data; lock feedback follows the command
+        for k in range(12):  # fresh BMS data (from a BMS that speaks); lock feedback follows
             inp = inputs[k]
-            inp.bms.t_ms = now
+            if inp.bms.valid:
+                inp.bms.t_ms = now
             inp.locked = core.lock_cmd[k]
         if TICK == 2:  # allocation run: gc.mem_alloc() itself is too costly for the fuel runs
             m0 = gc.mem_alloc()
@@ -73,6 +90,12 @@ print(json.dumps({"imported": imported - base, "built": built - imported,
                   "session": core.session.phase if core.session else None,
                   "events": [e["type"] for e in core.events]}))
 """
+
+
+# The cabinet's conditions measured: idle, and a swap in each of its phases ("swap" is awaiting
+# the rider's pack). Identifying lasts at most identify_timeout_s (10 s here): 150 ticks of it.
+CASES = ("idle", "swap", "identifying", "rejected", "dispensing")
+IDENTIFY_TICKS = 150
 
 
 def _measure(case, n, tick):
@@ -141,7 +164,8 @@ def main(argv=None):
 def run(args):
     from tukar_tools import bench_bus, bench_cpu, bench_mpy, bench_sim
 
-    rows = [tick_cost("idle", args.ticks), tick_cost("swap", args.ticks)]
+    rows = [tick_cost(case, args.ticks if case != "identifying" else min(args.ticks, IDENTIFY_TICKS))
+            for case in CASES]
     ref = reference_loop_fuel()
     cal = calibration()
     buses = bench_bus.report()
@@ -162,7 +186,10 @@ def run(args):
     print("  %-34s %12s %14s" % ("case", "fuel/tick", "bytes/tick"))
     for r in rows:
         label = {"idle": "idle (6 full batteries, 6 empty)",
-                 "swap": "swap open, %d slots charging" % r["charging"]}[r["case"]]
+                 "swap": "swap awaiting, %d charging" % r["charging"],
+                 "identifying": "swap identifying, %d charging" % r["charging"],
+                 "rejected": "swap rejected, %d charging" % r["charging"],
+                 "dispensing": "swap dispensing, %d charging" % r["charging"]}[r["case"]]
         print("  %-34s %12d %14.1f" % (label, r["fuel_per_tick"], r["bytes_per_tick"]))
     print("  reference: one iteration of `for i in range(n): s += i` = %d fuel" % ref)
     for r in rows:

