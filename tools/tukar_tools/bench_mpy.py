@@ -193,7 +193,7 @@ SWAP = (
     {"do": "world", "action": "insert", "slot": "$slot_in",
      "battery": {"serial": "BENCH-IN", "soc": 10, "soh": 90, "temp_c": 30}},
     {"do": "world", "action": "close_door", "slot": "$slot_in"},
-    {"do": "expect_state", "match": {"session": {"phase": "dispensing"}}, "within_s": 10,
+    {"do": "expect_state", "match": {"session": {"phase": "dispensing"}}, "within_s": 20,
      "save": {"slot_out": "session.slot_out"}},
     {"do": "expect_slot", "slot": "$slot_out", "match": {"state": "dispensing",
                                                           "lock": "unlocked"}, "within_s": 5},
