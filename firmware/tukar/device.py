@@ -24,6 +24,11 @@ WDT_MIN_MS = 2000  # the supervisor feeds once a second: less would bite a healt
 # 17 KB free; collected every 4 KB, 16 KB of it are one block).
 GC_EVERY = 4096
 
+# Modules of the tukar package only the boot uses. Once the application is built nothing refers to
+# them, and unload() lets their function and class objects go (frozen code takes no heap, but
+# the objects an import creates do).
+BOOT_ONLY = ("boardfile",)
+
 RESET_FILE = "reset.json"  # why the firmware itself reset the board; read (and removed) at boot
 
 # machine.reset_cause() -> the Boot event's reason. The ESP32 port reports a brown-out and the EN
@@ -75,9 +80,24 @@ def note_reset(root, why):
         pass
 
 
+def unload(names=BOOT_ONLY):
+    """Forget the modules `names` of the tukar package (MicroPython only: under CPython, tests and
+    tools hold their classes and expect them to stay the same objects)."""
+    if sys.implementation.name != "micropython":
+        return
+    pkg = sys.modules.get("tukar")
+    for name in names:
+        if sys.modules.pop("tukar." + name, None) is not None and pkg is not None:
+            try:
+                delattr(pkg, name)
+            except AttributeError:
+                pass
+
+
 def safe_board(machine, root=""):
     """Rule 9: the board built from its file and every output driven safe. Raises BoardError/OSError."""
-    from tukar.board import Board, load
+    from tukar.board import Board
+    from tukar.boardfile import load
     board = Board(load(root + BOARD_FILE), machine)
     board.safe_outputs()
     return board
@@ -287,6 +307,7 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
                         info_extra=report)
     except Exception as e:
         return Cabinet(board, setup, None, None, e)  # finish() records it and resets
+    unload()
     # Armed only now: construction (imports, the journal, the board) may take longer than the
     # shortest timeout, and an armed watchdog cannot be stopped, so a slow boot would reset forever.
     # Until here the outputs are safe and nothing moves.

@@ -1,7 +1,8 @@
 # Pins as the drivers see them (value 1 = asserted, whatever the wiring): GPIOs, MCP23017
 # expander bits with their shadow registers, and the CAN charger link. What each input reads when
 # its chip does not answer (FAIL_LEVEL) is the safe level of cabinet.md.
-from tukar.boardfile import _ref
+
+
 class GpioIn:
     def __init__(self, pin, invert):
         self._pin = pin
@@ -133,6 +134,7 @@ class CanChargerLink:
 def input_pin(machine, expanders, v, role):
     """The adapter of a board-file input reference: a GPIO with its pull, or an expander bit (its
     pull-up, inversion and fail level set in the expander's registers)."""
+    from tukar.boardfile import _ref  # construction only: boardfile is unloaded after the boot
     r = _ref(v, role)
     if r[0] == "gpio":
         Pin = machine.Pin
@@ -154,6 +156,7 @@ def input_pin(machine, expanders, v, role):
 
 def output_pin(machine, expanders, v, level):
     """The adapter of a board-file output reference, driven to `level` (logical) at once."""
+    from tukar.boardfile import _ref
     r = _ref(v, "output")
     if r[0] == "gpio":
         Pin = machine.Pin
