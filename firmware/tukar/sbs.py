@@ -174,17 +174,13 @@ def _text(buf, start, n):
     return "".join(chr(c) if 32 <= c < 127 else "?" for c in buf[start:start + n])
 
 
-_SCRATCH = []  # a transaction's buffer and views of its first 2, 3 and 1 bytes, for every battery
-
-
-def _scratch():
-    """One buffer for every battery: the control loop reads one transaction at a time, and each
-    read's bytes are used before the next (twelve buffers and their views were 1.3 KB of heap)."""
-    if not _SCRATCH:
-        buf = bytearray(2 + _MAX_BLOCK)
-        mv = memoryview(buf)
-        _SCRATCH.extend((buf, mv[:2], mv[:3], mv[:1]))
-    return _SCRATCH
+# One transaction buffer for every battery, and views of its first 2, 3 and 1 bytes: the control
+# loop reads one transaction at a time, and each read's bytes are used before the next (twelve
+# buffers and their views were 1.3 KB of heap; four attributes a battery pointing here, 0.6 KB).
+_BUF = bytearray(2 + _MAX_BLOCK)
+_W2 = memoryview(_BUF)[:2]
+_W3 = memoryview(_BUF)[:3]
+_B1 = memoryview(_BUF)[:1]
 
 
 class SmartBattery:
@@ -205,7 +201,6 @@ class SmartBattery:
         self.design = 0
         self.fails = 0  # failed polls in a row
         self.identified = False
-        self._buf, self._w2, self._w3, self._b1 = _scratch()
         # One list (the attribute table of a battery stays small): the polled words, then the
         # rule words of the last poll (_LAST: temperature, status, request, SoC), then the last
         # remaining capacity, full capacity and cycle count (_SLOWV).
@@ -228,10 +223,10 @@ class SmartBattery:
 
     def _word(self, cmd):
         """One word command, PEC checked when the battery uses PEC; -1 on NACK or bad PEC."""
-        b = self._buf
+        b = _BUF
         if self.pec:
             try:
-                self.i2c.readfrom_mem_into(self.addr, cmd, self._w3)
+                self.i2c.readfrom_mem_into(self.addr, cmd, _W3)
             except OSError:
                 return -1
             t = _CRC
@@ -239,7 +234,7 @@ class SmartBattery:
                 return -1
         else:
             try:
-                self.i2c.readfrom_mem_into(self.addr, cmd, self._w2)
+                self.i2c.readfrom_mem_into(self.addr, cmd, _W2)
             except OSError:
                 return -1
         return b[0] | (b[1] << 8)
@@ -247,14 +242,14 @@ class SmartBattery:
     def _block(self, cmd):
         """A block read (count byte first) as text, or None."""
         try:
-            self.i2c.readfrom_mem_into(self.addr, cmd, self._b1)
-            n = self._buf[0]
+            self.i2c.readfrom_mem_into(self.addr, cmd, _B1)
+            n = _BUF[0]
             if n > _MAX_BLOCK:
                 return None
-            self.i2c.readfrom_mem_into(self.addr, cmd, memoryview(self._buf)[:n + 1 + self.pec])
+            self.i2c.readfrom_mem_into(self.addr, cmd, memoryview(_BUF)[:n + 1 + self.pec])
         except OSError:
             return None
-        b = self._buf
+        b = _BUF
         if b[0] != n or (self.pec and not pec_ok(self.addr, cmd, b, n + 1)):
             return None
         return _text(b, 1, n)
@@ -271,10 +266,10 @@ class SmartBattery:
         if part == 0:
             # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
             try:
-                self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, self._w3)
+                self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, _W3)
             except OSError:
                 return False
-            b = self._buf
+            b = _BUF
             spec = b[0] | (b[1] << 8)
             pec = pec_enabled(spec)
             if pec and not pec_ok(self.addr, _SPEC_INFO, b, 2):
@@ -367,9 +362,9 @@ class SmartBattery:
         # The word reads inline (this loop is most of a quiet tick's SMBus work).
         i2c = self.i2c
         addr = self.addr
-        b = self._buf
+        b = _BUF
         pec = self.pec
-        dst = self._w3 if pec else self._w2
+        dst = _W3 if pec else _W2
         t = _CRC
         pre = self._pre
         polled = _POLLED
