@@ -27,7 +27,7 @@ GC_EVERY = 4096
 # Modules of the tukar package only the boot uses. Once the application is built nothing refers to
 # them, and unload() lets their function and class objects go (frozen code takes no heap, but
 # the objects an import creates do).
-BOOT_ONLY = ("boardfile", "profilefile")
+BOOT_ONLY = ("boardfile", "profilefile", "cancompile")
 
 RESET_FILE = "reset.json"  # why the firmware itself reset the board; read (and removed) at boot
 
