@@ -50,6 +50,7 @@ _SLOW = (_REMAINING, _FULL, _CYCLES)
 WORDS = const(7)  # word reads of one poll
 _LAST = const(7)  # SmartBattery._words: where the last poll's rule words begin
 _SLOWV = const(11)  # ... and the last values of _SLOW
+_MODEV = const(14)  # ... then BatteryMode and DesignCapacity, read when identifying
 
 # step() results
 DONE = const(1)
@@ -197,22 +198,21 @@ class SmartBattery:
         self._pre = _prefix(addr)  # the PEC's prefix per command (a table shared per address)
         self.profiles = profiles
         self.pec = False
-        self.mode = 0  # BatteryMode, read when identifying
-        self.design = 0
         self.fails = 0  # failed polls in a row
         self.identified = False
         # One list (the attribute table of a battery stays small): the polled words, then the
         # rule words of the last poll (_LAST: temperature, status, request, SoC), then the last
-        # remaining capacity, full capacity and cycle count (_SLOWV).
-        self._words = [0] * WORDS + [-1] * 4 + [0] * 3
+        # remaining capacity, full capacity and cycle count (_SLOWV), then BatteryMode and
+        # DesignCapacity (_MODEV): 12 attributes, where 14 took a table a size step larger.
+        self._words = [0] * WORDS + [-1] * 4 + [0] * 5
         self._k = 0  # the next word of the poll in progress
         self._slow = 0  # which of _SLOW this poll reads
 
     def capacities(self, voltage_mv):
         """(remaining, full) in mAh from the last words read (not on the tick's path)."""
         w = self._words
-        return (capacity_mah(w[_SLOWV], self.mode, voltage_mv),
-                capacity_mah(w[_SLOWV + 1], self.mode, voltage_mv))
+        return (capacity_mah(w[_SLOWV], w[_MODEV], voltage_mv),
+                capacity_mah(w[_SLOWV + 1], w[_MODEV], voltage_mv))
 
     def forget(self):
         """A different battery may be in the slot: identify again at the next poll."""
@@ -281,8 +281,8 @@ class SmartBattery:
             serial = self._word(_SERIAL)
             if mode < 0 or design < 0 or date < 0 or serial < 0:
                 return False
-            self.mode = mode
-            self.design = design
+            w[_MODEV] = mode
+            w[_MODEV + 1] = design
             w[0] = date
             w[1] = serial
             rem = self._word(_REMAINING)
@@ -299,7 +299,7 @@ class SmartBattery:
         if maker is None or name is None:
             return False
         reading.cycles = w[_SLOWV + 2]
-        reading.soh_pct = soh_pct(w[_SLOWV + 1], self.design)
+        reading.soh_pct = soh_pct(w[_SLOWV + 1], w[_MODEV + 1])
         w[_LAST] = -1  # the first poll of this battery is news
         reading.serial = serial_string(maker, w[0], w[1])
         p = self.profiles.get(name) if self.profiles else None
@@ -390,7 +390,7 @@ class SmartBattery:
         if v != w[_SLOWV + slow]:  # a slow word is decoded only when it moved
             w[_SLOWV + slow] = v
             if slow == 1:
-                d = self.design
+                d = w[_MODEV + 1]
                 v = v * 100 // d if d > 0 else 0
                 reading.soh_pct = v if v < 100 else 100
             elif slow == 2:
