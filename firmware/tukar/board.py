@@ -182,11 +182,9 @@ class Board(Sampling):
         self._t_next = 0
         self._t_code = [-100] * len(samples)  # each sensor's last stored ADC code
         for x in self.expanders:
-            x.pullups &= x.inputs
-            x.invert &= x.inputs
-            x.dev.inputs = x.inputs
-            x.dev.pullups = x.pullups
-            x.dev.invert = x.invert
+            d = x.dev
+            d.pullups &= d.inputs
+            d.invert &= d.inputs
 
         # SBS batteries: one SmartBattery per slot, behind its mux channel; polled round-robin.
         self.sbs = [None] * n

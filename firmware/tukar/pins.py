@@ -37,12 +37,11 @@ class Expander:
     """One MCP23017: the inputs latched by one read per scan, the outputs as a shadow word."""
 
     def __init__(self, dev, board, bus):
-        self.dev = dev  # the MCP23017 driver; its masks are set once every pin is known
+        # The MCP23017 driver: its direction, pull-up and IPOL masks are built in it, as pins are
+        # attached (ten attributes here, not thirteen: a table of 10 entries instead of 17).
+        self.dev = dev
         self._board = board
         self.bus = bus  # I2C bus id, for the board's error counters
-        self.inputs = 0xFFFF  # direction mask; output bits are cleared as outputs are attached
-        self.pullups = 0
-        self.invert = 0  # inputs inverted by the chip (IPOL)
         self.out_invert = 0  # outputs inverted here
         self.fail = 0  # logical input levels assumed when the chip does not answer
         self.state = 0
@@ -146,9 +145,9 @@ def input_pin(machine, expanders, v, role):
     x = expanders[r[1]]
     bit = 1 << r[2]
     if r[4] != "none":
-        x.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
+        x.dev.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
     if r[3]:
-        x.invert |= bit
+        x.dev.invert |= bit  # inverted by the chip (IPOL)
     if FAIL_LEVEL[role]:
         x.fail |= bit
     return XIn(x, r[2])
@@ -164,7 +163,7 @@ def output_pin(machine, expanders, v, level):
         o.level = level
         return o
     x = expanders[r[1]]
-    x.inputs &= ~(1 << r[2])
+    x.dev.inputs &= ~(1 << r[2])  # the direction mask: every pin an input until attached
     if r[3]:
         x.out_invert |= 1 << r[2]
     o = XOut(x, r[2])
