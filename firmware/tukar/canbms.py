@@ -130,16 +130,16 @@ class CanBms:
         faults = r.faults & ~fr[2]
         extra = self.extra
         x0 = slot * len(EXTRA)
-        for target, st, bits, signed, num, den, ofs, fbit in fr[1]:
+        for target, st, bits, num, den, ofs in fr[1]:  # tukar.cancompile.compile_signal
             raw = 0
             for byte, rs, m, ls in st:
                 raw |= ((data[off + byte] >> rs) & m) << ls
-            if fbit:
+            if target == -1:  # a fault bit, in num
                 if raw:
-                    faults |= fbit
+                    faults |= num
                 continue
-            if signed and raw >> (bits - 1):
-                raw -= 1 << bits
+            if bits < 0 and raw >> (-1 - bits):  # signed: bits is minus the length
+                raw -= 1 << -bits
             v = raw * num
             if den != 1:
                 v //= den

@@ -70,7 +70,9 @@ def _ratio(x):
 
 
 def compile_signal(s):
-    """Signal dict -> (attr or extra index or -1, steps, bits, signed, num, den, offset, fault bit)."""
+    """Signal dict -> (target, steps, bits, num, den, offset): target a BmsReading attribute or an
+    index into CanBms.extra, bits negative for a signed signal; a fault bit is (-1, steps, bits,
+    the bit, 1, 0). Six items, not eight: a 32-byte block a signal instead of 48."""
     length = s["length"]
     if not 1 <= length <= _MAX_BITS:
         raise ProfileError("signal %s: 1..%d bits" % (s.get("name"), _MAX_BITS))
@@ -81,7 +83,7 @@ def compile_signal(s):
     if fault is not None:
         if fault not in BATTERY_FAULTS:
             raise ProfileError("signal %s: unknown fault %s" % (s.get("name"), fault))
-        return (-1, st, length, False, 1, 1, 0, 1 << BATTERY_FAULTS.index(fault))
+        return (-1, st, length, 1 << BATTERY_FAULTS.index(fault), 1, 0)
     field = s.get("field")
     spec = FIELDS.get(field)
     if spec is None:
@@ -94,7 +96,7 @@ def compile_signal(s):
     if abs(off - round(off)) > 1e-6:
         raise ProfileError("signal %s: offset not whole in core units" % s.get("name"))
     target = field if spec[1] == "r" else spec[1]
-    return (target, st, length, bool(s.get("signed")), num, den, int(round(off)), 0)
+    return (target, st, -length if s.get("signed") else length, num, den, int(round(off)))
 
 
 def compile_profile(p):
@@ -122,7 +124,8 @@ def compile_profile(p):
         fmask = 0
         need = 0
         for s in sigs:
-            fmask |= s[7]
+            if s[0] == -1:
+                fmask |= s[3]
             for step in s[1]:
                 need = max(need, step[0] + 1)
         frames[fid] = (_K_SIGNALS, sigs, fmask, need, k)
