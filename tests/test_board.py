@@ -13,8 +13,9 @@ for p in (os.path.join(ROOT, "firmware"), os.path.join(ROOT, "tools", "tukar_too
         sys.path.insert(0, p)
 
 import machine  # noqa: E402  (the host shim)
-from tukar import board  # noqa: E402
-from tukar.board import Board, BoardError, validate  # noqa: E402
+from tukar import boardfile  # noqa: E402
+from tukar.board import Board  # noqa: E402
+from tukar.boardfile import BoardError, validate  # noqa: E402
 from tukar.inputs import SENSOR_OK, SENSOR_OPEN, SENSOR_SHORT, CabinetInputs, SlotInputs  # noqa: E402
 from tukar_tools.shim.board_hw import BoardHardware  # noqa: E402
 from tukar_tools.shim.hw import Hardware, install  # noqa: E402
@@ -53,7 +54,7 @@ def test_board_files_exist_for_12_and_24_slots():
 
 @pytest.mark.parametrize("path", BOARD_FILES, ids=lambda p: p.split(os.sep)[-2])
 def test_every_board_file_validates(path):
-    cfg = board.load(path)
+    cfg = boardfile.load(path)
     assert len(cfg["slots"]) == cfg["slot_count"]
 
 
@@ -159,7 +160,7 @@ def test_load_rejects_a_file_that_is_not_json(tmp_path):
     p = tmp_path / "board.json"
     p.write_text("{slots: 12}")
     with pytest.raises(BoardError, match="not JSON"):
-        board.load(str(p))
+        boardfile.load(str(p))
 
 
 def test_12_slot_board_builds_against_the_shim(wroom):

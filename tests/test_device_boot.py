@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from tukar import device
+from tukar import device, startup
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def machine(mocker):
 def board(mocker):
     b = mocker.Mock(name="board", slot_count=12)
     b.name = "tukar-12-wroom"
-    mocker.patch.object(device, "safe_board", return_value=b)
+    mocker.patch.object(startup, "safe_board", return_value=b)
     return b
 
 
@@ -78,7 +78,7 @@ def start(machine, root, outcome="command", exc=None):
                                           (4, "deep_sleep"), (5, "soft"), (99, "unknown")])
 def test_reset_cause_maps_to_the_boot_reason(machine, cause, reason, tmp_path):
     machine.reset_cause.return_value = cause
-    assert device.boot_reason(machine, str(tmp_path) + "/") == reason
+    assert startup.boot_reason(machine, str(tmp_path) + "/") == reason
 
 
 @pytest.mark.parametrize("outcome,exc,reason", [("command", None, "reboot"), ("crash", None, "crash"),
@@ -92,31 +92,31 @@ def test_a_hard_reset_is_a_reboot_or_a_crash_by_the_note_written_before_it(
     machine.reset.assert_called_once_with()
     machine.reset_cause.return_value = 2  # HARD_RESET
     root = str(tmp_path) + "/"
-    assert device.boot_reason(machine, root) == reason
-    assert device.boot_reason(machine, root) == "panic"  # the next one, without a note
+    assert startup.boot_reason(machine, root) == reason
+    assert startup.boot_reason(machine, root) == "panic"  # the next one, without a note
 
 
 def test_a_reset_note_does_not_outlive_a_power_cut(machine, tmp_path):
     root = str(tmp_path) + "/"
     device.note_reset(root, "command")
     machine.reset_cause.return_value = 1  # the power went before the reset happened
-    assert device.boot_reason(machine, root) == "power_on"
+    assert startup.boot_reason(machine, root) == "power_on"
     machine.reset_cause.return_value = 2
-    assert device.boot_reason(machine, root) == "panic"
+    assert startup.boot_reason(machine, root) == "panic"
 
 
 def test_brownout_maps_where_the_port_reports_it(machine):
     machine.BROWNOUT_RESET = 6
     machine.reset_cause.return_value = 6
-    assert device.boot_reason(machine) == "brownout"
+    assert startup.boot_reason(machine) == "brownout"
 
 
 def test_outputs_are_safe_before_the_config_is_read(machine, mocker, tmp_path):
     order = []
-    mocker.patch.object(device, "safe_board", side_effect=lambda m, r: order.append("safe") or
+    mocker.patch.object(startup, "safe_board", side_effect=lambda m, r: order.append("safe") or
                         mocker.Mock(slot_count=12))
-    mocker.patch.object(device, "load_setup", side_effect=lambda r, n: order.append("config") or
-                        (_ for _ in ()).throw(device.SetupError("stop here")))
+    mocker.patch.object(startup, "load_setup", side_effect=lambda r, n: order.append("config") or
+                        (_ for _ in ()).throw(startup.SetupError("stop here")))
     device.start(machine, root=str(tmp_path) + "/")
     assert order == ["safe", "config"]
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tukar import device
+from tukar import startup
 from tukar_tools import deploy, devport, flash, provision
 
 PORT = "/dev/ttyUSB0"
@@ -296,7 +296,7 @@ def test_provisioned_files_are_what_the_device_boots_from(sub, mocker, tmp_path)
     assert cli(provision, argv + ["--ca", str(ca), "--key", KEY]) == 0
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    s = device.load_setup(str(tmp_path) + "/", 12)
+    s = startup.load_setup(str(tmp_path) + "/", 12)
     assert s.app_cfg["mqtt"]["port"] == 8883
     assert s.app_cfg["mqtt"]["ca"] == ca.read_bytes()
     assert s.app_cfg["mqtt"]["password"] == "bpw"

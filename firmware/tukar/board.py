@@ -1,7 +1,8 @@
 # The controller board: builds every driver from a checked board file (tukar.boardfile) and
 # gives the control cycle its narrow interface: scan, poll_bms, apply, drain_can, recovery. The
 # only firmware module that touches `machine`; it is imported lazily, or passed in (the host shim).
-from tukar.boardfile import BoardError, _int, _ref, load, validate  # noqa: F401  (load: device)
+# tukar.boardfile is imported only while a Board is built: nothing here keeps a reference to it, so
+# the device unloads it after the boot (tukar.device.unload).
 
 from tukar.charger import Charger
 from tukar.clock import ticks_diff
@@ -22,6 +23,7 @@ class Board(Sampling):
         if machine is None:
             import machine  # type: ignore[no-redef]
         self._m = machine
+        from tukar.boardfile import _int, validate
         validate(cfg)  # its plan (a claim per pin, 4 KB) is let go before anything is built
         # Only what the running board needs is kept: not the parsed board file (7 KB of heap).
         self.name = cfg["board"]
@@ -180,11 +182,9 @@ class Board(Sampling):
         self._t_next = 0
         self._t_code = [-100] * len(samples)  # each sensor's last stored ADC code
         for x in self.expanders:
-            x.pullups &= x.inputs
-            x.invert &= x.inputs
-            x.dev.inputs = x.inputs
-            x.dev.pullups = x.pullups
-            x.dev.invert = x.invert
+            d = x.dev
+            d.pullups &= d.inputs
+            d.invert &= d.inputs
 
         # SBS batteries: one SmartBattery per slot, behind its mux channel; polled round-robin.
         self.sbs = [None] * n
@@ -230,6 +230,7 @@ class Board(Sampling):
         return o
 
     def _temp(self, v, target):
+        from tukar.boardfile import _ref
         r = _ref(v, "temp")
         if r[0] == "a":
             self._tmap[r[1]][r[2]] = target

@@ -22,8 +22,7 @@ class MCP23017:
         self.invert = invert & 0xFFFF
         self.latch = 0  # what the output latches hold
         self._buf = bytearray(4)
-        self._b1 = memoryview(self._buf)[:1]
-        self._b2 = memoryview(self._buf)[:2]
+        self._b2 = memoryview(self._buf)[:2]  # eight attributes: a table of 8 entries, not 10
 
     def _put16(self, reg, value):
         b = self._buf
@@ -33,8 +32,9 @@ class MCP23017:
 
     def configure(self):
         """Write the latch before the directions, so an output never glitches on."""
-        self._b1[0] = 0x00  # IOCON: BANK 0, sequential, INT push-pull active low
-        self.i2c.writeto_mem(self.addr, _IOCON, self._b1)
+        b1 = memoryview(self._buf)[:1]  # configure() runs only from safe_outputs()
+        b1[0] = 0x00  # IOCON: BANK 0, sequential, INT push-pull active low
+        self.i2c.writeto_mem(self.addr, _IOCON, b1)
         self._put16(_OLATA, self.latch)
         self._put16(_GPPUA, self.pullups)
         b = self._buf

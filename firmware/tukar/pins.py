@@ -1,7 +1,8 @@
 # Pins as the drivers see them (value 1 = asserted, whatever the wiring): GPIOs, MCP23017
 # expander bits with their shadow registers, and the CAN charger link. What each input reads when
 # its chip does not answer (FAIL_LEVEL) is the safe level of cabinet.md.
-from tukar.boardfile import _ref
+
+
 class GpioIn:
     def __init__(self, pin, invert):
         self._pin = pin
@@ -36,12 +37,11 @@ class Expander:
     """One MCP23017: the inputs latched by one read per scan, the outputs as a shadow word."""
 
     def __init__(self, dev, board, bus):
-        self.dev = dev  # the MCP23017 driver; its masks are set once every pin is known
+        # The MCP23017 driver: its direction, pull-up and IPOL masks are built in it, as pins are
+        # attached (ten attributes here, not thirteen: a table of 10 entries instead of 17).
+        self.dev = dev
         self._board = board
         self.bus = bus  # I2C bus id, for the board's error counters
-        self.inputs = 0xFFFF  # direction mask; output bits are cleared as outputs are attached
-        self.pullups = 0
-        self.invert = 0  # inputs inverted by the chip (IPOL)
         self.out_invert = 0  # outputs inverted here
         self.fail = 0  # logical input levels assumed when the chip does not answer
         self.state = 0
@@ -133,6 +133,7 @@ class CanChargerLink:
 def input_pin(machine, expanders, v, role):
     """The adapter of a board-file input reference: a GPIO with its pull, or an expander bit (its
     pull-up, inversion and fail level set in the expander's registers)."""
+    from tukar.boardfile import _ref  # construction only: boardfile is unloaded after the boot
     r = _ref(v, role)
     if r[0] == "gpio":
         Pin = machine.Pin
@@ -144,9 +145,9 @@ def input_pin(machine, expanders, v, role):
     x = expanders[r[1]]
     bit = 1 << r[2]
     if r[4] != "none":
-        x.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
+        x.dev.pullups |= bit  # switches to ground: the chip's 100 k pull-up by default
     if r[3]:
-        x.invert |= bit
+        x.dev.invert |= bit  # inverted by the chip (IPOL)
     if FAIL_LEVEL[role]:
         x.fail |= bit
     return XIn(x, r[2])
@@ -154,6 +155,7 @@ def input_pin(machine, expanders, v, role):
 
 def output_pin(machine, expanders, v, level):
     """The adapter of a board-file output reference, driven to `level` (logical) at once."""
+    from tukar.boardfile import _ref
     r = _ref(v, "output")
     if r[0] == "gpio":
         Pin = machine.Pin
@@ -161,7 +163,7 @@ def output_pin(machine, expanders, v, level):
         o.level = level
         return o
     x = expanders[r[1]]
-    x.inputs &= ~(1 << r[2])
+    x.dev.inputs &= ~(1 << r[2])  # the direction mask: every pin an input until attached
     if r[3]:
         x.out_invert |= 1 << r[2]
     o = XOut(x, r[2])

@@ -50,6 +50,7 @@ _SLOW = (_REMAINING, _FULL, _CYCLES)
 WORDS = const(7)  # word reads of one poll
 _LAST = const(7)  # SmartBattery._words: where the last poll's rule words begin
 _SLOWV = const(11)  # ... and the last values of _SLOW
+_MODEV = const(14)  # ... then BatteryMode and DesignCapacity, read when identifying
 
 # step() results
 DONE = const(1)
@@ -174,17 +175,13 @@ def _text(buf, start, n):
     return "".join(chr(c) if 32 <= c < 127 else "?" for c in buf[start:start + n])
 
 
-_SCRATCH = []  # a transaction's buffer and views of its first 2, 3 and 1 bytes, for every battery
-
-
-def _scratch():
-    """One buffer for every battery: the control loop reads one transaction at a time, and each
-    read's bytes are used before the next (twelve buffers and their views were 1.3 KB of heap)."""
-    if not _SCRATCH:
-        buf = bytearray(2 + _MAX_BLOCK)
-        mv = memoryview(buf)
-        _SCRATCH.extend((buf, mv[:2], mv[:3], mv[:1]))
-    return _SCRATCH
+# One transaction buffer for every battery, and views of its first 2, 3 and 1 bytes: the control
+# loop reads one transaction at a time, and each read's bytes are used before the next (twelve
+# buffers and their views were 1.3 KB of heap; four attributes a battery pointing here, 0.6 KB).
+_BUF = bytearray(2 + _MAX_BLOCK)
+_W2 = memoryview(_BUF)[:2]
+_W3 = memoryview(_BUF)[:3]
+_B1 = memoryview(_BUF)[:1]
 
 
 class SmartBattery:
@@ -201,23 +198,21 @@ class SmartBattery:
         self._pre = _prefix(addr)  # the PEC's prefix per command (a table shared per address)
         self.profiles = profiles
         self.pec = False
-        self.mode = 0  # BatteryMode, read when identifying
-        self.design = 0
         self.fails = 0  # failed polls in a row
         self.identified = False
-        self._buf, self._w2, self._w3, self._b1 = _scratch()
         # One list (the attribute table of a battery stays small): the polled words, then the
         # rule words of the last poll (_LAST: temperature, status, request, SoC), then the last
-        # remaining capacity, full capacity and cycle count (_SLOWV).
-        self._words = [0] * WORDS + [-1] * 4 + [0] * 3
+        # remaining capacity, full capacity and cycle count (_SLOWV), then BatteryMode and
+        # DesignCapacity (_MODEV): 12 attributes, where 14 took a table a size step larger.
+        self._words = [0] * WORDS + [-1] * 4 + [0] * 5
         self._k = 0  # the next word of the poll in progress
         self._slow = 0  # which of _SLOW this poll reads
 
     def capacities(self, voltage_mv):
         """(remaining, full) in mAh from the last words read (not on the tick's path)."""
         w = self._words
-        return (capacity_mah(w[_SLOWV], self.mode, voltage_mv),
-                capacity_mah(w[_SLOWV + 1], self.mode, voltage_mv))
+        return (capacity_mah(w[_SLOWV], w[_MODEV], voltage_mv),
+                capacity_mah(w[_SLOWV + 1], w[_MODEV], voltage_mv))
 
     def forget(self):
         """A different battery may be in the slot: identify again at the next poll."""
@@ -228,10 +223,10 @@ class SmartBattery:
 
     def _word(self, cmd):
         """One word command, PEC checked when the battery uses PEC; -1 on NACK or bad PEC."""
-        b = self._buf
+        b = _BUF
         if self.pec:
             try:
-                self.i2c.readfrom_mem_into(self.addr, cmd, self._w3)
+                self.i2c.readfrom_mem_into(self.addr, cmd, _W3)
             except OSError:
                 return -1
             t = _CRC
@@ -239,7 +234,7 @@ class SmartBattery:
                 return -1
         else:
             try:
-                self.i2c.readfrom_mem_into(self.addr, cmd, self._w2)
+                self.i2c.readfrom_mem_into(self.addr, cmd, _W2)
             except OSError:
                 return -1
         return b[0] | (b[1] << 8)
@@ -247,14 +242,14 @@ class SmartBattery:
     def _block(self, cmd):
         """A block read (count byte first) as text, or None."""
         try:
-            self.i2c.readfrom_mem_into(self.addr, cmd, self._b1)
-            n = self._buf[0]
+            self.i2c.readfrom_mem_into(self.addr, cmd, _B1)
+            n = _BUF[0]
             if n > _MAX_BLOCK:
                 return None
-            self.i2c.readfrom_mem_into(self.addr, cmd, memoryview(self._buf)[:n + 1 + self.pec])
+            self.i2c.readfrom_mem_into(self.addr, cmd, memoryview(_BUF)[:n + 1 + self.pec])
         except OSError:
             return None
-        b = self._buf
+        b = _BUF
         if b[0] != n or (self.pec and not pec_ok(self.addr, cmd, b, n + 1)):
             return None
         return _text(b, 1, n)
@@ -271,10 +266,10 @@ class SmartBattery:
         if part == 0:
             # SpecificationInfo is read with its PEC byte: the answer says whether to check it.
             try:
-                self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, self._w3)
+                self.i2c.readfrom_mem_into(self.addr, _SPEC_INFO, _W3)
             except OSError:
                 return False
-            b = self._buf
+            b = _BUF
             spec = b[0] | (b[1] << 8)
             pec = pec_enabled(spec)
             if pec and not pec_ok(self.addr, _SPEC_INFO, b, 2):
@@ -286,8 +281,8 @@ class SmartBattery:
             serial = self._word(_SERIAL)
             if mode < 0 or design < 0 or date < 0 or serial < 0:
                 return False
-            self.mode = mode
-            self.design = design
+            w[_MODEV] = mode
+            w[_MODEV + 1] = design
             w[0] = date
             w[1] = serial
             rem = self._word(_REMAINING)
@@ -304,7 +299,7 @@ class SmartBattery:
         if maker is None or name is None:
             return False
         reading.cycles = w[_SLOWV + 2]
-        reading.soh_pct = soh_pct(w[_SLOWV + 1], self.design)
+        reading.soh_pct = soh_pct(w[_SLOWV + 1], w[_MODEV + 1])
         w[_LAST] = -1  # the first poll of this battery is news
         reading.serial = serial_string(maker, w[0], w[1])
         p = self.profiles.get(name) if self.profiles else None
@@ -367,9 +362,9 @@ class SmartBattery:
         # The word reads inline (this loop is most of a quiet tick's SMBus work).
         i2c = self.i2c
         addr = self.addr
-        b = self._buf
+        b = _BUF
         pec = self.pec
-        dst = self._w3 if pec else self._w2
+        dst = _W3 if pec else _W2
         t = _CRC
         pre = self._pre
         polled = _POLLED
@@ -395,7 +390,7 @@ class SmartBattery:
         if v != w[_SLOWV + slow]:  # a slow word is decoded only when it moved
             w[_SLOWV + slow] = v
             if slow == 1:
-                d = self.design
+                d = w[_MODEV + 1]
                 v = v * 100 // d if d > 0 else 0
                 reading.soh_pct = v if v < 100 else 100
             elif slow == 2:

@@ -16,6 +16,7 @@ the full outage. `make test` holds every phase to HEAP_HELD_K, what the firmware
 regression fails there at once (tests/test_heap_budget.py).
 
     python -m tukar_tools.bench_mpy [--outage-s 600] [--bisect-outage-s 20] [--json]
+    python -m tukar_tools.bench_mpy --boot-steps   # where the heap goes, part by part
 """
 import argparse
 import asyncio
@@ -366,6 +367,100 @@ def shim_heap(micropython=None):
     return {"network_ntptime": net, "machine": mach}
 
 
+# The boot's parts one at a time, as tukar.startup.boot builds them, with gc.mem_alloc() after
+# gc.collect() between them: run as the cabinet's main.py, in place of the firmware's own.
+_BOOT_STEPS = """
+import gc
+gc.collect()
+def step(name, _l=[0]):
+    gc.collect()
+    a = gc.mem_alloc()
+    print("tukar-step %d %s" % (a - _l[0], name))
+    _l[0] = a
+step("the interpreter and main.py")
+import machine, network, ntptime
+step("the host's stand-ins (machine, network, ntptime), frozen; none of it on the device")
+import asyncio
+from umqtt.simple import MQTTClient
+step("asyncio and umqtt.simple, frozen")
+from tukar import device
+gc.threshold(4096)  # tukar.startup.GC_EVERY, as the boot sets it
+import tukar.app, tukar.cycle, tukar.net, tukar.board, tukar.pins, tukar.charger, tukar.lock
+import tukar.mcp23017, tukar.tca9548a, tukar.mcp2515, tukar.sbs, tukar.canbms, tukar.profile
+import asyncio.event
+step("the tukar modules the running cabinet keeps, frozen")
+import tukar.startup, tukar.boardfile, tukar.profilefile, tukar.cancompile
+step("the boot-only modules (unloaded after the boot, below)")
+from tukar import startup
+board = startup.safe_board(machine)
+step("the Board")
+setup = startup.load_setup("", board.slot_count)
+from tukar.profile import load_dir
+profiles = load_dir("profiles", True)
+del load_dir
+step("the setup and the profiles, compact")
+from tukar.net import Net
+net = Net(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime, report={},
+          hostname="x")
+del Net
+step("Net")
+from tukar.core import Core
+core = Core(setup.app_cfg["id"], setup.app_cfg["slots"], profiles=profiles,
+            config=setup.app_cfg.get("core"))
+step("the Core")
+from tukar.cycle import ControlCycle
+cycle = ControlCycle(board, core)
+step("ControlCycle")
+from tukar.store import Store
+from tukar.outbox import Outbox
+from tukar.link import Link
+store = Store("state")
+outbox = Outbox(store=store)
+link = Link(setup.app_cfg["mqtt"], MQTTClient, outbox, lambda: {}, 0)
+step("Store, Outbox (empty), Link")
+from tukar.gate import Gate
+gate = Gate(setup.key)
+step("Gate")
+del startup
+device.unload()
+step("the boot-only modules unloaded")
+print("tukar-step-end")
+"""
+
+
+def boot_steps(micropython=None, heap="512K"):
+    """[(bytes, part)]: the live heap each part of the boot adds (_BOOT_STEPS), in `heap`."""
+    import os
+    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tukar-bench-steps-") as state:
+            s = sim.Simulation("127.0.0.1", b.port, prefix="bsteps", cabinets=1, slots=12,
+                               state_dir=state, fill=FILL, runtime="micropython", heap=heap,
+                               micropython=micropython, key=parse_key(SIM_KEY_HEX))
+            cab = s.cabinets[0]
+            with open(os.path.join(cab.flash, "main.py"), "w") as f:
+                f.write(_BOOT_STEPS)
+            log = os.path.join(cab.flash, "console.log")
+
+            def script(s):
+                end = time.monotonic() + 30
+                while time.monotonic() < end:
+                    time.sleep(0.2)
+                    if os.path.exists(log) and "tukar-step-end" in open(log).read():
+                        return
+            run_sim(s, script)
+            rows = []
+            for line in open(log).read().splitlines():
+                if line.startswith("tukar-step "):
+                    _, n, part = line.split(" ", 2)
+                    rows.append((int(n), part))
+                elif line.startswith("tukar-step-end"):
+                    break
+            return rows
+    finally:
+        b.stop()
+
+
 def print_report(r, out=sys.stdout):
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p("MicroPython 1.28 unix port, 32-bit, GIL, firmware frozen; one 12-slot cabinet, %d packs"
@@ -416,7 +511,16 @@ def main(argv=None):
     ap.add_argument("--heap", default="512K")
     ap.add_argument("--no-bisect", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--boot-steps", action="store_true",
+                    help="only the live heap each part of the boot adds, in --heap")
     a = ap.parse_args(argv)
+    if a.boot_steps:
+        rows = boot_steps(heap=a.heap)
+        for n, part in rows:
+            print("  %7d B  %s" % (n, part))
+        print("  %7d B  live after the boot (in the bench, the running cabinet adds its tasks, the"
+              " MQTT client and what is on its way)" % sum(n for n, _ in rows))
+        return 0 if rows else 1
     r = measure(a.outage_s, a.bisect_outage_s, a.heap, not a.no_bisect,
                 out=lambda line: print(line, file=sys.stderr))
     print(json.dumps(r, indent=2)) if a.json else print_report(r)
