@@ -227,6 +227,7 @@ def test_a_swap_through_mqtt_agrees_with_the_world(sim):
     telemetry_valid(sim)
 
 
+@pytest.mark.flaky(reruns=2)  # real-time windows, as the shipped scenarios above
 @pytest.mark.parametrize("phase", ["awaiting_battery", "identifying", "dispensing", "taken"])
 def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     swap_until(sim, phase)
@@ -263,6 +264,10 @@ def test_power_cut_at_every_phase_of_a_swap(sim, phase):
     telemetry_valid(sim)
 
 
+# The scenarios run the whole cabinet on a sped-up real clock, with time windows of a few seconds:
+# on a machine loaded by the other workers a stall can miss one (seen: a 2 s window for an event
+# behind a burst, the 5 s watchdog at speed 5). A run is retried twice before it counts as failed.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_shipped_scenario_passes(path, runtime, mqtt_broker, tmp_path):
