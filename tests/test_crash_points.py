@@ -17,6 +17,7 @@ from tukar.board import Board
 from tukar.cycle import ControlCycle
 from tukar_tools.rig import Pack, Physical
 from tukar_tools.shim import hw as shim_hw
+from test_app import OfflineClient as Offline  # a broker that never answers: events stay on flash
 
 KEY = bytes(range(32))
 TICK = 50
@@ -26,22 +27,6 @@ RIDER = "R-0001"
 
 class PowerCut(Exception):
     pass
-
-
-class Offline:
-    """An MQTT client whose broker never answers: every event stays in the outbox, on flash."""
-
-    def __init__(self, *a, **k):
-        self.sock = None
-
-    def set_callback(self, f):
-        pass
-
-    def set_last_will(self, *a, **k):
-        pass
-
-    def connect(self, *a, **k):
-        raise OSError(111, "ECONNREFUSED")
 
 
 class Station:

@@ -1,6 +1,6 @@
 # The cabinet core: modes, slots, the cabinet-wide safety rules, charging and events; the swap
 # session (session.py), the commands (commands.py), the journal (journal.py) and the payloads
-# (payloads.py) are its methods too, each concern in its own module. Pure logic: it reads the
+# (payloads.py), events and the shell's edge (edge.py) are its methods too, each concern in its own module. Pure logic: it reads the
 # input snapshots (filled in place by the drivers), and leaves its decisions in output fields and
 # lists that the shell applies, publishes and persists. It performs no I/O. One call of tick()
 # or command() runs to completion.
@@ -16,6 +16,7 @@ from tukar import config as cf
 from tukar import slot as sl
 from tukar.clock import wrap_diff
 from tukar.commands import Commands
+from tukar.edge import Edge
 from tukar.inputs import CabinetInputs, SlotInputs
 from tukar.journal import Journal
 from tukar.payloads import Payloads
@@ -30,7 +31,7 @@ _TICKS_MAX = const((1 << 30) - 1)  # tukar.clock.TICKS_MAX
 _TICKS_HALF = const(1 << 29)
 _CAB_SENSOR_CODES = (None, "temp_sensor_open", "temp_sensor_short")  # by tukar.inputs.SENSOR_*
 
-class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
+class Core(Payloads, Schedule, SessionSteps, Commands, Journal, Edge):
     def __init__(self, cabinet_id, slots, profiles=None, config=None, journal=None,
                  boot_reason="power_on", now=0):
         self.id = cabinet_id
@@ -98,74 +99,6 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal):
             self._restore(journal)
         self.boot += 1
         self.jdirty = J_COUNTERS | J_INVENTORY | J_SESSION | J_MODE | J_CONFIG
-
-    # == events ============================================================================
-    def up_ms(self):
-        return self.up_s * 1000 + self.up_rem
-
-    def _emit(self, etype, fields):
-        self.event_n += 1
-        ev = {"id": "%s-%d-%d" % (self.id, self.boot, self.event_n), "type": etype,
-              "ts": self.wall, "up_ms": self.up_ms()}
-        for k in fields:
-            ev[k] = fields[k]
-        self.events.append(ev)
-        self.jdirty |= J_COUNTERS
-        return ev
-
-    def _slot_fault_events(self, s, before, after):
-        changed = before ^ after
-        for i in range(len(sl.FAULT_CODES)):
-            if changed & (1 << i):
-                self._emit("Fault" if after & (1 << i) else "FaultCleared",
-                           {"slot": s.n, "code": sl.FAULT_CODES[i],
-                            "severity": sl.FAULT_SEVERITY[i]})
-
-    # == the shell's edge: what it is told, what it takes ======================================
-    def hold(self, reason):
-        """New swaps are refused (`busy`, with `reason`) until hold(None): the shell's outbox is
-        full during a long broker outage, and swap events must never be dropped."""
-        self.hold_swaps = reason
-
-    def connected(self, bdseq):
-        """A new broker connection (`bdseq`): persisted with the counters, and every state is to be
-        published afresh (the birth repeats the last texts, minutes old after an outage)."""
-        if self.counters.get("bdseq") == bdseq:
-            return False
-        self.counters["bdseq"] = bdseq
-        self.jdirty |= J_COUNTERS
-        self.dirty |= (2 << self.n_slots) - 1
-        return True
-
-    def take_events(self, sink):
-        """Hand every event emitted since the last call to sink(event), oldest first."""
-        ev = self.events
-        for i in range(len(ev)):
-            sink(ev[i])
-        ev.clear()
-
-    def take_dirty(self):
-        """The states to publish (bit 0 the cabinet, bit n slot n) since the last call."""
-        d = self.dirty
-        self.dirty = 0
-        return d
-
-    def take_rebirth(self):
-        """True once after a `rebirth` command."""
-        r = self.rebirth
-        self.rebirth = False
-        return r
-
-    def take_journal(self):
-        """The journal sections changed since the last call (0: nothing to persist)."""
-        j = self.jdirty
-        self.jdirty = 0
-        return j
-
-    def report_fault(self, code, severity, cleared=False):
-        """A cabinet-level fault found by the shell (a task that crashed, flash that fails)."""
-        self._emit("FaultCleared" if cleared else "Fault",
-                   {"slot": None, "code": code, "severity": severity})
 
     # == the control tick ==================================================================
     def tick(self, now, wall=None):

@@ -1,0 +1,77 @@
+# The core's events and its edge to the shell: emitting an event, and what the shell tells the
+# core (hold, connected) and takes from it after a tick (events, dirty states, the journal's
+# changed sections). Core derives from Edge (`self` is the Core); the shell never writes a core
+# field itself.
+# pyright: reportAttributeAccessIssue=false
+from tukar import slot as sl
+from tukar.states import J_COUNTERS
+
+
+class Edge:
+    # == events ============================================================================
+    def up_ms(self):
+        return self.up_s * 1000 + self.up_rem
+
+    def _emit(self, etype, fields):
+        self.event_n += 1
+        ev = {"id": "%s-%d-%d" % (self.id, self.boot, self.event_n), "type": etype,
+              "ts": self.wall, "up_ms": self.up_ms()}
+        for k in fields:
+            ev[k] = fields[k]
+        self.events.append(ev)
+        self.jdirty |= J_COUNTERS
+        return ev
+
+    def _slot_fault_events(self, s, before, after):
+        changed = before ^ after
+        for i in range(len(sl.FAULT_CODES)):
+            if changed & (1 << i):
+                self._emit("Fault" if after & (1 << i) else "FaultCleared",
+                           {"slot": s.n, "code": sl.FAULT_CODES[i],
+                            "severity": sl.FAULT_SEVERITY[i]})
+
+    # == the shell's edge: what it is told, what it takes ======================================
+    def hold(self, reason):
+        """New swaps are refused (`busy`, with `reason`) until hold(None): the shell's outbox is
+        full during a long broker outage, and swap events must never be dropped."""
+        self.hold_swaps = reason
+
+    def connected(self, bdseq):
+        """A new broker connection (`bdseq`): persisted with the counters, and every state is to be
+        published afresh (the birth repeats the last texts, minutes old after an outage)."""
+        if self.counters.get("bdseq") == bdseq:
+            return False
+        self.counters["bdseq"] = bdseq
+        self.jdirty |= J_COUNTERS
+        self.dirty |= (2 << self.n_slots) - 1
+        return True
+
+    def take_events(self, sink):
+        """Hand every event emitted since the last call to sink(event), oldest first."""
+        ev = self.events
+        for i in range(len(ev)):
+            sink(ev[i])
+        ev.clear()
+
+    def take_dirty(self):
+        """The states to publish (bit 0 the cabinet, bit n slot n) since the last call."""
+        d = self.dirty
+        self.dirty = 0
+        return d
+
+    def take_rebirth(self):
+        """True once after a `rebirth` command."""
+        r = self.rebirth
+        self.rebirth = False
+        return r
+
+    def take_journal(self):
+        """The journal sections changed since the last call (0: nothing to persist)."""
+        j = self.jdirty
+        self.jdirty = 0
+        return j
+
+    def report_fault(self, code, severity, cleared=False):
+        """A cabinet-level fault found by the shell (a task that crashed, flash that fails)."""
+        self._emit("FaultCleared" if cleared else "Fault",
+                   {"slot": None, "code": code, "severity": severity})
