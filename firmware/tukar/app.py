@@ -4,6 +4,7 @@
 # shim), the MQTT client class (umqtt.simple or the host shim) and the store's directory differ.
 import asyncio
 import gc
+import sys
 
 from tukar import FW_VERSION
 from tukar.clock import asleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
@@ -21,6 +22,18 @@ CRASHES_BEFORE_RESET = 3
 ACK_ONLY_PERSIST_MS = 5000
 PERSIST_IDLE_MS = 500  # the persist task shows progress at least this often
 LAG_BUCKETS_MS = (5, 20, 50, 100, 0)  # tick lateness histogram: < 5, < 20, < 50, < 100, more  # outbox removals after PUBACK are persisted at most this often
+
+
+
+def print_trace(name, e):
+    """A crashed task's traceback on the console, where a technician's serial log catches it."""
+    print("tukar: task %s crashed:" % name)
+    pe = getattr(sys, "print_exception", None)
+    if pe is not None:
+        pe(e)
+    else:  # CPython: the simulator and the tests
+        import traceback
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stdout)
 
 
 class App:
@@ -288,6 +301,7 @@ class App:
                 raise
             except Exception as e:
                 now = ticks_ms()
+                print_trace(name, e)
                 self.faults.append((name, repr(e)))
                 self.core.report_fault("task_" + name, "error")
                 self.crashes = [t for t in self.crashes if wrap_diff(now, t) < 60000] + [now]

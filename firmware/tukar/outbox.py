@@ -111,9 +111,7 @@ class Outbox:
     def __len__(self):
         return self._n_events + self._n_telemetry
 
-    @property
-    def events(self):
-        return self._n_events
+    events = property(lambda self: self._n_events)
 
     @property
     def saturated(self):
@@ -199,10 +197,8 @@ class Outbox:
     def _name(self, gen):
         return "%s%d" % (SPILL, gen)
 
-    def _file(self, mode, gen=None):
-        if self._store is None:
-            raise OSError(2)  # no store, so nothing spilled: not reached
-        return self._store.open(self._name(self._gen if gen is None else gen), mode)
+    def _file(self, mode, gen=None):  # (never without a store: nothing is spilled then)
+        return self._store.open(self._name(self._gen if gen is None else gen), mode)  # type: ignore
 
     def wants_refill(self):
         """Spilled lines are owed and the head runs low: refill() has work."""
@@ -263,15 +259,20 @@ class Outbox:
                 self._rewrite = False
             else:
                 self._end += size
-            for it in move:
-                self._flags.append(_TM if it[0] == TELEMETRY else (_RT if it[1] else _EV))
-                for items in (self._items, self._tail):
-                    for i in range(len(items)):
-                        if items[i] is it:
-                            items.pop(i)
-                            break
+            for it in move:  # a line each, in the order written
+                self._flags.append(self._unqueue(it))
             self.dirty = True
         return True
+
+    def _unqueue(self, it):
+        """A moved item out of the head or tail: its tag; _GONE if the link took it while the file
+        was written (its line is then skipped, not counted and published twice). Lock held."""
+        for items in (self._items, self._tail):
+            for i in range(len(items)):
+                if items[i] is it:
+                    items.pop(i)
+                    return _TM if it[0] == TELEMETRY else (_RT if it[1] else _EV)
+        return _GONE
 
     def _copy(self, dst):
         """The lines still owed, from the current file into dst; returns their size."""
