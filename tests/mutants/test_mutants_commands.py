@@ -3,10 +3,10 @@ quarantine's arguments (mqtt.md's command table), faults the shell reports, what
 connection or set_config asks to persist, the session as the cabinet state publishes it, and a
 slot outside the session failing. Every event and state is checked against the contract's schemas."""
 import pytest
-from coreworld import Battery, stocked_rig
+from coreworld import Battery, rider_inserts, stocked_rig
 
 from tukar.core import Core
-from tukar.states import J_CONFIG, J_COUNTERS, J_INVENTORY
+from tukar.states import J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE
 from tukar_tools import schemas
 
 
@@ -302,3 +302,241 @@ def test_reboot_during_a_session_is_busy_naming_the_session():
     a = rig.cmd("reboot")
     assert a["error"] == "busy" and s["session"] in a["detail"]
     valid(rig)
+
+
+# -- every refusal's detail -----------------------------------------------------------------------
+# mqtt.md fixes the error code; the detail is what the operator's console shows beside it. Each
+# refusal names its own cause, never "internal error" (which is what a handler that raises
+# anything but CommandError answers: a refusal that broke would still say not_allowed).
+def _refusals():
+    def cancel_bad(rig):
+        rig.cmd("start_swap", id_token="t")
+        return rig.cmd("cancel_swap", session=5), ("bad_args", "session: a string is required")
+
+    def cancel_none(rig):
+        return rig.cmd("cancel_swap"), ("not_allowed", "no open session")
+
+    def cancel_other(rig):
+        sid = rig.cmd("start_swap", id_token="t")["session"]
+        return (rig.cmd("cancel_swap", session="s-999"),
+                ("bad_args", "session s-999 is not the open session %s" % sid))
+
+    def cancel_late(rig):
+        sid = rig.cmd("start_swap", id_token="t")["session"]
+        rider_inserts(rig, Battery("R-1", soc=20), wait_ms=0)
+        rig.tick()
+        return (rig.cmd("cancel_swap", session=sid),
+                ("not_allowed", "session %s is %s" % (sid, rig.core.session.phase)))
+
+    def mode_session(rig):
+        sid = rig.cmd("start_swap", id_token="t")["session"]
+        return rig.cmd("set_mode", mode="maintenance"), ("busy", "session %s is open" % sid)
+
+    def mode_open_slot(rig):
+        rig.cmd("set_mode", mode="maintenance")
+        rig.cmd("open_slot", slot=4)
+        return (rig.cmd("set_mode", mode="in_service"),
+                ("busy", "slot 4 is open for maintenance"))
+
+    def release_mode(rig):
+        rig.cmd("quarantine", slot=1, reason="inspection")
+        return rig.cmd("release", slot=1), ("wrong_mode", "release needs maintenance mode")
+
+    def release_not_q(rig):
+        rig.cmd("set_mode", mode="maintenance")
+        return rig.cmd("release", slot=2), ("not_allowed", "slot 2 is not quarantined")
+
+    def reset_not_emergency(rig):
+        return rig.cmd("reset_emergency"), ("wrong_mode", "the cabinet is not in emergency")
+
+    def reset_smoke(rig):
+        rig.world.smoke = True
+        rig.run(100)
+        return rig.cmd("reset_emergency"), ("emergency", "causes still present: smoke")
+
+    def reset_both(rig):
+        rig.world.smoke = True
+        rig.world.estop = True
+        rig.run(100)
+        return rig.cmd("reset_emergency"), ("emergency", "causes still present: smoke,estop")
+
+    def reset_estop(rig):
+        rig.world.estop = True
+        rig.run(100)
+        return rig.cmd("reset_emergency"), ("emergency", "causes still present: estop")
+
+    def reboot_session(rig):
+        sid = rig.cmd("start_swap", id_token="t")["session"]
+        return rig.cmd("reboot"), ("busy", "session %s is open" % sid)
+
+    def slot_range(rig):
+        return rig.cmd("open_slot", slot=13), ("slot_range", "slot 13 is outside 1..12")
+
+    return [cancel_bad, cancel_none, cancel_other, cancel_late, mode_session, mode_open_slot,
+            release_mode, release_not_q, reset_not_emergency, reset_smoke, reset_both, reset_estop,
+            reboot_session, slot_range]
+
+
+@pytest.mark.parametrize("case", _refusals(), ids=lambda f: f.__name__)
+def test_every_refusal_gives_its_code_and_a_detail_naming_its_cause(case):
+    rig = stocked_rig()
+    a, (code, detail) = case(rig)
+    assert (a["ok"], a["error"], a["detail"]) == (False, code, detail)
+    valid(rig)
+
+
+# -- reset_emergency ------------------------------------------------------------------------------
+def _emergency(rig, *causes):
+    for c in causes:
+        setattr(rig.world, c, True)
+    rig.run(100)
+    for c in causes:
+        setattr(rig.world, c, False)
+    rig.run(100)
+    assert rig.core.mode == "emergency"
+
+
+def test_reset_emergency_clears_every_latched_cause_and_says_so_once_each():
+    rig = stocked_rig()
+    _emergency(rig, "smoke", "estop")
+    n = len(rig.events)
+    a = rig.cmd("reset_emergency")
+    assert a == dict(a, ok=True, mode="maintenance")
+    assert sorted(e["cause"] for e in rig.of("EmergencyCleared")) == ["estop", "smoke"]
+    assert [e["type"] for e in rig.events[n:]].count("EmergencyCleared") == 2
+    rig.tick()
+    assert rig.core.cabinet_state()["alarms"] == [] and rig.core.mode == "maintenance"
+    valid(rig)
+
+
+def test_reset_emergency_is_a_mode_change_by_the_request_persisted_and_published():
+    rig = stocked_rig()
+    _emergency(rig, "smoke")
+    rig.core.take_dirty()
+    rig.core.take_journal()
+    rig.core.dirty = 1 << 5  # slot 4's state was already to be published
+    a = rig.cmd("reset_emergency")
+    assert a["ok"] is True
+    assert rig.of("ModeChanged")[-1] == dict(rig.of("ModeChanged")[-1], mode="maintenance",
+                                             by=a["req_id"])
+    d = rig.core.take_dirty()
+    assert d & 1 and d & 1 << 5  # the cabinet state too, and what was already due
+    assert rig.core.take_journal() & J_MODE
+    after = Core("cab-1", 12, journal=rig.core.journal())  # a power cut now: still maintenance, no cause latched
+    assert after.mode == "maintenance" and after.cabinet_state()["alarms"] == []
+    valid(rig)
+
+
+def test_after_reset_emergency_a_new_cause_latches_again_and_only_it_is_cleared_next_time():
+    rig = stocked_rig()
+    _emergency(rig, "smoke")
+    assert rig.cmd("reset_emergency")["ok"] is True
+    _emergency(rig, "estop")
+    assert rig.cmd("reset_emergency")["ok"] is True
+    assert [e["cause"] for e in rig.of("EmergencyCleared")] == ["smoke", "estop"]
+    valid(rig)
+
+
+# -- cancel_swap's relock -------------------------------------------------------------------------
+def test_cancel_swap_relocks_the_rider_slot_and_touches_no_other_slot():
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    rig.run(300)
+    before = {n: rig.core.slot_state(n) for n in range(1, 13) if n != s["slot"]}
+    a = rig.cmd("cancel_swap", session=s["session"])
+    assert a["ok"] is True
+    assert rig.core.slots[s["slot"] - 1].lock_cmd is True  # in the command, not a tick later
+    rig.tick()
+    after = {n: rig.core.slot_state(n) for n in range(1, 13) if n != s["slot"]}
+    assert {n: (st["state"], st["battery"]) for n, st in after.items()} == \
+        {n: (st["state"], st["battery"]) for n, st in before.items()}
+    assert not rig.of("BatteryIn")
+    valid(rig)
+
+
+def test_a_cancelled_swap_slot_is_evaluated_at_the_next_step_even_when_nothing_was_sampled():
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    rig.run(300)
+    rig.core.take_dirty()
+    assert rig.cmd("cancel_swap", session=s["session"])["ok"] is True
+    rig.now += 50
+    rig.world.step(rig.now)
+    rig.core.step(rig.now, 0)  # the shell sampled nothing this tick
+    d = rig.core.take_dirty()
+    assert d & 1 and d & 1 << s["slot"]
+    assert rig.core.slot_state(s["slot"])["state"] == "empty"
+
+
+def test_a_battery_left_in_a_cancelled_swap_slot_is_identified_once_its_door_shuts():
+    """No battery unaccounted for: one pushed in before the cancel, door still open, is found."""
+    rig = stocked_rig()
+    s = rig.cmd("start_swap", id_token="t")
+    n = s["slot"]
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=20))
+    rig.run(100)
+    assert rig.cmd("cancel_swap", session=s["session"])["ok"] is True
+    rig.run(200)
+    rig.world.close_door(n)
+    rig.run(3000)
+    st = rig.core.slot_state(n)
+    assert st["battery"]["serial"] == "R-1" and st["lock"] == "locked"
+    assert Core("cab-1", 12, journal=rig.core.journal()).slots[n - 1].serial == "R-1"
+    valid(rig)
+
+
+# -- release --------------------------------------------------------------------------------------
+def _quarantined_in_maintenance(rig, n):
+    assert rig.cmd("quarantine", slot=n, reason="inspect")["ok"] is True
+    rig.tick()
+    assert rig.cmd("set_mode", mode="maintenance")["ok"] is True
+    rig.run(100)
+
+
+def test_release_checks_the_battery_again_and_one_now_too_hot_is_quarantined_for_temperature():
+    rig = stocked_rig()
+    _quarantined_in_maintenance(rig, 5)
+    rig.world.slots[4].battery.temp_dc = 520  # 52 degC: above what a battery is accepted at
+    rig.run(100)
+    assert rig.cmd("release", slot=5)["ok"] is True
+    rig.run(3000)
+    assert rig.of("Quarantined")[-1] == dict(rig.of("Quarantined")[-1], slot=5,
+                                             reason="temperature")
+    st = rig.core.slot_state(5)
+    assert (st["state"], st["reason"], st["charger"]["on"]) == ("quarantined", "temperature", False)
+    valid(rig)
+
+
+def test_release_persists_the_inventory_and_keeps_what_was_already_to_be_persisted():
+    rig = stocked_rig()
+    _quarantined_in_maintenance(rig, 5)
+    rig.core.take_journal()
+    rig.core.jdirty = J_CONFIG  # (every command also sets J_COUNTERS)
+    assert rig.cmd("release", slot=5)["ok"] is True
+    j = rig.core.take_journal()
+    assert j & J_INVENTORY and j & J_CONFIG
+    assert Core("cab-1", 12, journal=rig.core.journal()).slots[4].quarantine is None
+
+
+def test_release_of_an_empty_quarantined_slot_leaves_it_empty_and_usable():
+    rig = stocked_rig()
+    _quarantined_in_maintenance(rig, 10)
+    assert rig.cmd("release", slot=10)["ok"] is True
+    rig.tick()
+    assert rig.core.slot_state(10)["state"] == "empty"
+    assert rig.cmd("set_mode", mode="in_service")["ok"] is True
+    rig.tick()
+    s = rig.cmd("start_swap", id_token="t")
+    assert s["ok"] is True and s["slot"] == 7  # the first empty slot; 10 is among them again
+    valid(rig)
+
+
+def test_reset_emergency_keeps_what_was_already_to_be_persisted():
+    rig = stocked_rig()
+    _emergency(rig, "smoke")
+    rig.core.take_journal()
+    rig.core.jdirty = J_CONFIG  # (every command also sets J_COUNTERS)
+    assert rig.cmd("reset_emergency")["ok"] is True
+    j = rig.core.take_journal()
+    assert j & J_MODE and j & J_CONFIG
