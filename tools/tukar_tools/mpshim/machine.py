@@ -240,12 +240,6 @@ class I2C:
         return list(_bufv[:n])
 
 
-class SoftI2C(I2C):
-    def __init__(self, scl, sda, **kw):
-        self.id = 255  # the host finds the bus by its pins
-        self._send(_I2C_NEW, scl, sda, *_kw(kw, _I2C_KW[2:], _I2C_DEFAULTS[2:]))
-
-
 class SPI:
     CONTROLLER = 0
     MASTER = 0
@@ -349,48 +343,51 @@ class WDT:
         _call(_WDT_FEED, 0)
 
 
-def reset_cause():
-    _call(_CAUSE, 0)
-    return _buf[0]
-
-
-def unique_id():
-    n = _call(_UID, 0)
-    return bytes(_bufv[:n])
-
-
-def reset():
-    """The host resets the chip (kills this process and starts it again); nothing runs after."""
-    _call(_RESET, 0)
-    while True:
-        _thread.allocate_lock().acquire()  # wait for the host's SIGKILL without using the CPU
-
-
-def soft_reset():
-    reset()
-
-
-def freq(hz=None):
-    if hz is None:
-        return 160000000
-    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
-        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
-
-
-def idle():
-    pass
-
-
-def disable_irq():
-    return 0
-
-
-def enable_irq(state=0):
-    pass
-
-
-def time_pulse_us(pin, pulse_level, timeout_us=1000000):
-    return -1 if pin.value() != pulse_level else -2
+# What the firmware calls once or never (the reset cause at boot, the reset at the end, the rest of
+# the port's API) is made when it is asked for, by the module's __getattr__: a function made at
+# import costs 16 to 32 bytes of heap and a slot in the module's dictionary for the whole run.
+def __getattr__(name):
+    if name == "reset_cause":
+        def reset_cause():
+            _call(_CAUSE, 0)
+            return _buf[0]
+        return reset_cause
+    if name == "unique_id":
+        def unique_id():
+            n = _call(_UID, 0)
+            return bytes(_bufv[:n])
+        return unique_id
+    if name == "reset" or name == "soft_reset":
+        def reset():
+            """The host resets the chip (kills this process and starts it again); nothing runs
+            after."""
+            _call(_RESET, 0)
+            while True:
+                _thread.allocate_lock().acquire()  # wait for the host's SIGKILL, no CPU used
+        return reset
+    if name == "freq":
+        def freq(hz=None):
+            if hz is None:
+                return 160000000
+            if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
+                raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+        return freq
+    if name == "idle":
+        return lambda: None
+    if name == "disable_irq":
+        return lambda: 0
+    if name == "enable_irq":
+        return lambda state=0: None
+    if name == "time_pulse_us":
+        return lambda pin, pulse_level, timeout_us=1000000: -1 if pin.value() != pulse_level else -2
+    if name == "SoftI2C":
+        class SoftI2C(I2C):
+            def __init__(self, scl, sda, **kw):
+                self.id = 255  # the host finds the bus by its pins
+                self._send(_I2C_NEW, scl, sda, *_kw(kw, _I2C_KW[2:], _I2C_DEFAULTS[2:]))
+        globals()[name] = SoftI2C  # one class, as isinstance() expects
+        return SoftI2C
+    raise AttributeError(name)
 
 
 # -- the host's notes ------------------------------------------------------------------------------
