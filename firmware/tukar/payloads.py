@@ -24,15 +24,13 @@ class Payloads:
             s.check_dispensable(now, lim)
             st = s.derive_state()
             inp = s.inp
-            if (st != s.state or inp.door_closed != s.pub_door or inp.locked != s.pub_locked
-                    or s.charge_ma != s.pub_ma or s.dispensable != s.pub_disp
+            io = inp.door_closed * 4 + inp.locked * 2 + s.dispensable  # booleans, one int
+            if (st != s.state or io != s.pub_io or s.charge_ma != s.pub_ma
                     or s.faults != s.pub_faults or inp.bms.faults != s.pub_bfaults
                     or s.reason != s.pub_reason):
                 s.state = st
-                s.pub_door = inp.door_closed
-                s.pub_locked = inp.locked
+                s.pub_io = io
                 s.pub_ma = s.charge_ma
-                s.pub_disp = s.dispensable
                 s.pub_faults = s.faults
                 s.pub_bfaults = inp.bms.faults
                 s.pub_reason = s.reason

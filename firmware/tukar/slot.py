@@ -96,11 +96,10 @@ class Slot:
         self.mismatch_since: "int | None" = None  # ticks since sensor and BMS disagree (rule 5)
         self.opened = False  # maintenance_open: the door has been opened since the unlock;
         # held (quarantined with its door open): the door has not shut since
-        # What was last published, to publish on change only.
-        self.pub_door: "bool | None" = None
-        self.pub_locked: "bool | None" = None
+        # What was last published, to publish on change only. pub_io: door closed, locked and
+        # dispensable as one int (4, 2, 1): a Slot's 37 attributes fill a table of 37, not 47.
+        self.pub_io = -1
         self.pub_ma = -1
-        self.pub_disp: "bool | None" = None
         self.pub_faults = -1
         self.pub_bfaults = -1
         self.pub_reason: "str | None" = None

@@ -6,11 +6,11 @@
 # Wire: a request is <u16 length><u8 op><args>, a reply <u16 length><u8 status><data>; status 0 is
 # success, 1 an OSError (errno in the data), 2 a ValueError (its text). A second socket carries the
 # host's notes: (b"I", pin) a pin edge for its IRQ handler, (b"F", on) a flash fault, (b"M", 0) a
-# heap probe. Buffers are allocated once, sized for the firmware's largest transfer (an SBS block
-# read, 34 bytes; an I2C scan, 112): a call allocates only what its result needs. The ESP32 has all
-# of this in C; here it is heap the firmware does not have there, so it is kept small.
-import gc
-import os
+# heap probe. One buffer, allocated once, carries the request and then the reply, sized for the
+# firmware's largest transfer (an SBS block read, 34 bytes; an I2C scan, 112): a call allocates only
+# what its result needs. The ESP32 has all of this in C; here it is heap the firmware does not have
+# there, so it is kept small: keyword-only arguments are read from **kw (a keyword-only default
+# costs a dictionary per function), and what only the import needs is deleted once it has run.
 import socket
 import struct
 import sys
@@ -48,16 +48,15 @@ _RESET = const(52)
 _HELLO = const(53)
 
 _BUF = const(128)
-_req = bytearray(_BUF)
-_rsp = bytearray(_BUF)
-_reqv = memoryview(_req)
-_rspv = memoryview(_rsp)
+_buf = bytearray(_BUF)  # the request, then the reply
+_bufv = memoryview(_buf)
 _lock = _thread.allocate_lock()
 _handlers = {}
 _flash_broken = [False]
 
 
 def _connect():
+    import os
     host, port = (os.getenv("TUKAR_HW") or "127.0.0.1:0").rsplit(":", 1)
     s = socket.socket()
     s.connect(socket.getaddrinfo(host, int(port))[0][-1])
@@ -83,28 +82,37 @@ def _read_exact(sock, mv):
 
 
 def _call(op, n):
-    """Send _req[3:3+n] as op; returns the reply's data length (the data is in _rsp)."""
+    """Send _buf[3:3+n] as op; returns the reply's data length (the data is then in _buf)."""
     with _lock:
-        struct.pack_into("<HB", _req, 0, n + 1, op)
-        _sock.write(_reqv[:n + 3])
-        _read_exact(_sock, _rspv[:3])
-        size, status = struct.unpack_from("<HB", _rsp, 0)
+        struct.pack_into("<HB", _buf, 0, n + 1, op)
+        _sock.write(_bufv[:n + 3])
+        _read_exact(_sock, _bufv[:3])
+        size, status = struct.unpack_from("<HB", _buf, 0)
         size -= 1
         if size > _BUF:
             raise SystemExit("tukar: a machine reply of %d bytes (at most %d)" % (size, _BUF))
-        _read_exact(_sock, _rspv[:size])
+        _read_exact(_sock, _bufv[:size])
     if status == 1:
-        raise OSError(struct.unpack_from("<H", _rsp, 0)[0])
+        raise OSError(struct.unpack_from("<H", _buf, 0)[0])
     if status == 2:
-        raise ValueError(bytes(_rspv[:size]).decode())
+        raise ValueError(bytes(_bufv[:size]).decode())
     return size
+
+
+def _kw(kw, names, defaults):
+    """The keyword-only arguments `names` from **kw, in order, `defaults` where absent; an unknown
+    keyword is a TypeError, as the port's argument parser raises."""
+    for k in kw:
+        if k not in names:
+            raise TypeError("unexpected keyword argument '%s'" % k)
+    return [kw.get(k, d) for k, d in zip(names, defaults)]
 
 
 def _put(data, at):
     n = len(data)
     if at + n > _BUF:
         raise ValueError("a transfer of %d bytes (this machine takes at most %d)" % (n, _BUF - at))
-    _req[at:at + n] = data
+    _buf[at:at + n] = data
     return at + n
 
 
@@ -136,17 +144,18 @@ class Pin:
         self.id = id
         self.init(mode, pull, value=value)
 
-    def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
-        struct.pack_into("<BbbB", _req, 3, self.id, -1 if mode is None else mode,
+    def init(self, mode=-1, pull=-1, **kw):
+        value = _kw(kw, ("value", "drive", "hold"), (None, None, None))[0]
+        struct.pack_into("<BbbB", _buf, 3, self.id, -1 if mode is None else mode,
                          -2 if pull is None else pull, 255 if value is None else (1 if value else 0))
         _call(_PIN_INIT, 4)
 
     def value(self, x=None):
-        _req[3] = self.id
+        _buf[3] = self.id
         if x is None:
             _call(_PIN_GET, 1)
-            return _rsp[0]
-        _req[4] = 1 if x else 0
+            return _buf[0]
+        _buf[4] = 1 if x else 0
         _call(_PIN_SET, 2)
 
     def __call__(self, x=None):
@@ -160,46 +169,54 @@ class Pin:
 
     def irq(self, handler=None, trigger=3, wake=None, hard=False):
         _handlers[self.id] = (handler, self)
-        _req[3] = self.id
-        _req[4] = trigger if handler is not None else 0
+        _buf[3] = self.id
+        _buf[4] = trigger if handler is not None else 0
         _call(_PIN_IRQ, 2)
 
     def __repr__(self):
         return "Pin(%d)" % self.id
 
 
+_I2C_KW = ("scl", "sda", "freq", "timeout")
+_I2C_DEFAULTS = (None, None, 400000, 50000)
+_SPI_KW = ("polarity", "phase", "bits", "firstbit", "sck", "mosi", "miso")
+_SPI_DEFAULTS = (0, 0, 8, 0, None, None, None)
+
+
 class I2C:
-    def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+    def __init__(self, id=0, **kw):
         self.id = id
-        self._send(_I2C_NEW, scl, sda, freq, timeout)
+        self._send(_I2C_NEW, *_kw(kw, _I2C_KW, _I2C_DEFAULTS))
 
     def init(self, scl=None, sda=None, freq=400000, timeout=50000):
         """The ESP32's hardware I2C raises OSError here, as the port does; SoftI2C re-inits."""
         self._send(_I2C_INIT, scl, sda, freq, timeout)
 
     def _send(self, op, scl, sda, freq, timeout):
-        struct.pack_into("<BbbII", _req, 3, self.id, -1 if scl is None else _pin_id(scl),
+        struct.pack_into("<BbbII", _buf, 3, self.id, -1 if scl is None else _pin_id(scl),
                          -1 if sda is None else _pin_id(sda), freq, timeout)
         _call(op, 11)
 
-    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
-        struct.pack_into("<BBIBH", _req, 3, self.id, addr, memaddr, addrsize, len(buf))
+    def readfrom_mem_into(self, addr, memaddr, buf, **kw):
+        addrsize = _kw(kw, ("addrsize",), (8,))[0]
+        struct.pack_into("<BBIBH", _buf, 3, self.id, addr, memaddr, addrsize, len(buf))
         n = _call(_I2C_RMEM, 9)
-        buf[:n] = _rspv[:n]
+        buf[:n] = _bufv[:n]
 
-    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+    def readfrom_mem(self, addr, memaddr, nbytes, **kw):
         buf = bytearray(nbytes)
-        self.readfrom_mem_into(addr, memaddr, buf, addrsize=addrsize)
+        self.readfrom_mem_into(addr, memaddr, buf, **kw)
         return bytes(buf)
 
-    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
-        struct.pack_into("<BBIB", _req, 3, self.id, addr, memaddr, addrsize)
+    def writeto_mem(self, addr, memaddr, buf, **kw):
+        addrsize = _kw(kw, ("addrsize",), (8,))[0]
+        struct.pack_into("<BBIB", _buf, 3, self.id, addr, memaddr, addrsize)
         _call(_I2C_WMEM, _put(buf, 10) - 3)
 
     def readfrom_into(self, addr, buf, stop=True):
-        struct.pack_into("<BBBH", _req, 3, self.id, addr, 1 if stop else 0, len(buf))
+        struct.pack_into("<BBBH", _buf, 3, self.id, addr, 1 if stop else 0, len(buf))
         n = _call(_I2C_READ, 5)
-        buf[:n] = _rspv[:n]
+        buf[:n] = _bufv[:n]
 
     def readfrom(self, addr, nbytes, stop=True):
         buf = bytearray(nbytes)
@@ -207,9 +224,9 @@ class I2C:
         return bytes(buf)
 
     def writeto(self, addr, buf, stop=True):
-        struct.pack_into("<BBB", _req, 3, self.id, addr, 1 if stop else 0)
+        struct.pack_into("<BBB", _buf, 3, self.id, addr, 1 if stop else 0)
         _call(_I2C_WRITE, _put(buf, 6) - 3)
-        return _rsp[0]
+        return _buf[0]
 
     def writevto(self, addr, vector, stop=True):
         data = bytearray()
@@ -218,15 +235,9 @@ class I2C:
         return self.writeto(addr, data, stop)
 
     def scan(self):
-        _req[3] = self.id
+        _buf[3] = self.id
         n = _call(_I2C_SCAN, 1)
-        return list(_rspv[:n])
-
-
-class SoftI2C(I2C):
-    def __init__(self, scl, sda, *, freq=400000, timeout=50000):
-        self.id = 255  # the host finds the bus by its pins
-        self._send(_I2C_NEW, scl, sda, freq, timeout)
+        return list(_bufv[:n])
 
 
 class SPI:
@@ -235,23 +246,22 @@ class SPI:
     MSB = 0
     LSB = 1
 
-    def __init__(self, id=1, baudrate=500000, *, polarity=0, phase=0, bits=8, firstbit=0,
-                 sck=None, mosi=None, miso=None):
+    def __init__(self, id=1, baudrate=500000, **kw):
         self.id = id
-        self.init(baudrate=baudrate, polarity=polarity, phase=phase, bits=bits, firstbit=firstbit)
+        self.init(baudrate, **kw)
 
-    def init(self, baudrate=500000, *, polarity=0, phase=0, bits=8, firstbit=0, sck=None,
-             mosi=None, miso=None):
-        if bits != 8:
+    def init(self, baudrate=500000, **kw):
+        # polarity, phase, bits, firstbit, sck, mosi, miso: only bits matters to the host
+        if _kw(kw, _SPI_KW, _SPI_DEFAULTS)[2] != 8:
             raise ValueError("only 8-bit transfers are modelled")
-        struct.pack_into("<BI", _req, 3, self.id, baudrate)
+        struct.pack_into("<BI", _buf, 3, self.id, baudrate)
         _call(_SPI_INIT, 5)
 
     def deinit(self):
         pass
 
     def _xfer(self, data):
-        _req[3] = self.id
+        _buf[3] = self.id
         return _call(_SPI_XFER, _put(data, 4) - 3)
 
     def write(self, buf):
@@ -262,10 +272,10 @@ class SPI:
         if n + 4 > _BUF:
             raise ValueError("a transfer of %d bytes (this machine takes at most %d)" % (n, _BUF - 4))
         for i in range(n):
-            _req[4 + i] = write
-        _req[3] = self.id
+            _buf[4 + i] = write
+        _buf[3] = self.id
         _call(_SPI_XFER, n + 1)
-        buf[:n] = _rspv[:n]
+        buf[:n] = _bufv[:n]
 
     def read(self, nbytes, write=0x00):
         buf = bytearray(nbytes)
@@ -276,7 +286,7 @@ class SPI:
         if len(write_buf) != len(read_buf):
             raise ValueError("buffers must be the same length")
         n = self._xfer(write_buf)
-        read_buf[:n] = _rspv[:n]
+        read_buf[:n] = _bufv[:n]
 
 
 class ADC:
@@ -289,14 +299,15 @@ class ADC:
     WIDTH_11BIT = 2
     WIDTH_12BIT = 3
 
-    def __init__(self, pin, *, atten=None):
+    def __init__(self, pin, **kw):
         self.id = _pin_id(pin)
         self._bits = 12
-        self.init(atten=atten)
+        self.init(**kw)
 
-    def init(self, *, atten=None):
-        _req[3] = self.id
-        _req[4] = 0 if atten is None else atten
+    def init(self, **kw):
+        atten = _kw(kw, ("atten",), (None,))[0]
+        _buf[3] = self.id
+        _buf[4] = 0 if atten is None else atten
         _call(_ADC_INIT, 2)
 
     def atten(self, atten):
@@ -306,10 +317,10 @@ class ADC:
         self._bits = 9 + width
 
     def _read(self, kind):
-        _req[3] = self.id
-        _req[4] = kind
+        _buf[3] = self.id
+        _buf[4] = kind
         _call(_ADC_READ, 2)
-        return struct.unpack_from("<I", _rsp, 0)[0]
+        return struct.unpack_from("<I", _buf, 0)[0]
 
     def read(self):
         return self._read(0) >> (12 - self._bits)
@@ -325,55 +336,58 @@ class WDT:
     def __init__(self, id=0, timeout=5000):
         if id != 0:
             raise ValueError("WDT(%r) doesn't exist" % (id,))
-        struct.pack_into("<I", _req, 3, timeout)
+        struct.pack_into("<I", _buf, 3, timeout)
         _call(_WDT_INIT, 4)
 
     def feed(self):
         _call(_WDT_FEED, 0)
 
 
-def reset_cause():
-    _call(_CAUSE, 0)
-    return _rsp[0]
-
-
-def unique_id():
-    n = _call(_UID, 0)
-    return bytes(_rspv[:n])
-
-
-def reset():
-    """The host resets the chip (kills this process and starts it again); nothing runs after."""
-    _call(_RESET, 0)
-    while True:
-        _thread.allocate_lock().acquire()  # wait for the host's SIGKILL without using the CPU
-
-
-def soft_reset():
-    reset()
-
-
-def freq(hz=None):
-    if hz is None:
-        return 160000000
-    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
-        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
-
-
-def idle():
-    pass
-
-
-def disable_irq():
-    return 0
-
-
-def enable_irq(state=0):
-    pass
-
-
-def time_pulse_us(pin, pulse_level, timeout_us=1000000):
-    return -1 if pin.value() != pulse_level else -2
+# What the firmware calls once or never (the reset cause at boot, the reset at the end, the rest of
+# the port's API) is made when it is asked for, by the module's __getattr__: a function made at
+# import costs 16 to 32 bytes of heap and a slot in the module's dictionary for the whole run.
+def __getattr__(name):
+    if name == "reset_cause":
+        def reset_cause():
+            _call(_CAUSE, 0)
+            return _buf[0]
+        return reset_cause
+    if name == "unique_id":
+        def unique_id():
+            n = _call(_UID, 0)
+            return bytes(_bufv[:n])
+        return unique_id
+    if name == "reset" or name == "soft_reset":
+        def reset():
+            """The host resets the chip (kills this process and starts it again); nothing runs
+            after."""
+            _call(_RESET, 0)
+            while True:
+                _thread.allocate_lock().acquire()  # wait for the host's SIGKILL, no CPU used
+        return reset
+    if name == "freq":
+        def freq(hz=None):
+            if hz is None:
+                return 160000000
+            if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
+                raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+        return freq
+    if name == "idle":
+        return lambda: None
+    if name == "disable_irq":
+        return lambda: 0
+    if name == "enable_irq":
+        return lambda state=0: None
+    if name == "time_pulse_us":
+        return lambda pin, pulse_level, timeout_us=1000000: -1 if pin.value() != pulse_level else -2
+    if name == "SoftI2C":
+        class SoftI2C(I2C):
+            def __init__(self, scl, sda, **kw):
+                self.id = 255  # the host finds the bus by its pins
+                self._send(_I2C_NEW, scl, sda, *_kw(kw, _I2C_KW[2:], _I2C_DEFAULTS[2:]))
+        globals()[name] = SoftI2C  # one class, as isinstance() expects
+        return SoftI2C
+    raise AttributeError(name)
 
 
 # -- the host's notes ------------------------------------------------------------------------------
@@ -384,6 +398,7 @@ def _fire(pin):
 
 
 def _probe(_):
+    import gc
     gc.collect()
     print("tukar-heap: used=%d free=%d" % (gc.mem_alloc(), gc.mem_free()))
     micropython.mem_info()  # its "max free sz" line is the largest free block, in 16-byte blocks
@@ -418,6 +433,7 @@ def _notes():
 def _identity():
     """What the host records of this process: implementation, thread model, word size, and
     whether `tukar` comes from the frozen image (no copy on any file-system path)."""
+    import os
     where = "frozen"
     for p in sys.path:
         if p != ".frozen":
@@ -442,3 +458,4 @@ def _start():
 
 _start()
 sys.modules["machine"] = sys.modules[__name__]
+del _connect, _identity, _start, const, sys
