@@ -27,40 +27,15 @@ import _thread
 _SEP = (",", ":")  # compact JSON: a tenth fewer bytes on a metered link
 
 
-def _separators_by():
-    try:
-        json.dumps(0, _SEP)  # MicroPython (when built with separators) takes them by position
-        return 1
-    except TypeError:
-        pass
-    try:
-        json.dumps(0, separators=_SEP)  # CPython by keyword only
-        return 2
-    except TypeError:
-        return 0  # a build without them: the default ", " and ": "
-
-
-_BY = _separators_by()
-
-
+# CPython and MicroPython both take `separators` by keyword (MICROPY_PY_JSON_SEPARATORS is on by
+# default in py/mpconfig.h, so in the stock ESP32 image too).
 def dump(obj, f):
     """dumps() streamed into file f."""
-    if _BY == 2:
-        return json.dump(obj, f, separators=_SEP)  # type: ignore  (CPython)
-    if _BY == 1:
-        try:
-            return json.dump(obj, f, _SEP)  # type: ignore  (MicroPython takes them by position)
-        except TypeError:  # a build whose dump() lacks them: raised before anything is written
-            pass
-    return json.dump(obj, f)
+    return json.dump(obj, f, separators=_SEP)
 
 
 def dumps(obj):
-    if _BY == 1:
-        return json.dumps(obj, _SEP)
-    if _BY == 2:
-        return json.dumps(obj, separators=_SEP)
-    return json.dumps(obj)
+    return json.dumps(obj, separators=_SEP)
 
 
 EVENT = 0
