@@ -480,3 +480,99 @@ def test_the_snapshot_after_a_partial_refill_lists_each_event_once(tmp_path):
     ob.done(ob.peek())
     assert ob.refill()
     assert [d["id"] for d in ob.snapshot()] == ["cab-1-1-%d" % n for n in range(2, 8)]
+
+
+def test_a_routine_event_in_the_tail_makes_room_at_the_hard_cap_while_lines_are_spilled(tmp_path):
+    ob = box(tmp_path, capacity_events=3)  # hard cap 6
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()  # 0, 1 in the head; 2, 3 spilled, none routine
+    ob.add_event(ev(4, "ChargeStarted"))  # the tail
+    ob.add_event(ev(5))
+    ob.add_event(ev(6))  # at the hard cap: the tail's ChargeStarted makes room
+    assert ob.dropped_routine == 1 and ob.over_cap == 0 and ob.events == 6
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 1, 2, 3, 5, 6)]
+
+
+def test_the_oldest_telemetry_in_the_tail_is_dropped_while_lines_are_spilled(tmp_path):
+    ob = box(tmp_path, capacity_telemetry=2)
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()  # no telemetry in the head or the spilled lines
+    for n in "abc":
+        ob.add_telemetry({"n": n})  # the tail; c pushes a out
+    assert ob.dropped_telemetry == 1
+    assert [i for k, i in drain(ob) if k == TELEMETRY] == ["b", "c"]
+
+
+def test_telemetry_read_back_and_sent_is_not_dropped_a_second_time(tmp_path):
+    ob = box(tmp_path, capacity_telemetry=1)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "a"})
+    ob.add_event(ev(3))
+    ob.add_event(ev(4))
+    assert ob.spill()  # spilled: 2, a, 3, 4
+    sent = []
+    for _ in range(2):
+        ob.done(ob.peek())
+    assert ob.refill()  # 2 and a back in the head
+    for _ in range(2):
+        item = ob.peek()
+        sent.append(json.loads(item[2]).get("n"))
+        ob.done(item)
+    assert sent == [None, "a"]
+    ob.add_telemetry({"n": "b"})
+    ob.add_telemetry({"n": "c"})  # b, queued, makes room; not a, already sent
+    assert ob.dropped_telemetry == 1
+    assert [i for k, i in drain(ob) if k == TELEMETRY] == ["c"]
+    assert len(ob) == 0
+
+
+def test_at_the_hard_cap_a_spilled_routine_event_makes_room_never_an_older_swap_event(tmp_path):
+    ob = box(tmp_path, ram_events=1, capacity_events=3)  # hard cap 6
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_event(ev(2, "ChargeStarted"))
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 1 (a swap event), 2 (routine), 3
+    ob.add_event(ev(4))
+    ob.add_event(ev(5))
+    ob.add_event(ev(6))  # at the hard cap
+    assert ob.dropped_routine == 1 and ob.over_cap == 0
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 1, 3, 4, 5, 6)]
+
+
+def test_after_a_reboot_a_spilled_swap_event_is_still_never_dropped(tmp_path):
+    ob = box(tmp_path, ram_events=1, capacity_events=3)  # hard cap 6
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_event(ev(2, "ChargeStarted"))
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 1 (a swap event), 2 (routine), 3
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    after = box(tmp_path, ram_events=1, capacity_events=3)
+    after.restore(*state)
+    after.add_event(ev(4))
+    after.add_event(ev(5))
+    after.add_event(ev(6))  # at the hard cap: the routine one makes room, not event 1
+    assert after.dropped_routine == 1 and after.over_cap == 0
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in (0, 1, 3, 4, 5, 6)]
+
+
+def test_spilled_telemetry_sent_leaves_the_event_count_true(tmp_path):
+    # (`saturated`, which refuses new swaps, is that count at the soft bound)
+    ob = box(tmp_path)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "a"})
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 2, a, 3
+    for _ in range(2):
+        ob.done(ob.peek())
+    assert ob.refill()
+    ob.done(ob.peek())  # event 2
+    ob.done(ob.peek())  # telemetry a, read back as telemetry
+    assert ob.events == 1 and len(ob) == 1
+    assert [i for _, i in drain(ob)] == ["cab-1-1-3"]
+    assert ob.events == 0 and len(ob) == 0
