@@ -576,3 +576,98 @@ def test_spilled_telemetry_sent_leaves_the_event_count_true(tmp_path):
     assert ob.events == 1 and len(ob) == 1
     assert [i for _, i in drain(ob)] == ["cab-1-1-3"]
     assert ob.events == 0 and len(ob) == 0
+
+
+def _torn_spill_file(tmp_path):
+    """An outbox whose spill file lost its end (a torn write): the head refilled past the torn
+    line gives the file up. Returns the outbox after that refill."""
+    ob = box(tmp_path)
+    for n in range(6):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    path = tmp_path / "outbox.1"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\n") + 1] + b'E{"id":')
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    return ob
+
+
+def test_a_spill_file_given_up_makes_the_state_be_written_again_at_once(tmp_path):
+    ob = _torn_spill_file(tmp_path)
+    ob.dirty = False
+    assert ob.refill() is False and ob.lost == 3
+    assert ob.dirty is True  # the state still names the range given up
+    assert ob.spill_ref() is None
+
+
+def test_a_spill_file_given_up_is_deleted_once_the_state_is_written(tmp_path):
+    ob = _torn_spill_file(tmp_path)
+    assert ob.refill() is False
+    ob.persisted()
+    assert [n for n in os.listdir(str(tmp_path)) if n.startswith("outbox.")] == []
+
+
+def test_a_spill_file_that_ends_before_the_range_restores_its_whole_lines(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    path = tmp_path / "outbox.1"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\n") + 1])  # the power went: one line of three kept
+    after = box(tmp_path)
+    after.restore(*state)
+    assert after.events == 3
+    assert [i for _, i in drain(after)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2"]
+
+
+def test_the_shortest_line_the_outbox_writes_does_not_end_the_range_read_back(tmp_path):
+    ob = box(tmp_path, ram_events=1)
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_telemetry({})  # "T{}\n": 4 bytes
+    ob.add_event(ev(2))
+    assert ob.spill()
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    after = box(tmp_path, ram_events=1)
+    after.restore(*state)
+    assert after.events == 3
+    assert [i for _, i in drain(after)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2"]
+
+
+class _FullFlash:
+    """A file that takes `writes` writes, then fails (ENOSPC) with part of a line written."""
+
+    def __init__(self, f, writes):
+        self.f = f
+        self.left = writes
+
+    def write(self, b):
+        if not self.left:
+            raise OSError(28, "ENOSPC")
+        self.left -= 1
+        return self.f.write(b)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+
+def test_a_new_spill_file_left_part_written_by_a_failed_spill_is_written_afresh(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    real = ob._store._open
+
+    def torn(name, mode="rb"):
+        ob._store._open = real
+        return _FullFlash(real(name, mode), 4)  # event 2's line, and the tag of event 3's
+    ob._store._open = torn
+    assert ob.spill() is False and ob.spill_errors == 1
+    assert ob.spill()  # the same generation, begun again
+    assert ob.spill_ref() == [1, 0, os.path.getsize(os.path.join(str(tmp_path), "outbox.1"))]
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5)]
