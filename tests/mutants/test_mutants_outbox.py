@@ -671,3 +671,43 @@ def test_a_new_spill_file_left_part_written_by_a_failed_spill_is_written_afresh(
     assert ob.spill()  # the same generation, begun again
     assert ob.spill_ref() == [1, 0, os.path.getsize(os.path.join(str(tmp_path), "outbox.1"))]
     assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5)]
+
+
+def _fail_next_append(ob):
+    real = ob._store._open
+
+    def once(name, mode="rb"):
+        ob._store._open = real
+        if mode == "ab":
+            raise OSError(28, "ENOSPC")
+        return real(name, mode)
+    ob._store._open = once
+
+
+def test_copying_the_range_owed_into_a_new_generation_takes_a_chunk_of_heap_not_the_range(
+        tmp_path):
+    import tracemalloc
+    ob = box(tmp_path, ram_events=1)
+    for n in range(40):
+        ob.add_event(ev(n, pad=1500))
+    assert ob.spill()  # about 60 KB owed on flash
+    _fail_next_append(ob)
+    ob.add_event(ev(40))
+    assert ob.spill() is False  # the next spill starts a new file and copies the range over
+    tracemalloc.start()
+    try:
+        assert ob.spill() and ob.spill_ref()[0] == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024, peak
+
+
+def test_the_separators_probe_picks_a_form_this_json_takes_and_that_is_compact(monkeypatch):
+    # The probe runs once, at import; run it again and publish with what it finds.
+    import io
+    monkeypatch.setattr(ob_mod, "_BY", ob_mod._separators_by())
+    assert ob_mod.dumps({"a": [1, 2]}) == '{"a":[1,2]}'
+    f = io.StringIO()
+    ob_mod.dump({"a": [1, 2]}, f)
+    assert f.getvalue() == '{"a":[1,2]}'
