@@ -191,3 +191,36 @@ def test_every_refusal_of_the_gate_is_a_valid_ack_that_says_why(payload, code, r
 def test_a_stale_ack_names_the_skew_and_the_limit():
     a = ack_of(Gate(KEY), _signed('{"req_id": "r-1", "ts": %d, "cmd": "x"}' % (NOW + 400)))
     assert "400" in a["detail"] and "300" in a["detail"]
+
+
+def test_each_of_the_last_64_acks_remembered_is_replayed_whether_or_not_the_gate_reserved_it():
+    g = Gate(KEY, rate_per_s=1000)
+    for i in range(64):
+        g.remember("q-%d" % i, {"req_id": "q-%d" % i, "ok": False, "error": "busy",
+                                "detail": "no %d" % i})
+    for i in range(64):
+        body, a = g.admit(sign(command("rebirth", "q-%d" % i, ts=NOW), KEY), False, i, NOW)
+        assert body is None and a["duplicate"] is True and a["detail"] == "no %d" % i, i
+
+
+def test_remembering_the_last_64_plain_successes_costs_the_gate_no_heap():
+    # (the gate's comment: a plain success, most commands' ack, is kept as 1, not as its text)
+    import tracemalloc
+    from tukar.errors import make_ack
+    g = Gate(KEY, rate_per_s=1000)
+    acks = []
+    for i in range(64):
+        r = "r-%d" % i
+        assert g.admit(sign(command("rebirth", r, ts=NOW), KEY), False, i, NOW)[0] is not None
+        acks.append((r, make_ack(r)))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for r, ack in acks:
+            g.remember(r, ack)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024, grown
+    a = g.admit(sign(command("rebirth", "r-5", ts=NOW), KEY), False, 100, NOW)[1]
+    assert a == {"req_id": "r-5", "ok": True, "error": None, "detail": "", "duplicate": True}

@@ -480,3 +480,234 @@ def test_the_snapshot_after_a_partial_refill_lists_each_event_once(tmp_path):
     ob.done(ob.peek())
     assert ob.refill()
     assert [d["id"] for d in ob.snapshot()] == ["cab-1-1-%d" % n for n in range(2, 8)]
+
+
+def test_a_routine_event_in_the_tail_makes_room_at_the_hard_cap_while_lines_are_spilled(tmp_path):
+    ob = box(tmp_path, capacity_events=3)  # hard cap 6
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()  # 0, 1 in the head; 2, 3 spilled, none routine
+    ob.add_event(ev(4, "ChargeStarted"))  # the tail
+    ob.add_event(ev(5))
+    ob.add_event(ev(6))  # at the hard cap: the tail's ChargeStarted makes room
+    assert ob.dropped_routine == 1 and ob.over_cap == 0 and ob.events == 6
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 1, 2, 3, 5, 6)]
+
+
+def test_the_oldest_telemetry_in_the_tail_is_dropped_while_lines_are_spilled(tmp_path):
+    ob = box(tmp_path, capacity_telemetry=2)
+    for n in range(4):
+        ob.add_event(ev(n))
+    assert ob.spill()  # no telemetry in the head or the spilled lines
+    for n in "abc":
+        ob.add_telemetry({"n": n})  # the tail; c pushes a out
+    assert ob.dropped_telemetry == 1
+    assert [i for k, i in drain(ob) if k == TELEMETRY] == ["b", "c"]
+
+
+def test_telemetry_read_back_and_sent_is_not_dropped_a_second_time(tmp_path):
+    ob = box(tmp_path, capacity_telemetry=1)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "a"})
+    ob.add_event(ev(3))
+    ob.add_event(ev(4))
+    assert ob.spill()  # spilled: 2, a, 3, 4
+    sent = []
+    for _ in range(2):
+        ob.done(ob.peek())
+    assert ob.refill()  # 2 and a back in the head
+    for _ in range(2):
+        item = ob.peek()
+        sent.append(json.loads(item[2]).get("n"))
+        ob.done(item)
+    assert sent == [None, "a"]
+    ob.add_telemetry({"n": "b"})
+    ob.add_telemetry({"n": "c"})  # b, queued, makes room; not a, already sent
+    assert ob.dropped_telemetry == 1
+    assert [i for k, i in drain(ob) if k == TELEMETRY] == ["c"]
+    assert len(ob) == 0
+
+
+def test_at_the_hard_cap_a_spilled_routine_event_makes_room_never_an_older_swap_event(tmp_path):
+    ob = box(tmp_path, ram_events=1, capacity_events=3)  # hard cap 6
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_event(ev(2, "ChargeStarted"))
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 1 (a swap event), 2 (routine), 3
+    ob.add_event(ev(4))
+    ob.add_event(ev(5))
+    ob.add_event(ev(6))  # at the hard cap
+    assert ob.dropped_routine == 1 and ob.over_cap == 0
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in (0, 1, 3, 4, 5, 6)]
+
+
+def test_after_a_reboot_a_spilled_swap_event_is_still_never_dropped(tmp_path):
+    ob = box(tmp_path, ram_events=1, capacity_events=3)  # hard cap 6
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_event(ev(2, "ChargeStarted"))
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 1 (a swap event), 2 (routine), 3
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    after = box(tmp_path, ram_events=1, capacity_events=3)
+    after.restore(*state)
+    after.add_event(ev(4))
+    after.add_event(ev(5))
+    after.add_event(ev(6))  # at the hard cap: the routine one makes room, not event 1
+    assert after.dropped_routine == 1 and after.over_cap == 0
+    assert [i for _, i in drain(after)] == ["cab-1-1-%d" % n for n in (0, 1, 3, 4, 5, 6)]
+
+
+def test_spilled_telemetry_sent_leaves_the_event_count_true(tmp_path):
+    # (`saturated`, which refuses new swaps, is that count at the soft bound)
+    ob = box(tmp_path)
+    for n in range(3):
+        ob.add_event(ev(n))
+    ob.add_telemetry({"n": "a"})
+    ob.add_event(ev(3))
+    assert ob.spill()  # spilled: 2, a, 3
+    for _ in range(2):
+        ob.done(ob.peek())
+    assert ob.refill()
+    ob.done(ob.peek())  # event 2
+    ob.done(ob.peek())  # telemetry a, read back as telemetry
+    assert ob.events == 1 and len(ob) == 1
+    assert [i for _, i in drain(ob)] == ["cab-1-1-3"]
+    assert ob.events == 0 and len(ob) == 0
+
+
+def _torn_spill_file(tmp_path):
+    """An outbox whose spill file lost its end (a torn write): the head refilled past the torn
+    line gives the file up. Returns the outbox after that refill."""
+    ob = box(tmp_path)
+    for n in range(6):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    path = tmp_path / "outbox.1"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\n") + 1] + b'E{"id":')
+    ob.done(ob.peek())
+    ob.done(ob.peek())
+    return ob
+
+
+def test_a_spill_file_given_up_makes_the_state_be_written_again_at_once(tmp_path):
+    ob = _torn_spill_file(tmp_path)
+    ob.dirty = False
+    assert ob.refill() is False and ob.lost == 3
+    assert ob.dirty is True  # the state still names the range given up
+    assert ob.spill_ref() is None
+
+
+def test_a_spill_file_given_up_is_deleted_once_the_state_is_written(tmp_path):
+    ob = _torn_spill_file(tmp_path)
+    assert ob.refill() is False
+    ob.persisted()
+    assert [n for n in os.listdir(str(tmp_path)) if n.startswith("outbox.")] == []
+
+
+def test_a_spill_file_that_ends_before_the_range_restores_its_whole_lines(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    assert ob.spill()
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    path = tmp_path / "outbox.1"
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\n") + 1])  # the power went: one line of three kept
+    after = box(tmp_path)
+    after.restore(*state)
+    assert after.events == 3
+    assert [i for _, i in drain(after)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2"]
+
+
+def test_the_shortest_line_the_outbox_writes_does_not_end_the_range_read_back(tmp_path):
+    ob = box(tmp_path, ram_events=1)
+    ob.add_event(ev(0))
+    ob.add_event(ev(1))
+    ob.add_telemetry({})  # "T{}\n": 4 bytes
+    ob.add_event(ev(2))
+    assert ob.spill()
+    state = ([json.loads(t) for t in ob.event_texts()], ob.spill_ref())
+    after = box(tmp_path, ram_events=1)
+    after.restore(*state)
+    assert after.events == 3
+    assert [i for _, i in drain(after)] == ["cab-1-1-0", "cab-1-1-1", "cab-1-1-2"]
+
+
+class _FullFlash:
+    """A file that takes `writes` writes, then fails (ENOSPC) with part of a line written."""
+
+    def __init__(self, f, writes):
+        self.f = f
+        self.left = writes
+
+    def write(self, b):
+        if not self.left:
+            raise OSError(28, "ENOSPC")
+        self.left -= 1
+        return self.f.write(b)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+
+def test_a_new_spill_file_left_part_written_by_a_failed_spill_is_written_afresh(tmp_path):
+    ob = box(tmp_path)
+    for n in range(5):
+        ob.add_event(ev(n))
+    real = ob._store._open
+
+    def torn(name, mode="rb"):
+        ob._store._open = real
+        return _FullFlash(real(name, mode), 4)  # event 2's line, and the tag of event 3's
+    ob._store._open = torn
+    assert ob.spill() is False and ob.spill_errors == 1
+    assert ob.spill()  # the same generation, begun again
+    assert ob.spill_ref() == [1, 0, os.path.getsize(os.path.join(str(tmp_path), "outbox.1"))]
+    assert [i for _, i in drain(ob)] == ["cab-1-1-%d" % n for n in range(5)]
+
+
+def _fail_next_append(ob):
+    real = ob._store._open
+
+    def once(name, mode="rb"):
+        ob._store._open = real
+        if mode == "ab":
+            raise OSError(28, "ENOSPC")
+        return real(name, mode)
+    ob._store._open = once
+
+
+def test_copying_the_range_owed_into_a_new_generation_takes_a_chunk_of_heap_not_the_range(
+        tmp_path):
+    import tracemalloc
+    ob = box(tmp_path, ram_events=1)
+    for n in range(40):
+        ob.add_event(ev(n, pad=1500))
+    assert ob.spill()  # about 60 KB owed on flash
+    _fail_next_append(ob)
+    ob.add_event(ev(40))
+    assert ob.spill() is False  # the next spill starts a new file and copies the range over
+    tracemalloc.start()
+    try:
+        assert ob.spill() and ob.spill_ref()[0] == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024, peak
+
+
+def test_the_separators_probe_picks_a_form_this_json_takes_and_that_is_compact(monkeypatch):
+    # The probe runs once, at import; run it again and publish with what it finds.
+    import io
+    monkeypatch.setattr(ob_mod, "_BY", ob_mod._separators_by())
+    assert ob_mod.dumps({"a": [1, 2]}) == '{"a":[1,2]}'
+    f = io.StringIO()
+    ob_mod.dump({"a": [1, 2]}, f)
+    assert f.getvalue() == '{"a":[1,2]}'
