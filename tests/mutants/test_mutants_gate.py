@@ -224,3 +224,62 @@ def test_remembering_the_last_64_plain_successes_costs_the_gate_no_heap():
     assert grown < 1024, grown
     a = g.admit(sign(command("rebirth", "r-5", ts=NOW), KEY), False, 100, NOW)[1]
     assert a == {"req_id": "r-5", "ok": True, "error": None, "detail": "", "duplicate": True}
+
+
+# -- every refusal's detail -----------------------------------------------------------------------
+# mqtt.md fixes the code; the detail is what an integrator debugging a client reads beside it.
+def _env(text, sig=None):
+    from tukar_tools.sign import signature
+    return json.dumps({"body": text, "sig": signature(text, KEY) if sig is None else sig}).encode()
+
+
+def _body(**fields):
+    return _env(json.dumps(fields))
+
+
+def cmd(req_id="r-9"):
+    return sign(command("rebirth", req_id, ts=NOW), KEY)
+
+
+class _Broken(Gate):
+    def _admit(self, *a):
+        raise KeyError("x")
+
+
+REFUSALS = [
+    ("rate", None, "rate_limited", "more than 10 commands per second"),
+    ("size", b"x" * 2049, "bad_json", "payload over 2048 bytes"),
+    ("utf8", b'{"body":"\xff"}', "bad_json", "payload is not UTF-8"),
+    ("json", b"{not json", "bad_json", "envelope is not JSON"),
+    ("object", b"[1]", "bad_json", "envelope is not an object"),
+    ("fields", b'{"body":1,"sig":"00"}', "bad_json", "envelope needs string body and sig"),
+    ("surrogate", b'{"body":"\\ud800","sig":"00"}', "bad_json", "body is not UTF-8"),
+    ("sig", _env('{"req_id":"r-1"}', sig="00" * 32), "bad_signature",
+     "signature does not match body"),
+    ("body_json", _env("{not json"), "bad_json", "body is not JSON"),
+    ("body_object", _env("[1]"), "bad_json", "body is not an object"),
+    ("req_id", _body(req_id="", ts=NOW, cmd="rebirth"), "bad_args",
+     "req_id must be a string of 1 to 64 characters"),
+    ("ts", _body(req_id="r-1", ts="now", cmd="rebirth"), "bad_args", "ts must be an integer"),
+    ("cmd", _body(req_id="r-1", ts=NOW, cmd=5), "bad_args", "cmd must be a string"),
+    ("stale", _body(req_id="r-1", ts=NOW - 301, cmd="rebirth"), "stale",
+     "ts -301 s from cabinet clock, limit 300"),
+]
+
+
+@pytest.mark.parametrize("name, payload, code, detail", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_every_gate_refusal_gives_its_code_and_a_detail_naming_its_cause(name, payload, code,
+                                                                          detail):
+    g = Gate(KEY)
+    if name == "rate":
+        for i in range(10):
+            assert g.admit(cmd(req_id="r-%d" % i), False, 0, NOW)[0] is not None
+        payload = cmd(req_id="r-10")
+    body, ack = g.admit(payload, False, 0, NOW)
+    assert body is None and (ack["ok"], ack["error"], ack["detail"]) == (False, code, detail)
+    schemas.validate("ack", ack)
+
+
+def test_a_bug_in_the_gate_costs_one_command_and_names_the_exception():
+    body, ack = _Broken(KEY).admit(cmd(), False, 0, NOW)
+    assert body is None and (ack["error"], ack["detail"]) == ("bad_json", "rejected: KeyError")
