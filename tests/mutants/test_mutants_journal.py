@@ -132,3 +132,176 @@ def test_a_latched_emergency_keeps_its_cause_across_a_power_cut():
     assert st["mode"] == "emergency" and st["alarms"] == ["smoke"]
     assert rig.cmd("reset_emergency")["ok"]
     assert [e["cause"] for e in rig.of("EmergencyCleared")] == ["smoke"]
+
+
+# -- a damaged journal: each malformed entry skipped, the rest trusted ---------------------------------
+def test_a_malformed_inventory_entry_is_skipped_and_the_entries_after_it_restored():
+    rig = stocked_rig(slots=4, full=2, half=0)
+    j = saved(rig)
+    j["inventory"][0] = j["inventory"][0][:3]  # cut short
+    rig.world.slots[1].battery = None  # slot 2's pack went while the power was off
+    reboot(rig, j)
+    rig.run(200)
+    assert boot_report(rig)["missing"] == [2]
+
+
+@pytest.mark.parametrize("entry", [[123, None, False, None, False],  # a serial that is no text
+                                   [None, "ref48v", False, None, False]])  # a profile, not accepted
+def test_an_inventory_entry_that_names_no_battery_reports_none_missing(entry):
+    rig = stocked_rig(slots=4, full=1, half=0)
+    j = saved(rig)
+    j["inventory"][3] = entry
+    reboot(rig, j)  # slot 4 is empty
+    rig.run(500)
+    assert boot_report(rig)["missing"] == []
+    assert not rig.of("BatteryMissing")
+    assert rig.core.slot_state(4)["state"] == "empty"
+
+
+def test_an_inventory_entry_whose_profile_is_not_a_name_is_identified_again():
+    rig = stocked_rig(slots=4, full=1, half=0)
+    j = saved(rig)
+    j["inventory"][0][1] = {"name": "ref48v"}
+    reboot(rig, j)
+    rig.run(1000)
+    st = rig.core.slot_state(1)
+    assert st["state"] in ("charging", "ready") and st["battery"]["profile"] == "ref48v"
+
+
+def test_a_quarantine_entry_that_is_not_a_reason_publishes_no_such_reason():
+    rig = stocked_rig(slots=4, full=1, half=0)
+    j = saved(rig)
+    j["inventory"][0][3] = 1
+    reboot(rig, j)
+    rig.run(1000)
+    st = rig.core.slot_state(1)
+    assert st["reason"] is None or isinstance(st["reason"], str)
+    schemas.validate("slot/1/state", dict(st, seq=1))
+
+
+# -- a swap resumed at the boot ------------------------------------------------------------------------
+def cut_at_battery_in(rig):
+    """The rider's battery accepted (BatteryIn written), no battery chosen yet: the power goes."""
+    rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    assert rig.core.session.slot_out is None
+    reboot(rig)
+
+
+def cut_before_battery_in(rig):
+    """The rider's battery is in, its door shut, not yet identified: the power goes."""
+    rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
+    rig.tick()
+    assert rig.core.session.phase == "identifying" and not rig.of("BatteryIn")
+    reboot(rig)
+
+
+@pytest.mark.parametrize("first, last", [(1, 4), (4, 1)])
+def test_a_swap_between_the_first_and_the_last_slot_completes_across_a_power_cut(first, last):
+    """The rider's slot and the dispense slot at the ends of the cabinet's numbering: the battery
+    taken just before the cut completes the swap at the boot, and no other door opens."""
+    packs = {n: Battery("H-%d" % n, soc=60, cycles=n) for n in (2, 3)}
+    packs[last] = Battery("F-%d" % last, soc=95)
+    rig = rig_with(4, packs)
+    rig.cmd("start_swap", id_token="t")
+    assert rig.core.session.slot_in == first
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    assert out == last
+    rig.run(300)
+    rig.world.open_door(out)
+    rig.world.take(out)
+    reboot(rig)
+    rig.run(3000)
+    done = rig.of("SwapCompleted")
+    assert [(e["slot_in"], e["slot_out"]) for e in done] == [(first, last)]
+    assert not rig.of("SwapAborted") and all(rig.core.lock_cmd)
+
+
+def test_a_swap_resumed_after_a_power_cut_keeps_the_rider_s_token_and_request():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="rider-7", request_id="q-7")
+    insert_until_dispensing(rig, Battery("R-1", soc=10))
+    reboot(rig)
+    rig.run(300)
+    take(rig, rig.core.session.slot_out)
+    rig.run(300)
+    for e in rig.of("BatteryOut") + rig.of("SwapCompleted"):
+        assert (e["id_token"], e["request_id"]) == ("rider-7", "q-7")
+    assert len(rig.of("SwapCompleted")) == 1
+
+
+def test_a_swap_s_duration_counts_the_time_before_the_power_cut():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    t0 = rig.now
+    insert_until_dispensing(rig, Battery("R-1", soc=10))
+    rig.run(1000)
+    before = rig.now - t0
+    reboot(rig)
+    rig.run(300)
+    take(rig, rig.core.session.slot_out)
+    rig.run(300)
+    total = rig.now - t0
+    assert before <= rig.of("SwapCompleted")[-1]["duration_ms"] <= total
+
+
+def test_a_session_restored_without_its_age_completes_timed_from_the_boot():
+    """A journal whose session lacks its age (damaged, or written before it was kept): the swap
+    still completes, its duration counted from the boot."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    insert_until_dispensing(rig, Battery("R-1", soc=10))
+    j = saved(rig)
+    del j["session"]["age_ms"]
+    booted = rig.now
+    reboot(rig, j)
+    rig.run(300)
+    take(rig, rig.core.session.slot_out)
+    rig.run(300)
+    assert 0 < rig.of("SwapCompleted")[-1]["duration_ms"] <= rig.now - booted
+
+
+def test_a_cut_before_battery_in_gives_the_rider_s_battery_back_with_no_dispense_slot():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    cut_before_battery_in(rig)
+    rig.tick()
+    assert rig.core.lock_cmd[n - 1] is False  # the rider's door opens again
+    ss = rig.core.cabinet_state()["session"]
+    assert (ss["phase"], ss["slot_in"], ss["slot_out"]) == ("rejected", n, None)
+
+
+def test_a_cut_at_battery_in_shows_no_dispense_slot_until_one_is_chosen():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    cut_at_battery_in(rig)
+    rig.tick()
+    ss = rig.core.cabinet_state()["session"]
+    assert (ss["phase"], ss["slot_in"], ss["slot_out"]) == ("identifying", n, None)
+
+
+@pytest.mark.parametrize("cut", ["before BatteryIn", "at BatteryIn", "dispensing"])
+def test_the_boot_tick_marks_the_resumed_session_and_the_counters_to_be_written(cut):
+    """The shell has the journal it booted from on flash (take_journal) when the first tick runs,
+    before any pack's BMS has answered: that tick moves the session on (a door to open again, or a
+    battery to choose) and emits Boot, so the session and the counters are among the sections it
+    reports changed, the session before any door opens (the write-ahead of ControlCycle)."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    if cut == "before BatteryIn":
+        cut_before_battery_in(rig)
+    elif cut == "at BatteryIn":
+        cut_at_battery_in(rig)
+    else:
+        insert_until_dispensing(rig, Battery("R-1", soc=10))
+        reboot(rig)
+    for ws in rig.world.slots:
+        ws.bms_dead = True
+    rig.core.take_journal()
+    rig.tick()
+    assert rig.core.session is not None
+    changed = rig.core.take_journal()
+    assert changed & J_SESSION and changed & J_COUNTERS
