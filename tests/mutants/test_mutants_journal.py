@@ -305,3 +305,63 @@ def test_the_boot_tick_marks_the_resumed_session_and_the_counters_to_be_written(
     assert rig.core.session is not None
     changed = rig.core.take_journal()
     assert changed & J_SESSION and changed & J_COUNTERS
+
+
+def test_a_battery_quarantined_behind_the_dispense_door_before_a_cut_is_not_handed_out_after_it():
+    """Rule 7: the operator quarantines the battery the cabinet was handing out, its door still
+    shut, and the power goes before the next tick: after the boot that door stays locked."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    assert rig.cmd("quarantine", slot=out, reason="inspection")["ok"]
+    reboot(rig)
+    for _ in range(60):
+        rig.tick()
+        assert rig.core.lock_cmd[out - 1] is True
+    assert rig.core.slot_state(out)["state"] == "quarantined"
+    assert "emergency" not in [e["reason"] for e in rig.of("SwapAborted")]
+
+
+def emergency_journal(rig):
+    """What the cabinet wrote, with a smoke emergency latched beside the open swap (a journal this
+    firmware does not write, as an emergency ends the swap in the tick that finds it)."""
+    j = saved(rig)
+    j["mode"] = "emergency"
+    j["causes"] = 1
+    return j
+
+
+def test_a_swap_found_open_in_a_journal_with_a_latched_emergency_ends_as_emergency():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    insert_until_dispensing(rig, Battery("R-1", soc=10))
+    reboot(rig, emergency_journal(rig))
+    rig.run(500)
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["emergency"]
+    assert all(rig.core.lock_cmd) and rig.core.session is None
+
+
+def test_a_rider_s_battery_found_in_a_cabinet_booting_in_emergency_stays_locked_in():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
+    rig.tick()
+    assert not rig.of("BatteryIn")
+    reboot(rig, emergency_journal(rig))
+    rig.run(3000)
+    assert rig.core.session is None and all(rig.core.lock_cmd)
+    assert rig.core.slot_state(n)["battery"]["serial"] == "R-1"
+
+
+def test_a_restored_session_whose_id_is_not_text_is_ended_under_a_text_id():
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t", request_id="q-1")
+    rig.run(300)
+    j = saved(rig)
+    j["session"]["id"] = 42
+    reboot(rig, j)
+    rig.run(200)
+    ab = rig.of("SwapAborted")[-1]
+    assert (ab["reason"], ab["request_id"]) == ("power_loss", "q-1")
+    assert isinstance(ab["session"], str) and ab["session"]
