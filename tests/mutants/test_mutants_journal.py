@@ -72,7 +72,7 @@ def boot_report(rig):
     return rig.of("Boot")[-1]["recovered"]
 
 
-# -- what the boot reports (mqtt.md: Boot.recovered) -------------------------------------------------
+# -- what the boot reports (mqtt.md: Boot.recovered) -----------------------------------------------
 def test_the_boot_report_names_the_interrupted_session_and_its_phase():
     rig = stocked_rig(slots=6, full=2, half=1)
     sid = rig.cmd("start_swap", id_token="t", request_id="q-1")["session"]
@@ -94,7 +94,7 @@ def test_a_held_battery_taken_while_unpowered_is_in_the_boot_report_as_missing()
     assert boot_report(rig)["missing"] == [4]
 
 
-# -- what the journal keeps --------------------------------------------------------------------------
+# -- what the journal keeps ------------------------------------------------------------------------
 def test_the_event_counter_continues_across_a_power_cut():
     rig = stocked_rig(slots=4, full=1, half=1)
     last = int(rig.events[-1]["id"].rsplit("-", 1)[1])
@@ -134,7 +134,7 @@ def test_a_latched_emergency_keeps_its_cause_across_a_power_cut():
     assert [e["cause"] for e in rig.of("EmergencyCleared")] == ["smoke"]
 
 
-# -- a damaged journal: each malformed entry skipped, the rest trusted ---------------------------------
+# -- a damaged journal: each malformed entry skipped, the rest trusted -----------------------------
 def test_a_malformed_inventory_entry_is_skipped_and_the_entries_after_it_restored():
     rig = stocked_rig(slots=4, full=2, half=0)
     j = saved(rig)
@@ -179,7 +179,7 @@ def test_a_quarantine_entry_that_is_not_a_reason_publishes_no_such_reason():
     schemas.validate("slot/1/state", dict(st, seq=1))
 
 
-# -- a swap resumed at the boot ------------------------------------------------------------------------
+# -- a swap resumed at the boot --------------------------------------------------------------------
 def cut_at_battery_in(rig):
     """The rider's battery accepted (BatteryIn written), no battery chosen yet: the power goes."""
     rider_inserts(rig, Battery("R-1", soc=10), wait_ms=0)
