@@ -145,20 +145,20 @@ class Journal:
                 return
             self._abort_session("power_loss", now)
             return
-        if not valid_out:
-            # The rider's battery was taken in and no battery chosen yet: the rider is owed one,
-            # chosen once the batteries have been identified again (SessionSteps).
+        s_out = self.slots[n_out - 1] if valid_out else None
+        if s_out is not None and not s_out.inp.present:
+            self._complete(ss, s_out, now)  # taken just before the power went
+        elif s_out is not None and self.mode != IN_SERVICE:
+            self._abort_session("emergency" if self.mode == EMERGENCY else "power_loss", now)
+        elif s_out is None or s_out.quarantine is not None:
+            # The rider's battery was taken in and no battery chosen yet, or the one chosen was
+            # quarantined just before the cut (it stays locked in): the rider is owed one, chosen
+            # once the batteries have been identified again, or their own back (SessionSteps).
             ss.slot_out = None
             ss.phase = S_IDENTIFYING
             ss.t_phase = now
             self.pending |= 1 << n_in
             self.jdirty |= J_SESSION
-            return
-        s_out = self.slots[n_out - 1]
-        if not s_out.inp.present:
-            self._complete(ss, s_out, now)  # taken just before the power went
-        elif self.mode != IN_SERVICE or s_out.quarantine is not None:
-            self._abort_session("emergency" if self.mode == EMERGENCY else "power_loss", now)
         else:
             s_out.phase = sl.P_DISPENSING
             s_out.command_lock(False, now)

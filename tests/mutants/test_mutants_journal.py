@@ -365,3 +365,26 @@ def test_a_restored_session_whose_id_is_not_text_is_ended_under_a_text_id():
     ab = rig.of("SwapAborted")[-1]
     assert (ab["reason"], ab["request_id"]) == ("power_loss", "q-1")
     assert isinstance(ab["session"], str) and ab["session"]
+
+
+def test_a_swap_whose_dispense_battery_was_quarantined_before_a_cut_hands_out_another_after_it():
+    """cabinet.md: a swap whose BatteryIn was recorded still completes after a power cut. The
+    battery chosen was quarantined just before the cut: the rider gets another one, as without
+    the cut, and the quarantined one stays locked in."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    assert rig.cmd("quarantine", slot=out, reason="inspection")["ok"]
+    reboot(rig)
+    rig.run(1000)
+    ss = rig.core.session
+    assert ss is not None and ss.phase == "dispensing" and ss.slot_out not in (None, out)
+    other = ss.slot_out
+    assert rig.core.lock_cmd[other - 1] is False and rig.core.lock_cmd[out - 1] is True
+    rig.run(300)
+    assert rig.world.open_door(other) and rig.world.take(other)
+    rig.world.close_door(other)
+    rig.run(1000)
+    done = rig.of("SwapCompleted")
+    assert done and done[-1]["battery_in"] == "R-1" and not rig.of("SwapAborted")
+    assert rig.core.slot_state(out)["state"] == "quarantined"
