@@ -46,3 +46,28 @@ def test_every_survivor_the_docs_explain_is_named_after_a_mutated_module():
     mods = {pathlib.Path(m).stem for m in mutate.modules(CFG)}
     for name in re.findall(r"`tukar\.(\w+)\.x[^`]*__mutmut_\d+`", text):
         assert name in mods, name
+
+
+def test_a_survivor_the_retest_killed_counts_as_killed_until_mutmut_runs_again(tmp_path, monkeypatch):
+    import json
+    stage = tmp_path / "mutate"
+    (stage / "mutants" / "tukar").mkdir(parents=True)
+    stats = stage / "mutants" / "mutmut-stats.json"
+    stats.write_text("{}")
+    meta = {"exit_code_by_key": {"tukar.gate.x_a__mutmut_1": 1, "tukar.gate.x_a__mutmut_2": 0,
+                                 "tukar.gate.x_a__mutmut_3": 0, "tukar.gate.x_a__mutmut_4": 33}}
+    (stage / "mutants" / "tukar" / "gate.py.meta").write_text(json.dumps(meta))
+    monkeypatch.setattr(mutate, "STAGE", stage)
+    monkeypatch.setattr(mutate, "RETEST", stage / "retest.json")
+    cfg = {"only_mutate": ["tukar/gate.py"]}
+    assert mutate.results(cfg)["tukar/gate.py"][0] == 1
+    (stage / "retest.json").write_text(json.dumps({
+        "tree_mtime": stats.stat().st_mtime,
+        "killed": {"tukar.gate.x_a__mutmut_2": True, "tukar.gate.x_a__mutmut_3": False,
+                   "tukar.gate.x_a__mutmut_4": True}}))
+    killed, survived, other = mutate.results(cfg)["tukar/gate.py"]
+    assert (killed, survived, other) == (3, ["tukar.gate.x_a__mutmut_3"], [])
+    stats.write_text("{}  ")  # mutmut ran again: its results stand alone
+    import os
+    os.utime(stats, (1, 1))
+    assert mutate.results(cfg)["tukar/gate.py"][0] == 1

@@ -8,9 +8,18 @@ build/mutate/mutants; TUKAR_FIRMWARE points the host environment (hostenv) at it
 import the mutated firmware and never the original. The staging copy keeps file times, so mutmut
 retests only what changed since the last run; `--fresh` starts over.
 
+Retesting. mutmut retests a survivor against new tests only when the mutant is named, and then
+runs every test its function's coverage lists (minutes for a core function). `--retest TESTS...`
+instead runs just the given tests against each survivor (and each mutant mutmut found no test for),
+the way mutmut does (the tests imported once, then one fork per mutant), and keeps what it finds
+in build/mutate/retest.json: the report counts a survivor those tests kill as killed, and says so.
+The results name the mutated tree they were found on; a new `make mutate` run supersedes them.
+
 Usage: python -m tukar_tools.mutate [--max-children N] [--fresh] [--survivors] [mutant names...]
+       python -m tukar_tools.mutate --retest tests/mutants/ [more tests...]
 """
 import argparse
+import fnmatch
 import json
 import os
 import pathlib
@@ -84,8 +93,25 @@ def stage(fresh=False):
         shutil.copy2(src, STAGE / "pyproject.toml")
 
 
+RETEST = STAGE / "retest.json"
+
+
+def _retested():
+    """{mutant name: killed (bool)} from the last --retest, for the mutated tree it was run on."""
+    try:
+        data = json.loads(RETEST.read_text())
+    except (OSError, ValueError):
+        return {}
+    tree = STAGE / "mutants" / "mutmut-stats.json"
+    if not tree.exists() or data.get("tree_mtime") != tree.stat().st_mtime:
+        return {}  # mutmut has run since: its results supersede these
+    return data.get("killed", {})
+
+
 def results(cfg):
-    """{module: (killed, survived names, not run names)} from mutmut's .meta files."""
+    """{module: (killed, survived names, not run names)} from mutmut's .meta files; a survivor (or
+    a mutant with no test) that --retest killed counts as killed."""
+    again = _retested()
     out = {}
     for mod in modules(cfg):
         meta = STAGE / "mutants" / (mod + ".meta")
@@ -94,7 +120,7 @@ def results(cfg):
         survived = []
         other = []
         for name, code in sorted(data["exit_code_by_key"].items()):
-            if code in KILLED:
+            if code in KILLED or (code in (0, 33) and again.get(name)):
                 killed += 1
             elif code == 0:
                 survived.append(name)
@@ -124,16 +150,83 @@ def report(cfg, show_survivors=False, file=sys.stdout):
     return tk, tt
 
 
+def retest(cfg, tests, max_children=2, only=()):
+    """Run `tests` against every survivor and every mutant with no test (those matching a glob of
+    `only`, when given), one fork per mutant after one run of the tests without a mutant; record
+    which are killed in RETEST (added to what earlier retests of this tree found)."""
+    res = results(cfg)
+    names = [n for _, (_, survived, other) in res.items()
+             for n in survived + [m for m, code in other if code == 33]
+             if not only or any(fnmatch.fnmatchcase(n, g) for g in only)]
+    tree = STAGE / "mutants" / "mutmut-stats.json"
+    env = dict(os.environ)
+    env["TUKAR_FIRMWARE"] = str(STAGE / "mutants")
+    env["TUKAR_MUTATE"] = "1"
+    env.pop("PYTHONPATH", None)
+    args = json.dumps(cfg["pytest_add_cli_args"] + ["-q", "-x", "-p", "no:randomly"] + list(tests))
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", _FORKER, args, str(max_children)],
+                         input="\n".join(names), capture_output=True, text=True, cwd=ROOT, env=env)
+    killed = {}
+    for line in out.stdout.splitlines():
+        verdict, _, name = line.partition(" ")
+        if verdict in ("KILLED", "SURVIVED"):
+            killed[name] = verdict == "KILLED"
+    if out.returncode != 0 or len(killed) != len(names):
+        sys.stderr.write(out.stderr[-2000:])
+        raise SystemExit("tukar mutate --retest: the tests did not run cleanly without a mutant")
+    before = _retested()
+    before.update(killed)
+    RETEST.write_text(json.dumps({"tree_mtime": tree.stat().st_mtime, "killed": before}, indent=1))
+    print("retested %d mutants against %s in %.0f s: %d killed"
+          % (len(names), " ".join(tests), time.monotonic() - t0, sum(killed.values())))
+
+
+# The retest's worker: pytest once without a mutant (every import done), then a fork per mutant,
+# MUTANT_UNDER_TEST set in the child as mutmut does; `max_children` forks at a time.
+_FORKER = """
+import json, os, sys
+import pytest
+args, width = json.loads(sys.argv[1]), int(sys.argv[2])
+names = [n for n in sys.stdin.read().split("\\n") if n]
+quiet = open(os.devnull, "w")
+real, sys.stdout = sys.stdout, quiet
+rc = pytest.main(args)
+sys.stdout = real
+if rc != 0:
+    sys.exit("the tests fail without a mutant (pytest exit %d)" % rc)
+running = {}
+def reap():
+    pid, st = os.wait()
+    print(("KILLED " if os.waitstatus_to_exitcode(st) else "SURVIVED ") + running.pop(pid), flush=True)
+for n in names:
+    while len(running) >= width:
+        reap()
+    pid = os.fork()
+    if pid == 0:
+        os.environ["MUTANT_UNDER_TEST"] = n
+        sys.stdout = quiet
+        os._exit(int(pytest.main(args)))
+    running[pid] = n
+while running:
+    reap()
+"""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="tukar mutate", description=__doc__.split("\n")[0])
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutants (2 cores: 1-2)")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results and start over")
     ap.add_argument("--survivors", action="store_true", help="list every surviving mutant")
     ap.add_argument("--report-only", action="store_true", help="print the last run's figures")
+    ap.add_argument("--retest", nargs="+", metavar="TESTS",
+                    help="run these tests against every survivor (quick; see above)")
     ap.add_argument("mutants", nargs="*", help="mutant names or globs to (re)test only")
     a = ap.parse_args(argv)
     cfg = config()
-    if not a.report_only:
+    if a.retest:
+        retest(cfg, a.retest, a.max_children, a.mutants)
+    elif not a.report_only:
         stage(a.fresh)
         env = dict(os.environ)
         env["TUKAR_FIRMWARE"] = str(STAGE / "mutants")
@@ -146,6 +239,9 @@ def main(argv=None):
         if rc not in (0, 1):
             return rc
     report(cfg, a.survivors)
+    n = sum(1 for v in _retested().values() if v)
+    if n:
+        print("(of those killed, %d by --retest: %s)" % (n, RETEST.relative_to(ROOT)))
     return 0
 
 
