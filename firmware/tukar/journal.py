@@ -73,6 +73,8 @@ class Journal:
                 s.phase = sl.P_HELD
         sj = j.get("session")
         if isinstance(sj, dict) and isinstance(sj.get("slot_in"), int):
+            if not isinstance(sj.get("id"), str):
+                sj["id"] = "s-?"  # damaged: Boot and SwapAborted still name it as text
             self.restored_session = sj
 
     def _reconcile(self, now):

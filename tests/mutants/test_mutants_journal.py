@@ -365,6 +365,8 @@ def test_a_restored_session_whose_id_is_not_text_is_ended_under_a_text_id():
     ab = rig.of("SwapAborted")[-1]
     assert (ab["reason"], ab["request_id"]) == ("power_loss", "q-1")
     assert isinstance(ab["session"], str) and ab["session"]
+    boot = rig.of("Boot")[-1]["recovered"]
+    assert boot["session"] == ab["session"]  # the Boot report names it the same way
 
 
 def test_a_swap_whose_dispense_battery_was_quarantined_before_a_cut_hands_out_another_after_it():
