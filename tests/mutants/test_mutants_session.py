@@ -314,6 +314,25 @@ def test_dispense_switches_failing_after_the_take_complete_the_swap():
     assert rig.core.slot_state(out)["state"] == "identifying"
 
 
+
+def test_a_pack_pushed_into_the_dispense_slot_while_its_switches_fail_is_identified_after():
+    # Taken, another pack pushed in, then the slot's switches fail (the swap completes) and read
+    # again with the door shut: the newcomer is a battery found in the slot, identified afresh.
+    rig = stocked_rig(slots=4, full=2, half=1)
+    out = _taken_door_left_open(rig)
+    assert rig.world.insert(out, Battery("N-1", soc=50))
+    rig.tick()
+    ws = rig.world.slots[out - 1]
+    ws.io_fault = True
+    rig.tick()
+    assert rig.core.session is None and rig.of("SwapCompleted")[-1]["slot_out"] == out
+    rig.world.close_door(out)
+    rig.run(300)  # shorter than a slot_io fault
+    ws.io_fault = False
+    rig.run(1000)
+    st = rig.core.slot_state(out)
+    assert st["state"] == "charging" and st["battery"]["serial"] == "N-1"
+
 # -- what a session's step marks -------------------------------------------------------------------
 def _door_shut_on_the_riders_battery(rig):
     rig.cmd("start_swap", id_token="t")
