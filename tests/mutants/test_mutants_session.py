@@ -13,7 +13,7 @@ from tukar_tools import schemas
 
 @pytest.fixture(autouse=True)
 def every_event_and_state_fits_the_contract(monkeypatch):
-    """After each test: every event its cabinets emitted, and their states, fit mqtt.md's schemas."""
+    """After each test: every event its cabinets emitted and their states fit mqtt.md's schemas."""
     rigs = []
     real = Rig.__init__
 
@@ -178,7 +178,7 @@ def test_the_give_back_opens_the_riders_door_under_the_multi_rate_tick():
     assert rig.core.lock_cmd[n - 1] is False
 
 
-# -- the give-back after BatteryIn: the dispense battery gone between BatteryIn and the choice -------
+# -- the give-back after BatteryIn: the dispense battery gone between BatteryIn and the choice -----
 def _battery_in_then_nothing_left(rig, quarantine_riders=False):
     """The rider's battery is accepted (BatteryIn); before the next tick chooses the battery to hand
     out, the only full one is quarantined (and the rider's, now the cabinet's, too if asked)."""
@@ -250,7 +250,7 @@ def test_the_give_back_after_the_dispense_battery_turns_bad_opens_the_riders_doo
     assert rig.core.lock_cmd[out - 1] is True
 
 
-# -- a swap ended while dispensing ------------------------------------------------------------------
+# -- a swap ended while dispensing -----------------------------------------------------------------
 def test_a_swap_not_taken_leaves_the_riders_accepted_battery_charging_undisturbed():
     # mqtt.md, step 5: not taken, the dispense battery is identified again; the rider's battery,
     # the cabinet's since BatteryIn, is not: it keeps charging without a stop.
@@ -268,7 +268,8 @@ def test_a_swap_not_taken_leaves_the_riders_accepted_battery_charging_undisturbe
     assert rig.core.slot_state(n)["state"] == "charging"
     rig.tick()
     assert rig.core.slot_state(n)["state"] == "charging"
-    assert not [e for e in rig.events[k:] if e.get("slot") == n and e["type"] != "BatteryOutTimeout"]
+    assert not [e for e in rig.events[k:]
+                if e.get("slot") == n and e["type"] != "BatteryOutTimeout"]
 
 
 def _taken_door_left_open(rig):

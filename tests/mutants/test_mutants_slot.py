@@ -13,7 +13,7 @@ from tukar_tools import schemas
 
 @pytest.fixture(autouse=True)
 def every_event_and_state_fits_the_contract(monkeypatch):
-    """After each test: every event its cabinets emitted, and their states, fit mqtt.md's schemas."""
+    """After each test: every event its cabinets emitted and their states fit mqtt.md's schemas."""
     rigs = []
     real = Rig.__init__
 
@@ -74,7 +74,7 @@ def test_a_battery_whose_bms_names_no_profile_is_refused_with_a_null_profile():
     assert rig.core.slot_state(n)["battery"]["profile"] is None
 
 
-def test_after_a_reboot_a_battery_its_bms_has_not_reported_shows_the_inventorys_serial_and_profile():
+def test_after_a_reboot_a_battery_its_bms_has_not_read_shows_the_inventorys_serial_and_profile():
     # The battery object's measurements are null while its BMS cannot be read (the schema).
     rig = stocked_rig(slots=4, full=1, half=0)
     rig.world.slots[0].bms_dead = True
