@@ -334,6 +334,21 @@ def test_a_pack_pushed_into_the_dispense_slot_while_its_switches_fail_is_identif
     st = rig.core.slot_state(out)
     assert st["state"] == "charging" and st["battery"]["serial"] == "N-1"
 
+
+def test_a_riders_lock_that_closes_within_one_tick_still_identifies_the_battery():
+    # A latch faster than the 50 ms tick: confirmed at the next tick, identification starts then.
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.world.lock_travel_ms = 0
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    rig.run(500)
+    assert rig.of("BatteryIn")[-1]["slot"] == n
+    assert rig.core.session.phase == "dispensing"
+
 # -- what a session's step marks -------------------------------------------------------------------
 def _door_shut_on_the_riders_battery(rig):
     rig.cmd("start_swap", id_token="t")
