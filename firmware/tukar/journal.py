@@ -83,10 +83,14 @@ class Journal:
         self.restored_session = None
         missing = []
         found = []
+        # The battery being handed out, gone: the rider took it before the cut (the session
+        # completes below), not a battery missing.
+        taken = sj.get("slot_out") if sj and sj.get("in_recorded") is True else None
         for s in self.slots:
             known = s.serial is not None or s.accepted
             if known and not s.inp.present:
-                missing.append(s.n)
+                if s.n != taken:
+                    missing.append(s.n)
             elif not known and s.inp.present and s.quarantine is None:
                 found.append(s.n)
         self._emit("Boot", {"reason": self.boot_reason, "recovered": {

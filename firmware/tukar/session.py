@@ -212,13 +212,17 @@ class SessionSteps:
         self._phase(ss, S_DISPENSING, now)
 
     def _complete(self, ss, s_out, now):
+        # A session restored from a damaged journal may lack the views: the inventory names the
+        # batteries then (mqtt.md: a battery object, or a serial, never null).
+        out = ss.battery_out if isinstance(ss.battery_out, dict) else s_out.battery_view()
+        serial_out = _serial_of(out) or s_out.serial
         self._emit("BatteryOut", {"session": ss.id, "request_id": ss.request_id,
-                                  "id_token": ss.id_token, "slot": s_out.n,
-                                  "battery": ss.battery_out})
+                                  "id_token": ss.id_token, "slot": s_out.n, "battery": out})
         self._emit("SwapCompleted", {
             "session": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
             "slot_in": ss.slot_in, "slot_out": ss.slot_out,
-            "battery_in": _serial_of(ss.battery_in), "battery_out": _serial_of(ss.battery_out),
+            "battery_in": _serial_of(ss.battery_in) or self.slots[ss.slot_in - 1].serial,
+            "battery_out": serial_out,
             "duration_ms": wrap_diff(now, ss.t_start)})
         self._clear_battery(s_out)
         s_out.phase = sl.P_EMPTY

@@ -7,6 +7,7 @@ import pytest
 from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
 
 from tukar.clock import wrap_add
+from tukar.core import Core
 from tukar.states import J_COUNTERS, J_INVENTORY, J_SESSION
 from tukar_tools import schemas
 
@@ -390,3 +391,28 @@ def test_the_tick_that_records_battery_in_marks_inventory_session_and_counters_t
         rig.tick()
     j = rig.core.take_journal()
     assert j & J_INVENTORY and j & J_SESSION and j & J_COUNTERS
+
+
+@pytest.mark.parametrize("damaged", ["battery_in", "battery_out"])
+def test_a_swap_resumed_from_a_journal_missing_a_battery_view_names_it_by_the_inventory(damaged):
+    """mqtt.md: SwapCompleted names each battery by serial or object, never null; a journal whose
+    view of a battery is damaged still has the battery's serial in its inventory."""
+    import json
+    rig = stocked_rig(slots=4, full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    rig.run(300)
+    assert rig.world.open_door(out) and rig.world.take(out)
+    j = json.loads(json.dumps(rig.core.journal()))
+    j["session"][damaged] = None
+    for ws in rig.world.slots:
+        ws.locked = ws.lock_target = True
+    core = Core("cab-1", 4, journal=j, boot_reason="power_loss")
+    core.now = rig.now
+    rig.core = rig.world.core = core
+    rig.run(100)
+    done = rig.of("SwapCompleted")[-1]
+    assert (done["battery_in"], done["battery_out"]) == ("R-1", "F-%02d" % out)
+    assert rig.of("BatteryOut")[-1]["battery"]["serial"] == "F-%02d" % out
+    assert not rig.of("BatteryMissing")  # taken by the rider, not missing
+    assert rig.of("Boot")[-1]["recovered"]["missing"] == []
