@@ -200,7 +200,7 @@ class App:
         journal by the JSON encoder, the outbox's head as the texts it already holds, and the
         range of its spill file still owed (absent when nothing is spilled)."""
         f.write('{"journal":')
-        dump(self.core.journal(), f)
+        self.core.write_journal(f, dump)
         f.write(',"outbox":')
         self.outbox.write_events(f)
         ref = self.outbox.spill_ref()
