@@ -42,7 +42,6 @@ class App:
         # Rule 9: outputs safe before anything else, then the journal, then buses, then network.
         self.board = board
         board.safe_outputs()
-        self.cfg = cfg
         self.store = Store(store_root)
         saved = self.store.load("state") or {}
         journal = saved.get("journal") if isinstance(saved, dict) else None
@@ -60,12 +59,12 @@ class App:
         self.gate = Gate(key)
         self.wall = wall  # callable: Unix seconds once the clock is synced, else None
         self.wdt = wdt
-        self.board_name = board_name
-        self.info_extra = info_extra or {}
+        extra = info_extra if info_extra is not None else {}
+        extra["board"] = board_name  # info()'s, with the rest of what it adds (an attribute fewer)
+        self.info_extra = extra
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
                          self.core.counters.get("bdseq", 0),
                          time_known=lambda: self._wall() is not None)
-        self.tick_ms = self.core.cfg["tick_ms"]
         self.unposted = 0  # states changed but not yet handed to the link (bit 0 cabinet, n slot n)
         self.progress = {}
         self.tasks = {}
@@ -82,7 +81,7 @@ class App:
 
     # -- what the link publishes at every connect ----------------------------------------
     def info(self):
-        d = {"id": self.core.id, "fw": FW_VERSION, "board": self.board_name,
+        d = {"id": self.core.id, "fw": FW_VERSION, "board": "",
              "slots": self.core.n_slots, "profiles": sorted(self.core.profiles),
              "boot": {"reason": self.core.boot_reason, "count": self.core.boot},
              "time_synced": self._wall() is not None}
@@ -146,7 +145,7 @@ class App:
             self.stopping = "command"
 
     async def control(self):
-        period = self.tick_ms
+        period = self.core.cfg["tick_ms"]
         due = ticks_ms()
         while self.stopping is None:
             now = ticks_ms()
