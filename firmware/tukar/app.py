@@ -48,7 +48,9 @@ class App:
         self.core = Core(cfg["id"], cfg["slots"], profiles=profiles, config=cfg.get("core"),
                          journal=journal if isinstance(journal, dict) else None,
                          boot_reason=boot_reason)
-        self.outbox = Outbox(store=self.store)  # newer events wait in a spill file, not the heap
+        # Newer events wait in a spill file, not the heap: 2 in RAM (an event is some 200 bytes
+        # there), read back from flash as the link publishes them.
+        self.outbox = Outbox(store=self.store, ram_events=2)
         if not isinstance(saved, dict):
             saved = {}
         events = saved.get("outbox")
