@@ -55,3 +55,21 @@ def test_the_application_never_writes_a_core_field():
     writes = re.findall(r"\bcore\.[a-z_]+(?:\[[^\]]*\])?\s*(?:[|&+-]?=)(?!=)", text)
     assert writes == []
 
+
+
+def test_the_journal_streamed_into_the_state_file_is_the_journal():
+    """App persists write_journal(): the same JSON as journal(), a part at a time."""
+    import io
+    import json
+
+    from coreworld import Battery, rider_inserts, stocked_rig
+    from tukar.outbox import dump
+    rig = stocked_rig()
+    rig.cmd("quarantine", slot=2, reason="inspection")
+    rig.cmd("start_swap", id_token="t")
+    rider_inserts(rig, Battery("R-1", soc=20))
+    assert rig.core.session is not None
+    for core in (rig.core, Core("c-1", 2)):
+        f = io.StringIO()
+        core.write_journal(f, dump)
+        assert json.loads(f.getvalue()) == json.loads(json.dumps(core.journal()))

@@ -42,14 +42,15 @@ class App:
         # Rule 9: outputs safe before anything else, then the journal, then buses, then network.
         self.board = board
         board.safe_outputs()
-        self.cfg = cfg
         self.store = Store(store_root)
         saved = self.store.load("state") or {}
         journal = saved.get("journal") if isinstance(saved, dict) else None
         self.core = Core(cfg["id"], cfg["slots"], profiles=profiles, config=cfg.get("core"),
                          journal=journal if isinstance(journal, dict) else None,
                          boot_reason=boot_reason)
-        self.outbox = Outbox(store=self.store)  # newer events wait in a spill file, not the heap
+        # Newer events wait in a spill file, not the heap: 2 in RAM (an event is some 200 bytes
+        # there), read back from flash as the link publishes them.
+        self.outbox = Outbox(store=self.store, ram_events=2)
         if not isinstance(saved, dict):
             saved = {}
         events = saved.get("outbox")
@@ -60,12 +61,12 @@ class App:
         self.gate = Gate(key)
         self.wall = wall  # callable: Unix seconds once the clock is synced, else None
         self.wdt = wdt
-        self.board_name = board_name
-        self.info_extra = info_extra or {}
+        extra = info_extra if info_extra is not None else {}
+        extra["board"] = board_name  # info()'s, with the rest of what it adds (an attribute fewer)
+        self.info_extra = extra
         self.link = Link(cfg.get("mqtt", {}), client_class, self.outbox, self.info,
                          self.core.counters.get("bdseq", 0),
                          time_known=lambda: self._wall() is not None)
-        self.tick_ms = self.core.cfg["tick_ms"]
         self.unposted = 0  # states changed but not yet handed to the link (bit 0 cabinet, n slot n)
         self.progress = {}
         self.tasks = {}
@@ -82,7 +83,7 @@ class App:
 
     # -- what the link publishes at every connect ----------------------------------------
     def info(self):
-        d = {"id": self.core.id, "fw": FW_VERSION, "board": self.board_name,
+        d = {"id": self.core.id, "fw": FW_VERSION, "board": "",
              "slots": self.core.n_slots, "profiles": sorted(self.core.profiles),
              "boot": {"reason": self.core.boot_reason, "count": self.core.boot},
              "time_synced": self._wall() is not None}
@@ -146,7 +147,7 @@ class App:
             self.stopping = "command"
 
     async def control(self):
-        period = self.tick_ms
+        period = self.core.cfg["tick_ms"]
         due = ticks_ms()
         while self.stopping is None:
             now = ticks_ms()
@@ -200,7 +201,7 @@ class App:
         journal by the JSON encoder, the outbox's head as the texts it already holds, and the
         range of its spill file still owed (absent when nothing is spilled)."""
         f.write('{"journal":')
-        dump(self.core.journal(), f)
+        self.core.write_journal(f, dump)
         f.write(',"outbox":')
         self.outbox.write_events(f)
         ref = self.outbox.spill_ref()

@@ -13,21 +13,50 @@ from tukar.states import (EMERGENCY, IN_SERVICE, J_SESSION, JOURNAL_VERSION, MAI
 class Journal:
     def journal(self):
         """Everything that must survive a power cut, as one JSON-able dict."""
-        ss = self.session
-        sj = None
-        if ss is not None:
-            sj = {"id": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
-                  "phase": ss.phase, "slot_in": ss.slot_in, "slot_out": ss.slot_out,
-                  "battery_in": ss.battery_in, "battery_out": ss.battery_out,
-                  "in_recorded": ss.in_recorded, "age_ms": wrap_diff(self.now, ss.t_start)}
+        return {"v": JOURNAL_VERSION, "counters": self._j_counters(), "mode": self.mode,
+                "causes": self.causes, "config": self.settable_config(),
+                "inventory": [self._j_slot(s) for s in self.slots], "session": self._j_session()}
+
+    def write_journal(self, f, dump):
+        """journal() streamed into file f as its JSON text, a part at a time with `dump` (that of
+        tukar.outbox): never the whole dict in the heap, which at every persist of an outage was
+        a kilobyte of small objects while the outbox spills and the link reconnects."""
+        f.write('{"v":%d,"counters":' % JOURNAL_VERSION)
+        dump(self._j_counters(), f)
+        f.write(',"mode":')
+        dump(self.mode, f)
+        f.write(',"causes":')
+        dump(self.causes, f)
+        f.write(',"config":')
+        dump(self.settable_config(), f)
+        f.write(',"inventory":[')
+        sep = ""
+        for s in self.slots:
+            f.write(sep)
+            dump(self._j_slot(s), f)
+            sep = ","
+        f.write('],"session":')
+        dump(self._j_session(), f)
+        f.write("}")
+
+    def _j_counters(self):
         counters = {"boot": self.boot, "event": self.event_n, "session": self.session_n}
         for k in self.counters:
             counters[k] = self.counters[k]
-        return {"v": JOURNAL_VERSION, "counters": counters, "mode": self.mode,
-                "causes": self.causes, "config": self.settable_config(),
-                "inventory": [[s.serial, s.profile.name if s.profile else None, s.accepted,
-                               s.quarantine, s.phase == sl.P_HELD] for s in self.slots],
-                "session": sj}
+        return counters
+
+    def _j_slot(self, s):
+        return [s.serial, s.profile.name if s.profile else None, s.accepted, s.quarantine,
+                s.phase == sl.P_HELD]
+
+    def _j_session(self):
+        ss = self.session
+        if ss is None:
+            return None
+        return {"id": ss.id, "request_id": ss.request_id, "id_token": ss.id_token,
+                "phase": ss.phase, "slot_in": ss.slot_in, "slot_out": ss.slot_out,
+                "battery_in": ss.battery_in, "battery_out": ss.battery_out,
+                "in_recorded": ss.in_recorded, "age_ms": wrap_diff(self.now, ss.t_start)}
 
     def _restore(self, j):
         """Load a journal. Anything malformed is skipped rather than trusted."""

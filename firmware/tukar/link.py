@@ -73,13 +73,10 @@ class Link:
     def __init__(self, cfg, client_class, outbox, info, bdseq=0, clock=None, rand=None,
                  time_known=None):
         p = "%s/%s/" % (cfg.get("prefix") or "tukar", cfg["id"])
-        self.prefix = p
-        self.t_status = (p + "status").encode()
-        self.t_info = (p + "info").encode()
+        self.prefix = p  # status, info and ack: topics made when published (3 attributes fewer)
         self.t_cmd = (p + "cmd").encode()
         self.t_event = (p + "event").encode()
         self.t_telemetry = (p + "telemetry").encode()
-        self.t_ack = (p + "ack").encode()
         self.cfg = cfg
         self.client_class = client_class
         self.outbox = outbox
@@ -293,7 +290,7 @@ class Link:
         c = self.client_class(cfg.get("client_id") or cfg["id"], cfg["host"], port,
                               cfg.get("user"), cfg.get("password"), self.keepalive_s, ssl=tls)
         c.set_callback(self._on_message)
-        c.set_last_will(self.t_status, b"offline", retain=True, qos=1)
+        c.set_last_will(self._topic("status"), b"offline", retain=True, qos=1)
         try:
             c.connect(clean_session=True, timeout=self.io_timeout_s)
         except Exception:
@@ -324,9 +321,9 @@ class Link:
         after the birth follow at the state rate."""
         info = self.info()
         info["bdseq"] = self.bdseq
-        self._publish(self.t_info, dumps(info), True, 1)
+        self._publish(self._topic("info"), dumps(info), True, 1)
         if status:
-            self._publish(self.t_status, b"online", True, 1)
+            self._publish(self._topic("status"), b"online", True, 1)
         with self._lock:
             waiting = list(self._pending)
         for suffix in waiting:
@@ -337,7 +334,7 @@ class Link:
         if c is None:
             return
         try:
-            self._publish(self.t_status, b"offline", True, 1)
+            self._publish(self._topic("status"), b"offline", True, 1)
             c.disconnect()
         except Exception as e:
             self.last_error = repr(e)
@@ -362,6 +359,9 @@ class Link:
         self._seq = (s + 1) & 0xFF
         return s
 
+    def _topic(self, suffix):
+        return (self.prefix + suffix).encode()
+
     def _publish(self, topic, msg, retain, qos):
         c = self._client
         assert c is not None
@@ -378,7 +378,7 @@ class Link:
         if text is None:
             return
         now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
-        self._publish((self.prefix + suffix).encode(), WithSeq(text, self._next_seq()), True, 1)
+        self._publish(self._topic(suffix), WithSeq(text, self._next_seq()), True, 1)
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
         if self._n_sent < STATE_PER_S:
@@ -412,7 +412,7 @@ class Link:
                 text = self._acks[0] if self._acks else None
             if text is None:
                 break
-            self._publish(self.t_ack, text, False, 1)
+            self._publish(self._topic("ack"), text, False, 1)
             with self._lock:
                 if self._acks and self._acks[0] is text:
                     self._acks.pop(0)
