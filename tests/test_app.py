@@ -98,6 +98,7 @@ def test_outputs_are_made_safe_before_the_journal_is_read_and_before_the_network
     assert order[:3] == ["safe_outputs", "journal", "network"]
 
 
+@pytest.mark.flaky(reruns=2)  # counts ticks on a sped-up real clock: a loaded machine runs fewer
 def test_the_cabinet_charges_with_the_broker_unreachable(tmp_path, clock):
     phys = Physical("tukar-12-wroom", lock_travel_ms=100)
     phys.add_pack(2, Pack("P-2", phys.profiles["ref48v"], soc=50))
