@@ -10,7 +10,8 @@ retests only what changed since the last run; `--fresh` starts over.
 
 Retesting. mutmut retests a survivor against new tests only when the mutant is named, and then
 runs every test its function's coverage lists (minutes for a core function). `--retest TESTS...`
-instead runs just the given tests against each survivor (and each mutant mutmut found no test for),
+instead runs just the given tests against each survivor (and each mutant mutmut found no test for
+or has not run yet: one these tests do not kill stays undecided, not survived),
 the way mutmut does (the tests imported once, then one fork per mutant), and keeps what it finds
 in build/mutate/retest.json: the report counts a survivor those tests kill as killed, and says so.
 The results name the mutated tree they were found on; a new `make mutate` run supersedes them.
@@ -120,7 +121,7 @@ def results(cfg):
         survived = []
         other = []
         for name, code in sorted(data["exit_code_by_key"].items()):
-            if code in KILLED or (code in (0, 33) and again.get(name)):
+            if code in KILLED or (code in (0, 33, None) and again.get(name)):
                 killed += 1
             elif code == 0:
                 survived.append(name)
@@ -151,12 +152,12 @@ def report(cfg, show_survivors=False, file=sys.stdout):
 
 
 def retest(cfg, tests, max_children=2, only=()):
-    """Run `tests` against every survivor and every mutant with no test (those matching a glob of
+    """Run `tests` against every survivor and every mutant with no test or not run (matching a glob of
     `only`, when given), one fork per mutant after one run of the tests without a mutant; record
     which are killed in RETEST (added to what earlier retests of this tree found)."""
     res = results(cfg)
     names = [n for _, (_, survived, other) in res.items()
-             for n in survived + [m for m, code in other if code == 33]
+             for n in survived + [m for m, code in other if code in (33, None)]
              if not only or any(fnmatch.fnmatchcase(n, g) for g in only)]
     tree = STAGE / "mutants" / "mutmut-stats.json"
     env = dict(os.environ)
