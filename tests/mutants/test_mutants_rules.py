@@ -1,0 +1,157 @@
+"""The cabinet rules and the core's edge where mutation testing found them unchecked: event ids
+(docs/core.md: `<cabinet>-<boot>-<n>`), the emergency as a mode change and what it does to a door
+open for maintenance, a new connection's republish surviving the tick the cabinet sensor fails,
+and quarantine of a slot whose door is open (a battery swapped behind it, one
+taken out, none there). Every event and state is checked against the contract's schemas."""
+import pytest
+from coreworld import Battery, Rig, stocked_rig
+
+from tukar.core import Core
+from tukar.states import J_COUNTERS, J_INVENTORY, J_SESSION
+from tukar_tools import schemas
+
+
+@pytest.fixture(autouse=True)
+def every_event_and_state_fits_the_contract(monkeypatch):
+    """After each test: every event its cabinets emitted, and their states, fit mqtt.md's schemas."""
+    rigs = []
+    real = Rig.__init__
+
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        rigs.append(self)
+    monkeypatch.setattr(Rig, "__init__", init)
+    yield
+    for rig in rigs:
+        for e in rig.events:
+            schemas.validate("event", dict(e, seq=1))
+        for a in rig.acks:
+            schemas.validate("ack", a)
+        schemas.validate("state", dict(rig.core.cabinet_state(), seq=1))
+        for n in range(1, rig.core.n_slots + 1):
+            schemas.validate("slot/%d/state" % n, dict(rig.core.slot_state(n), seq=1))
+
+
+def maintenance_open(rig, n):
+    """Maintenance mode, slot n opened by the technician's command and its bolt drawn back."""
+    assert rig.cmd("set_mode", mode="maintenance")["ok"] is True
+    assert rig.cmd("open_slot", slot=n)["ok"] is True
+    rig.run(300)
+    assert rig.world.slots[n - 1].locked is False
+
+
+# -- event ids ------------------------------------------------------------------------------------
+def test_event_ids_are_the_cabinet_the_boot_count_and_the_event_count():
+    core = Core("cab-7", 2)
+    for code in ("a", "b", "c"):
+        core.report_fault(code, "error")
+    assert [e["id"] for e in core.events] == ["cab-7-1-1", "cab-7-1-2", "cab-7-1-3"]
+    again = Core("cab-7", 2, journal=core.journal())  # a reboot: the counter goes on
+    again.report_fault("d", "error")
+    assert again.events[-1]["id"] == "cab-7-2-4"
+
+
+# -- the emergency ----------------------------------------------------------------------------------
+def test_an_emergency_is_a_mode_change_made_locally():
+    rig = stocked_rig()
+    rig.world.smoke = True
+    rig.tick()
+    assert rig.core.mode == "emergency"
+    changes = rig.of("ModeChanged")
+    assert len(changes) == 1
+    assert (changes[0]["mode"], changes[0]["by"]) == ("emergency", "local")
+
+
+def test_an_emergency_locks_a_slot_open_for_maintenance_and_identifies_its_battery_again():
+    rig = stocked_rig(full=1, half=0)
+    maintenance_open(rig, 1)
+    rig.world.smoke = True
+    rig.tick()
+    assert rig.core.lock_cmd[0] is True  # rule 4: every door locked, in the tick
+    rig.run(1000)
+    assert rig.world.slots[0].locked is True and not rig.of("Fault")  # the bolt followed
+    st = rig.core.slot_state(1)
+    assert st["state"] != "maintenance_open" and st["battery"]["serial"] == "F-01"
+    assert rig.core.charge_ma[0] == 0
+    assert rig.core.journal()["inventory"][0][0] == "F-01"
+
+
+def test_an_emergency_before_a_maintenance_door_has_unlocked_keeps_it_shut_and_identifies_again():
+    rig = stocked_rig(full=1, half=0)
+    assert rig.cmd("set_mode", mode="maintenance")["ok"] is True
+    assert rig.cmd("open_slot", slot=1)["ok"] is True
+    rig.world.smoke = True  # in the very next tick: the bolt has not moved yet
+    rig.tick()
+    assert rig.core.mode == "emergency" and rig.core.lock_cmd[0] is True
+    rig.run(1000)
+    assert rig.world.slots[0].locked is True
+    st = rig.core.slot_state(1)
+    assert st["state"] != "maintenance_open" and st["battery"]["serial"] == "F-01"
+
+
+# -- a new connection republishes every state, whatever else that tick brings ------------------------
+def test_a_new_connections_republish_is_kept_through_the_tick_the_cabinet_sensor_fails():
+    rig = stocked_rig()
+    rig.core.take_dirty()
+    assert rig.core.connected(3) is True
+    rig.world.cab_sensor = 1  # the cabinet thermistor opens
+    rig.tick()
+    assert rig.of("Fault")[-1]["code"] == "temp_sensor_open"
+    assert rig.core.take_dirty() == (2 << 12) - 1
+
+
+# -- quarantine of a slot whose door is open ---------------------------------------------------------
+def test_quarantining_a_slot_whose_battery_the_technician_swapped_reports_the_old_one_missing():
+    rig = stocked_rig(full=1, half=0)
+    maintenance_open(rig, 1)
+    rig.world.open_door(1)
+    assert rig.world.take(1).serial == "F-01"
+    assert rig.world.insert(1, Battery("X-9", soc=50))
+    rig.run(200)
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"] is True
+    missing = rig.of("BatteryMissing")
+    assert len(missing) == 1
+    assert (missing[0]["slot"], missing[0]["serial"]) == (1, "F-01")
+    assert rig.core.journal()["inventory"][0][0] == "X-9"  # what is held now, by its own serial
+
+
+def test_a_battery_taken_out_of_a_slot_quarantined_with_its_door_open_simply_left():
+    rig = stocked_rig(full=1, half=0)
+    maintenance_open(rig, 1)
+    rig.world.open_door(1)
+    rig.tick()  # the core sees the door open
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"] is True
+    assert rig.world.take(1).serial == "F-01"  # before the door shuts on it
+    rig.world.close_door(1)
+    rig.run(500)
+    assert not rig.of("BatteryMissing")
+    assert rig.core.slot_state(1)["battery"] is None
+    assert rig.core.journal()["inventory"][0] == [None, None, False, "inspection", False]
+
+
+def test_quarantining_an_empty_slot_open_for_maintenance_locks_it_and_leaves_it_empty():
+    rig = stocked_rig(full=0, half=0)
+    maintenance_open(rig, 1)
+    a = rig.cmd("quarantine", slot=1, reason="broken hinge")
+    assert (a["ok"], a["slot"]) == (True, 1)
+    assert rig.core.slots[0].lock_cmd is True  # in the command, not a tick later
+    rig.run(300)
+    st = rig.core.slot_state(1)
+    assert (st["state"], st["battery"], st["lock"]) == ("quarantined", None, "locked")
+    assert rig.core.journal()["inventory"][0] == [None, None, False, "broken hinge", False]
+
+
+def test_a_swap_ended_by_a_hot_battery_asks_to_persist_the_session_and_the_inventory():
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.core.take_journal()
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20, temp=61))  # rule 4: >= 60 degC, quarantined
+    while not rig.of("Quarantined"):
+        rig.tick()
+    assert rig.of("SwapAborted")[-1]["reason"] == "fault" and rig.core.session is None
+    j = rig.core.take_journal()
+    assert j & (J_SESSION | J_INVENTORY | J_COUNTERS) == J_SESSION | J_INVENTORY | J_COUNTERS
+    assert rig.core.journal()["inventory"][n - 1][0] == "R-1"
