@@ -13,7 +13,7 @@ from tukar_tools import schemas
 
 @pytest.fixture(autouse=True)
 def every_event_and_state_fits_the_contract(monkeypatch):
-    """After each test: every event its cabinets emitted, and their states, fit mqtt.md's schemas."""
+    """After each test: every event and ack of its cabinets, and their states, fit the schemas."""
     rigs = []
     real = Rig.__init__
 
@@ -40,7 +40,7 @@ def maintenance_open(rig, n):
     assert rig.world.slots[n - 1].locked is False
 
 
-# -- event ids ------------------------------------------------------------------------------------
+# -- event ids -------------------------------------------------------------------------------------
 def test_event_ids_are_the_cabinet_the_boot_count_and_the_event_count():
     core = Core("cab-7", 2)
     for code in ("a", "b", "c"):
@@ -51,7 +51,7 @@ def test_event_ids_are_the_cabinet_the_boot_count_and_the_event_count():
     assert again.events[-1]["id"] == "cab-7-2-4"
 
 
-# -- the emergency ----------------------------------------------------------------------------------
+# -- the emergency ---------------------------------------------------------------------------------
 def test_an_emergency_is_a_mode_change_made_locally():
     rig = stocked_rig()
     rig.world.smoke = True
@@ -89,7 +89,7 @@ def test_an_emergency_before_a_maintenance_door_has_unlocked_keeps_it_shut_and_i
     assert st["state"] != "maintenance_open" and st["battery"]["serial"] == "F-01"
 
 
-# -- a new connection republishes every state, whatever else that tick brings ------------------------
+# -- a new connection republishes every state, whatever else its first tick brings -----------------
 def test_a_new_connections_republish_is_kept_through_the_tick_the_cabinet_sensor_fails():
     rig = stocked_rig()
     rig.core.take_dirty()
@@ -100,7 +100,7 @@ def test_a_new_connections_republish_is_kept_through_the_tick_the_cabinet_sensor
     assert rig.core.take_dirty() == (2 << 12) - 1
 
 
-# -- quarantine of a slot whose door is open ---------------------------------------------------------
+# -- quarantine of a slot whose door is open -------------------------------------------------------
 def test_quarantining_a_slot_whose_battery_the_technician_swapped_reports_the_old_one_missing():
     rig = stocked_rig(full=1, half=0)
     maintenance_open(rig, 1)
