@@ -155,3 +155,14 @@ def test_a_swap_ended_by_a_hot_battery_asks_to_persist_the_session_and_the_inven
     j = rig.core.take_journal()
     assert j & (J_SESSION | J_INVENTORY | J_COUNTERS) == J_SESSION | J_INVENTORY | J_COUNTERS
     assert rig.core.journal()["inventory"][n - 1][0] == "R-1"
+
+
+def test_an_empty_slot_quarantined_for_maintenance_whose_switches_fail_at_once_stays_quarantined():
+    rig = stocked_rig(full=0, half=0)
+    maintenance_open(rig, 1)
+    assert rig.cmd("quarantine", slot=1, reason="broken hinge")["ok"] is True
+    rig.world.slots[0].io_fault = True  # its expander stops answering before the next tick
+    rig.run(600)
+    st = rig.core.slot_state(1)
+    assert (st["state"], st["reason"], st["faults"]) == ("quarantined", "broken hinge", ["slot_io"])
+    assert rig.core.slots[0].lock_cmd is True and rig.core.charge_ma[0] == 0
