@@ -6,6 +6,7 @@ taken out, none there). Every event and state is checked against the contract's 
 import pytest
 from coreworld import Battery, Rig, stocked_rig
 
+from tukar.clock import TICKS_PERIOD
 from tukar.core import Core
 from tukar.states import J_COUNTERS, J_INVENTORY, J_SESSION
 from tukar_tools import schemas
@@ -49,6 +50,14 @@ def test_event_ids_are_the_cabinet_the_boot_count_and_the_event_count():
     again = Core("cab-7", 2, journal=core.journal())  # a reboot: the counter goes on
     again.report_fault("d", "error")
     assert again.events[-1]["id"] == "cab-7-2-4"
+
+
+def test_an_events_up_ms_is_the_milliseconds_since_boot_across_the_wrap():
+    core = Core("cab-1", 2, now=TICKS_PERIOD - 1000)
+    rig = Rig(core, start_ms=TICKS_PERIOD - 1000)
+    rig.run(2500)  # the tick counter wraps 1 s in
+    core.report_fault("flash", "warning")
+    assert core.events[-1]["up_ms"] == 2500
 
 
 # -- the emergency ---------------------------------------------------------------------------------
@@ -166,3 +175,37 @@ def test_an_empty_slot_quarantined_for_maintenance_whose_switches_fail_at_once_s
     st = rig.core.slot_state(1)
     assert (st["state"], st["reason"], st["faults"]) == ("quarantined", "broken hinge", ["slot_io"])
     assert rig.core.slots[0].lock_cmd is True and rig.core.charge_ma[0] == 0
+
+
+# -- a battery leaving the inventory is to be persisted ---------------------------------------------
+def test_a_battery_gone_from_behind_a_forced_door_asks_to_persist_the_inventory_and_the_counter():
+    core = Core("cab-1", 4)
+    rig = Rig(core)
+    rig.world.place(1, Battery("F-01", soc=100))  # full: not charging
+    rig.run(1000)
+    assert rig.core.slot_state(1)["state"] == "ready"
+    rig.core.take_journal()
+    assert rig.world.open_door(1, force=True)  # a break-in
+    assert rig.world.take(1).serial == "F-01"
+    rig.tick()
+    assert rig.of("DoorForced") and rig.of("BatteryMissing")[-1]["serial"] == "F-01"
+    j = rig.core.take_journal()
+    assert j & (J_INVENTORY | J_COUNTERS) == J_INVENTORY | J_COUNTERS
+    assert rig.core.journal()["inventory"][0][0] is None
+
+
+def test_a_held_battery_the_technician_takes_out_asks_to_persist_the_inventory():
+    core = Core("cab-1", 4)
+    rig = Rig(core)
+    rig.world.place(1, Battery("C-1", soc=50, temp=-15))  # too cold: held, never accepted
+    rig.run(2000)
+    assert core.journal()["inventory"][0] == ["C-1", None, False, "temperature", True]
+    maintenance_open(rig, 1)
+    rig.world.open_door(1)
+    rig.world.take(1)
+    rig.tick()
+    core.take_journal()
+    rig.world.close_door(1)
+    rig.tick()
+    assert core.take_journal() & J_INVENTORY
+    assert core.journal()["inventory"][0] == [None, None, False, "temperature", False]
