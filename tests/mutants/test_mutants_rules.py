@@ -177,7 +177,7 @@ def test_an_empty_slot_quarantined_for_maintenance_whose_switches_fail_at_once_s
     assert rig.core.slots[0].lock_cmd is True and rig.core.charge_ma[0] == 0
 
 
-# -- a battery leaving the inventory is to be persisted ---------------------------------------------
+# -- a battery leaving the inventory is to be persisted --------------------------------------------
 def test_a_battery_gone_from_behind_a_forced_door_asks_to_persist_the_inventory_and_the_counter():
     core = Core("cab-1", 4)
     rig = Rig(core)
