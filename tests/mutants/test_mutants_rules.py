@@ -109,6 +109,21 @@ def test_a_new_connections_republish_is_kept_through_the_tick_the_cabinet_sensor
     assert rig.core.take_dirty() == (2 << 12) - 1
 
 
+def test_a_new_connections_republish_is_kept_through_an_emergency_back_right_after_its_reset():
+    rig = stocked_rig()
+    rig.world.smoke = True
+    rig.tick()
+    rig.world.smoke = False
+    rig.tick()
+    rig.core.take_dirty()
+    assert rig.core.connected(3) is True
+    assert rig.cmd("reset_emergency")["ok"] is True
+    rig.world.smoke = True  # back before the next tick: every slot is still stopped for emergency
+    rig.tick()
+    assert rig.core.mode == "emergency"
+    assert rig.core.take_dirty() == (2 << 12) - 1
+
+
 # -- quarantine of a slot whose door is open -------------------------------------------------------
 def test_quarantining_a_slot_whose_battery_the_technician_swapped_reports_the_old_one_missing():
     rig = stocked_rig(full=1, half=0)
