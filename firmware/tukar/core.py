@@ -243,6 +243,16 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal, Edge):
             s.phase = sl.P_EMPTY
 
     def _clear_battery(self, s):
+        if s.charge_ma:
+            # Gone while charging: the charge ends now, under the serial it began with (mqtt.md:
+            # ChargeStopped names its battery), with the energy up to this tick.
+            dt = (self.now - self._charge_t[s.n - 1]) & _TICKS_MAX
+            if 0 < dt < _TICKS_HALF:
+                s.add_energy(dt)
+            self._charge_stopped(s, "no_battery")
+            s.charge_ma = 0
+            self.charge_ma[s.n - 1] = 0
+            self.outputs |= 1 << s.n
         if s.serial is not None or s.accepted:
             self.jdirty |= J_INVENTORY
         s.serial = None
@@ -422,10 +432,12 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal, Edge):
                 s.energy_acc = 0
                 self._emit("ChargeStarted", {"slot": s.n, "serial": s.serial})
             elif was and not ma:
-                self._emit("ChargeStopped", {"slot": s.n, "serial": s.serial,
-                                             "reason": s.reason or "stopped",
-                                             "energy_wh": s.energy_mwh / 1000})
+                self._charge_stopped(s, s.reason or "stopped")
             if ma != was:
                 s.charge_ma = ma
                 self.charge_ma[s.n - 1] = ma
                 self.outputs |= 1 << s.n
+
+    def _charge_stopped(self, s, reason):
+        self._emit("ChargeStopped", {"slot": s.n, "serial": s.serial, "reason": reason,
+                                     "energy_wh": s.energy_mwh / 1000})

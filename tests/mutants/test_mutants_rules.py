@@ -224,3 +224,24 @@ def test_a_held_battery_the_technician_takes_out_asks_to_persist_the_inventory()
     rig.tick()
     assert core.take_journal() & J_INVENTORY
     assert core.journal()["inventory"][0] == [None, None, False, "temperature", False]
+
+
+@pytest.mark.parametrize("how", ["forced", "switch"])
+def test_a_charging_pack_gone_between_two_samples_ends_its_charge_under_its_own_serial(how):
+    """mqtt.md: ChargeStopped names its battery. A pack pulled through a forced door, or whose
+    presence switch reads empty, was cleared from the inventory before the charge step ran, and
+    its ChargeStopped went out with serial null (and its energy tied to no battery)."""
+    rig = stocked_rig(full=0, half=1)
+    rig.run(2000)
+    assert rig.core.charge_ma[0] > 0
+    if how == "forced":
+        rig.world.open_door(1, force=True)
+        rig.world.take(1)
+    else:
+        rig.world.slots[0].battery = None
+    rig.tick()
+    stop = rig.of("ChargeStopped")[-1]
+    assert (stop["slot"], stop["serial"], stop["reason"]) == (1, "H-01", "no_battery")
+    assert stop["energy_wh"] > 0
+    assert rig.core.charge_ma[0] == 0 and len(rig.of("ChargeStopped")) == 1
+    schemas.validate("event", dict(stop, seq=1))
