@@ -89,6 +89,8 @@ def test_broker_outage_during_a_swap_loses_no_event_and_leaves_retained_state_cu
             time.sleep(0.5)
             cab.fw.net.down = False
             r.step({"do": "expect_status", "value": "online", "within_s": 120})
+            result["soc_online"] = {n: (app.core.slot_state(n)["battery"] or {}).get("soc")
+                                    for n in range(1, 13)}
             r.step({"do": "expect_event", "type": "SwapCompleted",
                     "match": {"battery_in": "OUT-PACK"}, "within_s": 30})
             wait_sim(lambda: len(app.outbox) == 0, 30_000)
@@ -158,7 +160,11 @@ def test_broker_outage_during_a_swap_loses_no_event_and_leaves_retained_state_cu
         else:  # measurements republished after the reconnect: within what charging moves meanwhile
             assert {k: gb[k] for k in ("serial", "profile", "soh", "cycles", "faults")} == \
                 {k: cb[k] for k in ("serial", "profile", "soh", "cycles", "faults")}
-            assert abs(gb["soc"] - cb["soc"]) <= 1.5  # 3 min of outage moved it about 1.5 x more
+            # Republished after the reconnect: between what it was when the cabinet came back
+            # online (less a little: a state may go out just before the test reads it) and now,
+            # however long a loaded machine took to drain.
+            low = result["soc_online"][n]
+            assert low is not None and low - 0.5 <= gb["soc"] <= cb["soc"] + 0.1
     cabinet = json.loads(retained["out/sim-1/state"])
     cabinet.pop("seq")
     assert cabinet == result["cabinet"]

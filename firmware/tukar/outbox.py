@@ -31,7 +31,7 @@ _SEP = (",", ":")  # compact JSON: a tenth fewer bytes on a metered link
 # default in py/mpconfig.h, so in the stock ESP32 image too).
 def dump(obj, f):
     """dumps() streamed into file f."""
-    return json.dump(obj, f, separators=_SEP)
+    return json.dump(obj, f, separators=_SEP)  # type: ignore  (missing from the ESP32 stubs)
 
 
 def dumps(obj):
