@@ -416,3 +416,21 @@ def test_a_swap_resumed_from_a_journal_missing_a_battery_view_names_it_by_the_in
     assert rig.of("BatteryOut")[-1]["battery"]["serial"] == "F-%02d" % out
     assert not rig.of("BatteryMissing")  # taken by the rider, not missing
     assert rig.of("Boot")[-1]["recovered"]["missing"] == []
+
+
+def test_a_battery_taken_with_the_door_left_open_completes_the_swap_at_the_take_timeout():
+    """mqtt.md step 5: the battery was taken; the rider never shut the door. At take_timeout_s
+    the swap completes (the rider has the battery), the door is commanded locked to latch when it
+    shuts, and nothing is reported not taken."""
+    rig = stocked_rig()
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    rig.run(300)
+    assert rig.world.open_door(out) and rig.world.take(out)
+    rig.run(59_000)
+    assert not rig.of("SwapCompleted") and rig.core.session is not None
+    rig.run(2000)
+    done = rig.of("SwapCompleted")
+    assert done and done[-1]["battery_out"] == "F-%02d" % out and done[-1]["battery_in"] == "R-1"
+    assert not rig.of("BatteryOutTimeout") and not rig.of("SwapAborted")
+    assert rig.core.session is None and rig.core.slots[out - 1].lock_cmd is True
