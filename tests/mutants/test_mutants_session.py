@@ -434,3 +434,23 @@ def test_a_battery_taken_with_the_door_left_open_completes_the_swap_at_the_take_
     assert done and done[-1]["battery_out"] == "F-%02d" % out and done[-1]["battery_in"] == "R-1"
     assert not rig.of("BatteryOutTimeout") and not rig.of("SwapAborted")
     assert rig.core.session is None and rig.core.slots[out - 1].lock_cmd is True
+
+
+def test_a_dispense_battery_quarantined_as_its_door_opens_ends_the_swap_as_fault_and_relocks():
+    """Rule 7 with the door already open: the battery is no longer offered, the swap ends
+    `SwapAborted(fault)` (mqtt.md's reason), and the bolt is commanded shut to latch when the door
+    shuts; no other door opens for it."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="rider")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    rig.run(300)
+    assert rig.world.open_door(out)  # before the next tick reads it, the operator quarantines it
+    assert rig.cmd("quarantine", slot=out, reason="operator")["ok"]
+    rig.tick()
+    ab = rig.of("SwapAborted")
+    assert ab and ab[-1]["reason"] == "fault" and rig.core.session is None
+    assert rig.core.slots[out - 1].lock_cmd is True
+    assert [n for n in range(1, 7) if not rig.core.lock_cmd[n - 1]] in ([], [out])
+    rig.world.close_door(out)
+    rig.run(1000)
+    assert all(rig.core.lock_cmd) and not rig.of("BatteryOut")
