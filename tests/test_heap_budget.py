@@ -19,12 +19,18 @@ def mosquitto(tmp_path_factory):
     b.stop()
 
 
+# The phases run the cabinet in real time with windows of 20 to 30 s: under another job's load a
+# window can pass (one clean-clone run beside another, on 2 cores: the swap's dispensing not seen
+# in 20 s). Retried twice, as the other real-time end-to-end tests; a phase that needs more heap
+# than HEAP_HELD_K fails every try.
+@pytest.mark.flaky(reruns=2)
 def test_boot_and_a_swap_complete_in_the_held_heap(mosquitto):
     ok, why, _, took = bench_mpy.attempt(mosquitto.port, HEAP, "swap", 0)
     assert ok, why
     assert took["boot"] > 0 and took["swap"] > 0
 
 
+@pytest.mark.flaky(reruns=2)
 def test_an_outage_with_the_outbox_past_its_cap_reconnection_and_drain_complete_in_it(mosquitto):
     ok, why, _, took = bench_mpy.attempt(mosquitto.port, HEAP, "outage", 0)  # no wait past the queueing
     assert ok, why
