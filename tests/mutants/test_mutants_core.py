@@ -8,28 +8,11 @@ from coreworld import Battery, Rig, rider_inserts, stocked_rig
 
 from tukar.clock import TICKS_PERIOD, wrap_diff
 from tukar.core import Core
-from tukar_tools import schemas
 
 TICK = 50
 
 
-@pytest.fixture(autouse=True)
-def every_event_and_state_fits_the_contract(monkeypatch):
-    """After each test: every event its cabinets emitted, and their states, fit mqtt.md's schemas."""
-    rigs = []
-    real = Rig.__init__
-
-    def init(self, *a, **k):
-        real(self, *a, **k)
-        rigs.append(self)
-    monkeypatch.setattr(Rig, "__init__", init)
-    yield
-    for rig in rigs:
-        for e in rig.events:
-            schemas.validate("event", dict(e, seq=1))
-        schemas.validate("state", dict(rig.core.cabinet_state(), seq=1))
-        for n in range(1, rig.core.n_slots + 1):
-            schemas.validate("slot/%d/state" % n, dict(rig.core.slot_state(n), seq=1))
+pytestmark = pytest.mark.usefixtures("every_event_and_state_fits_the_contract")
 
 
 def settled(start_ms, **kw):

@@ -4,7 +4,7 @@ rider's slot, wherever it is. A swap that ends (not taken, a jammed or unreadabl
 after the take) relocks exactly its slots and touches no other; what a session's step marks for
 publishing and persisting. Every event and state is checked against the contract's schemas."""
 import pytest
-from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
+from coreworld import Battery, insert_until_dispensing, stocked_rig
 
 from tukar.clock import wrap_add
 from tukar.core import Core
@@ -12,23 +12,7 @@ from tukar.states import J_COUNTERS, J_INVENTORY, J_SESSION
 from tukar_tools import schemas
 
 
-@pytest.fixture(autouse=True)
-def every_event_and_state_fits_the_contract(monkeypatch):
-    """After each test: every event its cabinets emitted and their states fit mqtt.md's schemas."""
-    rigs = []
-    real = Rig.__init__
-
-    def init(self, *a, **k):
-        real(self, *a, **k)
-        rigs.append(self)
-    monkeypatch.setattr(Rig, "__init__", init)
-    yield
-    for rig in rigs:
-        for e in rig.events:
-            schemas.validate("event", dict(e, seq=1))
-        schemas.validate("state", dict(rig.core.cabinet_state(), seq=1))
-        for n in range(1, rig.core.n_slots + 1):
-            schemas.validate("slot/%d/state" % n, dict(rig.core.slot_state(n), seq=1))
+pytestmark = pytest.mark.usefixtures("every_event_and_state_fits_the_contract")
 
 
 def test_with_nothing_left_to_hand_out_the_rider_gets_their_own_battery_back():
