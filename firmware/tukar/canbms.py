@@ -1,5 +1,5 @@
 # CAN battery decoder: turns BMS broadcast frames into each slot's BmsReading, driven by profile
-# data (firmware/profiles/*.json), not code. Profiles are compiled once into tuples of integer
+# data (firmware/profiles/*.json), not code. Profiles are compiled once into flat tuples of integer
 # steps; decoding a frame then allocates nothing and uses no floats.
 #
 # Slot addressing: a slot's connector straps the node id of the pack it holds, node = first + slot
@@ -130,10 +130,12 @@ class CanBms:
         faults = r.faults & ~fr[2]
         extra = self.extra
         x0 = slot * len(EXTRA)
-        for target, st, bits, num, den, ofs in fr[1]:  # tukar.cancompile.compile_signal
+        for sig in fr[1]:  # tukar.cancompile.compile_signal
+            target, bits, num, den, ofs = sig[0], sig[1], sig[2], sig[3], sig[4]
             raw = 0
-            for byte, rs, m, ls in st:
-                raw |= ((data[off + byte] >> rs) & m) << ls
+            for i in range(5, len(sig)):
+                s = sig[i]  # tukar.cancompile.pack_step
+                raw |= ((data[off + (s & 7)] >> ((s >> 3) & 7)) & (s >> 11)) << ((s >> 6) & 31)
             if target == -1:  # a fault bit, in num
                 if raw:
                     faults |= num

@@ -58,6 +58,13 @@ def steps(start, length, big_endian):
     return tuple(out)
 
 
+def pack_step(step):
+    """A byte step as one small int: byte | right shift << 3 | left shift << 6 | mask << 11
+    (tukar.canbms.CanBms._signals unpacks it)."""
+    byte, rs, m, ls = step
+    return byte | rs << 3 | ls << 6 | m << 11
+
+
 def _ratio(x):
     """x as num / den with den a power of ten (profile scales are decimal)."""
     den = 1
@@ -70,9 +77,10 @@ def _ratio(x):
 
 
 def compile_signal(s):
-    """Signal dict -> (target, steps, bits, num, den, offset): target a BmsReading attribute or an
-    index into CanBms.extra, bits negative for a signed signal; a fault bit is (-1, steps, bits,
-    the bit, 1, 0). Six items, not eight: a 32-byte block a signal instead of 48."""
+    """Signal dict -> (target, bits, num, den, offset, step...): target a BmsReading attribute or
+    an index into CanBms.extra, bits negative for a signed signal, each byte step packed into one
+    int (pack_step); a fault bit is (-1, bits, the bit, 1, 0, step...). One flat tuple, not a
+    signal, a tuple of steps and a tuple a step: 48 bytes of heap for a two-byte signal, not 112."""
     length = s["length"]
     if not 1 <= length <= _MAX_BITS:
         raise ProfileError("signal %s: 1..%d bits" % (s.get("name"), _MAX_BITS))
@@ -83,7 +91,7 @@ def compile_signal(s):
     if fault is not None:
         if fault not in BATTERY_FAULTS:
             raise ProfileError("signal %s: unknown fault %s" % (s.get("name"), fault))
-        return (-1, st, length, 1 << BATTERY_FAULTS.index(fault), 1, 0)
+        return (-1, length, 1 << BATTERY_FAULTS.index(fault), 1, 0) + tuple(pack_step(x) for x in st)
     field = s.get("field")
     spec = FIELDS.get(field)
     if spec is None:
@@ -96,7 +104,8 @@ def compile_signal(s):
     if abs(off - round(off)) > 1e-6:
         raise ProfileError("signal %s: offset not whole in core units" % s.get("name"))
     target = field if spec[1] == "r" else spec[1]
-    return (target, st, -length if s.get("signed") else length, num, den, int(round(off)))
+    return ((target, -length if s.get("signed") else length, num, den, int(round(off)))
+            + tuple(pack_step(x) for x in st))
 
 
 def compile_profile(p):
@@ -125,9 +134,9 @@ def compile_profile(p):
         need = 0
         for s in sigs:
             if s[0] == -1:
-                fmask |= s[3]
-            for step in s[1]:
-                need = max(need, step[0] + 1)
+                fmask |= s[2]
+            for i in range(5, len(s)):
+                need = max(need, (s[i] & 7) + 1)
         frames[fid] = (_K_SIGNALS, sigs, fmask, need, k)
         k += 1
     return (p["name"], ~(nmask << shift), shift, nmask, node.get("first", 0), frames)
