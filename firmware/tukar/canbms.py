@@ -8,6 +8,8 @@
 #
 # Signal positions follow DBC conventions (start bit; little_endian = Intel, big_endian = Motorola
 # with the start at the most significant bit), so a profile and its DBC file agree field by field.
+from tukar.profile import ProfileError  # one class for both: a class costs 112 bytes of heap
+
 EXT = 0x20000000  # 29-bit id flag, as tukar.mcp2515.recv_into returns it
 
 EXTRA = ("cell_max_mv", "cell_min_mv", "temp_min_dc", "req_voltage_mv")  # CanBms.extra, per slot
@@ -15,10 +17,6 @@ EXTRA = ("cell_max_mv", "cell_min_mv", "temp_min_dc", "req_voltage_mv")  # CanBm
 _K_SIGNALS = 0
 _K_SERIAL = 1
 _SERIAL_CHARS = 7  # a serial page: byte 0 page index, bytes 1..7 ASCII, NUL padded
-
-
-class ProfileError(ValueError):
-    pass
 
 
 def compile_profile(p):
