@@ -424,3 +424,60 @@ def test_scan_and_apply_allocate_nothing_under_micropython():
 
     out = mpvm.run(mpvm.FAKE_MACHINE + VM_FAKE_MACHINE, files={"board.json": pathlib.Path(WROOM)}, fuel=10**10, timeout=120)
     assert "alloc 0 0 250" in out.stdout
+
+
+def _gpio_slot_board():
+    """The 12-slot board with slot 1's switches and outputs moved from the expander to GPIOs
+    (a board file may put them on either): door inverted, presence not; and the cabinet's smoke
+    switch, fan and alarm moved the other way, onto the expander pins slot 1 no longer uses."""
+    cfg = cfg_of(WROOM)
+    s = cfg["slots"][0]
+    cab = cfg["cabinet"]
+    s["door"] = {"pin": 37, "invert": True}
+    s["presence"] = 38
+    s["lock_feedback"] = 34
+    s["lock"] = 32
+    s["charger"]["enable"] = {"pin": 33, "invert": True}
+    cab["smoke"], cab["fan"], cab["alarm"] = "x0.0", "x0.3", "x0.4"
+    hw = install(Hardware(input_only=range(34, 40)))
+    world = BoardHardware(hw, cfg)
+    b = Board(cfg, machine)
+    assert b.safe_outputs() == 0
+    return b, world, [SlotInputs() for _ in range(12)], CabinetInputs()
+
+
+def test_slot_switches_and_outputs_on_gpios_read_and_drive_as_on_the_expander():
+    b, world, slots, cab = _gpio_slot_board()
+    s0 = world.slot(0)
+    assert world.output(s0["lock"]) == 0 and world.output(s0["charger"]["enable"]) == 0  # rule 9
+    for door, present, locked in ((True, False, True), (False, True, False), (True, True, True)):
+        world.set_input(s0["door"], door)
+        world.set_input(s0["presence"], present)
+        world.set_input(s0["lock_feedback"], locked)
+        b.scan(slots, cab, 0)
+        assert (slots[0].door_closed, slots[0].present, slots[0].locked) == (door, present, locked)
+        fresh = [SlotInputs() for _ in range(12)]
+        reader = b.switch_reader(fresh, cab)
+        moved = (door, present, locked) != (True, False, True)  # SlotInputs' initial levels
+        assert bool(next(reader) & 2) == moved  # slot 1's switches are GPIOs: read every tick
+        assert (fresh[0].door_closed, fresh[0].present, fresh[0].locked) == (door, present, locked)
+    charge = [0] * 12
+    charge[0] = 5000
+    locked = [True] * 12
+    assert _apply(b, locked, charge)
+    assert world.output(s0["charger"]["enable"]) == 1 and world.output(s0["lock"]) == 0
+    charge[0] = 0
+    locked[0] = False
+    assert _apply(b, locked, charge)
+    assert world.output(s0["charger"]["enable"]) == 0 and world.output(s0["lock"]) == 1
+    assert _apply(b, [True] * 12, [0] * 12, fan=True, alarm=False)
+    assert world.output(cab_cfg(world)["fan"]) == 1 and world.output(cab_cfg(world)["alarm"]) == 0
+    for smoke in (True, False):
+        world.set_input(cab_cfg(world)["smoke"], smoke)
+        b.scan(slots, cab, 0)
+        assert cab.smoke is smoke
+        assert next(b.switch_reader(slots, cab)) >= 0 and cab.smoke is smoke
+
+
+def cab_cfg(world):
+    return world.cfg["cabinet"]

@@ -99,20 +99,30 @@ def test_table_is_small(table):
 
 
 class FakePin:
+    """One bit of a bank (tukar.pins.Gpio, Expander), as Lock and Charger take it: (bank, bit).
+    `level` is the bit's level: what put() wrote, or what the bank latched."""
+
     def __init__(self, level=0):
         self.level = level
         self.writes = []
 
-    def value(self, v=None):
-        if v is None:
-            return self.level
+    @property
+    def bit(self):
+        return (self, 3)  # a bit other than 0: the drivers must use theirs
+
+    @property
+    def state(self):
+        return self.level << 3
+
+    def put(self, bit, v):
+        assert bit == 3
         self.level = v
         self.writes.append(v)
 
 
 def test_lock_energises_the_output_to_open(mocker):
     out, fb = FakePin(), FakePin()
-    lk = Lock(out, fb)
+    lk = Lock(out.bit, fb.bit)
     lk.command(False, 0)
     assert out.level == 1
     lk.command(True, 0)
@@ -121,7 +131,7 @@ def test_lock_energises_the_output_to_open(mocker):
 
 def test_lock_reads_its_feedback_switch():
     fb = FakePin(1)
-    lk = Lock(FakePin(), fb)
+    lk = Lock(FakePin().bit, fb.bit)
     assert lk.locked() is True
     fb.level = 0
     assert lk.locked() is False
@@ -129,7 +139,7 @@ def test_lock_reads_its_feedback_switch():
 
 def test_lock_retry_of_an_unlock_releases_then_pulls_in_again():
     out = FakePin()
-    lk = Lock(out, FakePin())
+    lk = Lock(out.bit, FakePin().bit)
     lk.command(False, 3)
     lk.command(False, 4)  # the core's retry
     lk.command(False, 4)
@@ -138,7 +148,7 @@ def test_lock_retry_of_an_unlock_releases_then_pulls_in_again():
 
 def test_lock_retry_of_a_lock_never_energises():
     out = FakePin()
-    lk = Lock(out, FakePin())
+    lk = Lock(out.bit, FakePin().bit)
     lk.command(True, 0)
     lk.command(True, 1)
     assert out.writes == [0, 0]
@@ -146,14 +156,14 @@ def test_lock_retry_of_a_lock_never_energises():
 
 def test_lock_releases_on_lock():
     out = FakePin(1)
-    lk = Lock(out, FakePin())
+    lk = Lock(out.bit, FakePin().bit)
     lk.lock()
     assert out.level == 0 and lk.cmd_locked
 
 
 def test_charger_enable_follows_the_setpoint():
     en = FakePin()
-    c = Charger(en, None, 10000)
+    c = Charger(en.bit, None, 10000)
     c.set(5000)
     assert en.level == 1 and c.on()
     c.set(0)
@@ -162,7 +172,7 @@ def test_charger_enable_follows_the_setpoint():
 
 def test_charger_setpoint_is_clamped_to_the_slot_limit(mocker):
     link = mocker.Mock()
-    c = Charger(FakePin(), link, 10000)
+    c = Charger(FakePin().bit, link, 10000)
     c.set(25000)
     link.set_current.assert_called_with(10000)
     assert c.ma == 10000
@@ -171,10 +181,10 @@ def test_charger_setpoint_is_clamped_to_the_slot_limit(mocker):
 def test_can_charger_cuts_the_enable_before_the_frame(mocker):
     calls = []
     en = mocker.Mock()
-    en.value.side_effect = lambda v: calls.append(("enable", v))
+    en.put.side_effect = lambda bit, v: calls.append(("enable", v))
     link = mocker.Mock()
     link.set_current.side_effect = lambda ma: calls.append(("can", ma))
-    c = Charger(en, link, 10000)
+    c = Charger((en, 0), link, 10000)
     c.set(8000)
     c.set(0)
     assert calls == [("can", 8000), ("enable", 1), ("enable", 0), ("can", 0)]
@@ -182,7 +192,7 @@ def test_can_charger_cuts_the_enable_before_the_frame(mocker):
 
 def test_negative_setpoint_means_off():
     en = FakePin(1)
-    c = Charger(en)
+    c = Charger(en.bit)
     c.set(-100)
     assert en.level == 0 and c.ma == 0
 

@@ -8,7 +8,7 @@ from tukar.charger import Charger
 from tukar.clock import ticks_diff
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
-from tukar.pins import FAIL_LEVEL, CanChargerLink, Expander, input_pin, output_pin, raw_input
+from tukar.pins import FAIL_LEVEL, Bit, CanChargerLink, Expander, Gpio, input_pin, output_pin, raw_input
 from tukar.sampling import Sampling, _gray_rank
 
 # Per I2C transaction (microseconds). The ESP32 default is 50 ms, so one stuck or stretched
@@ -96,9 +96,13 @@ class Board(Sampling):
         self._tmap = [[-1] * 16 for _ in self._adcs]
         self._direct = []  # (ADC, target) for sensors on their own ADC1 pin
 
-        self._outs = []  # every output, for safe_outputs
+        # The banks of bits the switches and outputs are on: the expanders, then the GPIOs. A slot's
+        # switch is a number, bank << 5 | bit (doors, presence, _feedback).
+        self.gpio = Gpio()
+        self.banks = self.expanders + [self.gpio]
         self.doors = []
         self.presence = []
+        self._feedback = []
         self.locks = []
         self.chargers = []
         self.can_chargers = []
@@ -112,13 +116,13 @@ class Board(Sampling):
             door = self._input(s["door"], "door")
             presence = self._input(s["presence"], "presence")
             feedback = self._input(s["lock_feedback"], "lock_feedback")
-            self.doors.append(door)
-            self.presence.append(presence)
+            self.doors.append(self._ref(door))
+            self.presence.append(self._ref(presence))
+            self._feedback.append(self._ref(feedback))
             self.locks.append(Lock(self._output(s["lock"], 0), feedback))
             xs = []
-            for inp in (door, presence, feedback):
-                x = getattr(inp, "_x", None)
-                if x is not None and x not in xs:
+            for x, _ in (door, presence, feedback):
+                if x is not self.gpio and x not in xs:
                     xs.append(x)
             for other in self.slot_x:  # slots on the same expanders share one list
                 if other == xs:
@@ -134,13 +138,13 @@ class Board(Sampling):
             self.chargers.append(Charger(en, link, s["current_limit_ma"]))
             self._temp(s["temp"], i)
         cab = cfg["cabinet"]
-        self.smoke = self._input(cab["smoke"], "smoke")
-        self.estop = self._input(cab["estop"], "estop")
+        self.smoke = Bit(*self._input(cab["smoke"], "smoke"))
+        self.estop = Bit(*self._input(cab["estop"], "estop"))
         # switch_reader reads a GPIO switch without its adapter: the pin and its asserted level.
         self._smoke_pin, self._smoke_on = raw_input(self.smoke)
         self._estop_pin, self._estop_on = raw_input(self.estop)
-        self.fan = self._output(cab["fan"], 0)
-        self.alarm = self._output(cab["alarm"], 0)
+        self.fan = Bit(*self._output(cab["fan"], 0))
+        self.alarm = Bit(*self._output(cab["alarm"], 0))
         self._temp(cab["temp"], n)
         self._steps = []  # mux channels in use, ascending
         for ch in range(16):
@@ -153,17 +157,16 @@ class Board(Sampling):
         self._x_slots = [0] * len(self.expanders)
         self._x_pins = [[] for _ in self.expanders]  # per expander: (its bits of a slot, the slot's bit)
         self._gpio_slots = 0
-        self._feedback = [lk._fb for lk in self.locks]
+        ne = len(self.expanders)
         for i in range(n):
-            bits = [0] * len(self.expanders)
-            for inp in (self.doors[i], self.presence[i], self._feedback[i]):
-                x = getattr(inp, "_x", None)
-                if x is None:
+            bits = [0] * ne
+            for a in (self.doors[i], self.presence[i], self._feedback[i]):
+                j = a >> 5
+                if j == ne:
                     self._gpio_slots |= 1 << (i + 1)
                 else:
-                    j = self.expanders.index(x)
                     self._x_slots[j] |= 1 << (i + 1)
-                    bits[j] |= 1 << inp._bit
+                    bits[j] |= 1 << (a & 31)
             for j in range(len(bits)):
                 if bits[j]:
                     self._x_pins[j].append((bits[j], 1 << (i + 1)))
@@ -222,12 +225,14 @@ class Board(Sampling):
         return self.i2c[self._mux_buses[m]]
 
     def _input(self, v, role):
-        return input_pin(self._m, self.expanders, v, role)
+        return input_pin(self._m, self.banks, v, role)
 
     def _output(self, v, level):
-        o = output_pin(self._m, self.expanders, v, level)
-        self._outs.append(o)
-        return o
+        return output_pin(self._m, self.banks, v, level)
+
+    def _ref(self, bank_bit):
+        """(bank, bit) as the number the switch lists hold: bank << 5 | bit."""
+        return self.banks.index(bank_bit[0]) << 5 | bank_bit[1]
 
     def _temp(self, v, target):
         from tukar.boardfile import _ref
@@ -301,10 +306,14 @@ class Board(Sampling):
         """Fill SlotInputs and CabinetInputs in place: one read per expander, every sensor."""
         for x in self.expanders:
             x.latch()
+        self.gpio.latch()
+        banks = self.banks
         for i in range(self.slot_count):
             s = slot_inputs[i]
-            s.door_closed = self.doors[i].value() == 1
-            s.present = self.presence[i].value() == 1
+            a = self.doors[i]
+            s.door_closed = banks[a >> 5].state >> (a & 31) & 1 == 1
+            a = self.presence[i]
+            s.present = banks[a >> 5].state >> (a & 31) & 1 == 1
             s.locked = self.locks[i].locked()
             ok = True
             for x in self.slot_x[i]:

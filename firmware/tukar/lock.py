@@ -1,20 +1,21 @@
 # A slot's fail-secure electric lock: energising the output pulls the bolt in (open), so an
 # unpowered or reset controller leaves the door locked. The feedback switch reports the bolt.
 # Timing (500 ms, one retry, jam) is the core's business; this driver drives and reads.
-# Pins are logical: value 1 means energised / bolt out, whatever the wiring polarity.
+# Pins are (bank, bit) of tukar.pins (an expander or the GPIOs), logical: 1 means energised /
+# bolt out, whatever the wiring polarity. The feedback is read as the bank last latched it.
 
 
 class Lock:
     def __init__(self, out, feedback):
-        self._out = out
-        self._fb = feedback
+        self._ox, self._ob = out
+        self._fx, self._fb = feedback
         self.cmd_locked = True
         self._pulse = None  # last retry counter seen; None until the first command
 
     def lock(self):
         """Release the solenoid: the bolt springs out. Used by safe_outputs (rule 9)."""
         self.cmd_locked = True
-        self._out.value(0)
+        self._ox.put(self._ob, 0)
 
     def command(self, locked, pulse):
         """Drive the lock; a new `pulse` re-issues the command (the core's retry).
@@ -26,12 +27,9 @@ class Lock:
         retry = self._pulse is not None and pulse != self._pulse
         self._pulse = pulse
         self.cmd_locked = locked
-        if locked or retry:
-            self._out.value(0)
-        else:
-            self._out.value(1)
+        self._ox.put(self._ob, 0 if locked or retry else 1)
         return retry and not locked  # the solenoid waits for the next call to pull in again
 
     def locked(self):
         """The feedback switch says the bolt is out."""
-        return self._fb.value() == 1
+        return self._fx.state >> self._fb & 1 == 1

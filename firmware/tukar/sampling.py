@@ -42,14 +42,20 @@ class Sampling:
                 j += 1
             changed = 0
             if cand:
+                if self._gpio_slots:
+                    self.gpio.latch()
+                banks = self.banks
                 i = 0
                 cand >>= 1
                 while cand:
                     if cand & 1:
                         s = slot_inputs[i]
-                        d = self.doors[i].value() == 1
-                        p = self.presence[i].value() == 1
-                        lk = self._feedback[i].value() == 1
+                        a = self.doors[i]  # bank << 5 | bit (tukar.pins.Gpio)
+                        d = banks[a >> 5].state >> (a & 31) & 1 == 1
+                        a = self.presence[i]
+                        p = banks[a >> 5].state >> (a & 31) & 1 == 1
+                        a = self._feedback[i]
+                        lk = banks[a >> 5].state >> (a & 31) & 1 == 1
                         ok = True
                         for x in self.slot_x[i]:
                             if not x.ok:
