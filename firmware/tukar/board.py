@@ -9,14 +9,19 @@ from tukar.clock import ticks_diff
 from tukar.lock import Lock
 from tukar.ntc import NtcTable
 from tukar.pins import FAIL_LEVEL, Bit, CanChargerLink, Expander, Gpio, input_pin, output_pin, raw_input
-from tukar.sampling import Sampling, _gray_rank
+from tukar import absorb, sampling
+from tukar.sampling import _gray_rank
 
 # Per I2C transaction (microseconds). The ESP32 default is 50 ms, so one stuck or stretched
 # transaction could take a whole tick; 10 ms is above what an SBS gauge stretches the clock for.
 I2C_TIMEOUT_US = 10000
 
 
-class Board(Sampling):
+TYPE_CHECKING = False  # the type checker takes it as True: it sees Sampling as a base
+_Parts = sampling.Sampling if TYPE_CHECKING else object  # absorbed into Board, below
+
+
+class Board(_Parts):
     """Every driver of one controller board, built from a checked board dict."""
 
     def __init__(self, cfg, machine=None):
@@ -430,3 +435,6 @@ class Board(Sampling):
         if self._flush() and ok:
             return again
         return -1
+
+
+absorb(Board, sampling, "Sampling")

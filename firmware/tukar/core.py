@@ -1,9 +1,8 @@
 # The cabinet core: modes, slots, the cabinet-wide safety rules, charging and events; the swap
-# session (session.py), the commands (commands.py), the journal (journal.py) and the payloads
-# (payloads.py), events and the shell's edge (edge.py) are its methods too, each concern in its own module. Pure logic: it reads the
+# session, commands, journal, payloads, schedule, and events and the shell's edge are its methods
+# too, each in a module of its own, absorbed into Core (tukar.absorb). Pure logic: it reads the
 # input snapshots (filled in place by the drivers), and leaves its decisions in output fields and
-# lists that the shell applies, publishes and persists. It performs no I/O. One call of tick()
-# or command() runs to completion.
+# lists that the shell applies, publishes and persists. No I/O; a tick() or command() runs whole.
 #
 # Shell contract, per control tick:  drivers fill slot_inputs / cabinet -> tick(now_ms, wall_s)
 #   -> apply charge_ma (chargers off first), then lock_cmd / lock_pulse, fan, alarm
@@ -12,17 +11,11 @@
 # Commands that passed the gate go to command(body) between ticks; it returns the ack.
 from micropython import const
 
-from tukar import config as cf
-from tukar import slot as sl
+from tukar import absorb, commands as _cm, config as cf, edge as _ed, journal as _jn
+from tukar import payloads as _pl, schedule as _sc, session as _ss, slot as sl
 from tukar.clock import wrap_diff
-from tukar.commands import Commands
-from tukar.edge import Edge
 from tukar.inputs import CabinetInputs, SlotInputs
-from tukar.journal import Journal
-from tukar.payloads import Payloads
 from tukar.profile import DEFAULT
-from tukar.schedule import Schedule
-from tukar.session import SessionSteps
 from tukar.states import (ALARMS, C_ESTOP, C_OVERTEMP, C_SMOKE, EMERGENCY, IN_SERVICE,
                           IO_FAULT_MS, J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION,
                           S_DISPENSING, S_REJECTED)
@@ -31,7 +24,15 @@ _TICKS_MAX = const((1 << 30) - 1)  # tukar.clock.TICKS_MAX
 _TICKS_HALF = const(1 << 29)
 _CAB_SENSOR_CODES = (None, "temp_sensor_open", "temp_sensor_short")  # by tukar.inputs.SENSOR_*
 
-class Core(Payloads, Schedule, SessionSteps, Commands, Journal, Edge):
+TYPE_CHECKING = False  # the type checker takes it as True: it sees the parts as bases
+if TYPE_CHECKING:
+    class _Parts(_pl.Payloads, _sc.Schedule, _ss.SessionSteps, _cm.Commands, _jn.Journal, _ed.Edge):
+        pass
+else:
+    _Parts = object  # the parts are absorbed into Core, below
+
+
+class Core(_Parts):
     def __init__(self, cabinet_id, slots, profiles=None, config=None, journal=None,
                  boot_reason="power_on", now=0):
         self.id = cabinet_id
@@ -441,3 +442,9 @@ class Core(Payloads, Schedule, SessionSteps, Commands, Journal, Edge):
     def _charge_stopped(self, s, reason):
         self._emit("ChargeStopped", {"slot": s.n, "serial": s.serial, "reason": reason,
                                      "energy_wh": s.energy_mwh / 1000})
+
+
+for _p in ((_pl, "Payloads"), (_sc, "Schedule"), (_ss, "SessionSteps"), (_cm, "Commands"),
+           (_jn, "Journal"), (_ed, "Edge")):
+    absorb(Core, *_p)
+del _p, _pl, _sc, _ss, _cm, _jn, _ed
