@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
 MICROPYTHON := build/micropython
-FROZEN := firmware/manifest.py $(wildcard firmware/tukar/*.py) $(wildcard tools/tukar_tools/mpshim/*.py)
+FROZEN := firmware/manifest.py $(wildcard firmware/tukar/*.py) $(wildcard tools/tukar_tools/mpshim/*.py) \
+	$(wildcard tools/tukar_tools/mpshim/c/*/*)
 export MICROPYTHON_SRC
 
 $(MICROPYTHON): tools/build/micropython.sh $(FROZEN)

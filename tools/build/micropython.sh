@@ -2,8 +2,10 @@
 # Builds the MicroPython unix port that `make test` and `tukar sim --runtime micropython` run the
 # firmware in: v1.28.0, 32-bit (object sizes as on the ESP32), with a GIL (as on the ESP32), SSL,
 # FFI and btree off, freezing tools/tukar_tools/mpshim/manifest.py: exactly firmware/manifest.py (what
-# the production image freezes) plus the host's stand-ins for the ESP32's C modules (machine,
-# network, ntptime), which on the device take no heap for their code either.
+# the production image freezes) plus the host's stand-ins for the ESP32's built-in modules (machine,
+# network, ntptime), which on the device take no heap for their code either; and with the user C
+# module tools/tukar_tools/mpshim/c/tukarhw built in, the `machine` the frozen machine.py names: C,
+# as on the device, so that its module, pins and buses take no heap.
 #
 #   tools/build/micropython.sh OUT      -> OUT/micropython
 #
@@ -61,10 +63,17 @@ echo "micropython: building the 32-bit unix port with the firmware frozen (about
 make -s -C "$src/mpy-cross" -j"$jobs" >"$out/mpy-cross.log" 2>&1 || { tail -20 "$out/mpy-cross.log" >&2; exit 1; }
 make -s -C "$src/ports/unix" -j"$jobs" VARIANT=standard BUILD=build-32 MICROPY_FORCE_32BIT=1 \
     MICROPY_PY_THREAD_GIL=1 MICROPY_PY_FFI=0 MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 \
-    FROZEN_MANIFEST="$top/tools/tukar_tools/mpshim/manifest.py" >"$out/micropython.log" 2>&1 \
+    FROZEN_MANIFEST="$top/tools/tukar_tools/mpshim/manifest.py" \
+    USER_C_MODULES="$top/tools/tukar_tools/mpshim/c" >"$out/micropython.log" 2>&1 \
     || { tail -30 "$out/micropython.log" >&2; exit 1; }
 cp "$src/ports/unix/build-32/micropython" "$out/micropython.new"
 mv "$out/micropython.new" "$out/micropython"
-"$out/micropython" -c "import sys, tukar, network, ntptime; assert sys.implementation._thread == 'GIL' and sys.maxsize == 2**31 - 1" \
-    || { echo "micropython: the build is not 32-bit with a GIL, frozen tukar and the frozen stand-ins" >&2; exit 1; }
+# _tukarhw, without a host to connect to, raises OSError: an ImportError would mean it is not built in.
+TUKAR_HW=127.0.0.1:0 "$out/micropython" -c "import sys, tukar, network, ntptime
+assert sys.implementation._thread == 'GIL' and sys.maxsize == 2**31 - 1
+try:
+    import _tukarhw
+except OSError:
+    pass" \
+    || { echo "micropython: the build is not 32-bit with a GIL, frozen tukar, the frozen stand-ins and _tukarhw" >&2; exit 1; }
 echo "micropython: $out/micropython"

@@ -347,8 +347,10 @@ def _answer_hello(listener):
 
 
 def shim_heap(micropython=None):
-    """Heap that the host's stand-ins for C built-ins take in the firmware process (included in
-    every figure above), as imported from the binary where make micropython freezes them."""
+    """Heap that the host's stand-ins for the ESP32's built-ins take in the firmware process
+    (included in every figure above), as imported from the binary make micropython builds:
+    `network` and `ntptime` frozen Python; `machine` the C module _tukarhw, whose import leaves
+    the module object machine.py is imported as and builtins.open's override (the flash fault)."""
     import socket
     import subprocess
     from tukar_tools import mprt
@@ -382,7 +384,7 @@ def step(name, _l=[0]):
     _l[0] = a
 step("the interpreter and main.py")
 import machine, network, ntptime
-step("the host's stand-ins (machine, network, ntptime), frozen; none of it on the device")
+step("the host's stand-ins: machine (C), network and ntptime (frozen)")
 import asyncio
 from umqtt.simple import MQTTClient
 step("asyncio and umqtt.simple, frozen")
@@ -494,8 +496,8 @@ def print_report(r, out=sys.stdout):
             k = r["smallest_heap_k"].get(ph)
             p("    %-8s %s" % (ph, "%d K" % k if k else "none up to %d K" % HEAP_RANGE_K[1]))
     sh = r.get("shim_heap") or {}
-    p("  included above, the host's stand-ins for what the ESP32 has in C (frozen, as imported):"
-      " machine %s B, network and ntptime %s B" % (sh.get("machine"), sh.get("network_ntptime")))
+    p("  included above, the host's stand-ins for the ESP32's built-ins (as imported): machine (C)"
+      " %s B, network and ntptime (frozen) %s B" % (sh.get("machine"), sh.get("network_ntptime")))
     if r.get("gates"):
         p("  budget: every phase completes with -X heapsize=%dK" % HEAP_BUDGET_K)
         for g in r["gates"]:

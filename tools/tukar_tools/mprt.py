@@ -1,7 +1,7 @@
 """The firmware in real MicroPython: one 32-bit unix-port process per cabinet, started the way the
 device starts (`main.py` in a directory that is its flash, `-X heapsize=` as its heap), whose
-`machine` (tools/tukar_tools/mpshim/machine.py) forwards every call over a local socket to
-`HardwareServer` here, where the cabinet's chip models answer. MQTT goes through the frozen
+`machine` (the C module tools/tukar_tools/mpshim/c/tukarhw, built into the binary) forwards every
+call over a local socket to `HardwareServer` here, where the cabinet's chip models answer. MQTT goes through the frozen
 `umqtt.simple` over real sockets, via `Relay` (which the simulator's `fault mqtt` cuts).
 
 `FirmwareProcess` owns the process: start, SIGKILL (a power cut), the reset the firmware asks for,
@@ -365,8 +365,9 @@ class FirmwareProcess:
     def start(self):
         env = dict(os.environ)
         env["TUKAR_HW"] = "127.0.0.1:%d" % self.hw_port
-        # The frozen stand-ins first (make micropython freezes them, as the device has them in C);
-        # their source stays on the path for a binary built without them.
+        # The frozen stand-ins first (make micropython freezes them, and builds `machine` in C);
+        # their source stays on the path for a binary built without them (`machine` needs the C
+        # module all the same).
         env["MICROPYPATH"] = ".frozen:%s" % MPSHIM
         self._log = open(self.flash / "console.log", "a")
         self.started_at = time.monotonic()
