@@ -298,7 +298,7 @@ def test_a_tls_handshake_waits_for_a_still_cabinet_and_runs_with_every_charger_o
 
 
 def test_a_handshake_the_cabinet_keeps_waiting_fails_the_connection_attempt():
-    from tukar.sockets import HandshakeGate
+    from tukar.tls import HandshakeGate
 
     class Clock:
         t = 0
@@ -317,7 +317,7 @@ def test_a_handshake_the_cabinet_keeps_waiting_fails_the_connection_attempt():
 
 def test_a_handshake_kept_waiting_across_the_ticks_wrap_still_fails_in_time():
     from tukar.clock import TICKS_MAX
-    from tukar.sockets import HandshakeGate
+    from tukar.tls import HandshakeGate
 
     class Clock:
         t = TICKS_MAX - 300  # the wait straddles the wrap of ticks_ms

@@ -180,7 +180,7 @@ class ControlCycle:
     def hold_chargers(self, on):
         """Keep every charger off at the hardware (on), whatever the core decides, or give the
         chargers back to the core's decisions (off: every output is driven again next tick). For
-        the control loop to stand still safely: a TLS handshake (tukar.sockets.HandshakeGate)."""
+        the control loop to stand still safely: a TLS handshake (tukar.tls.HandshakeGate)."""
         if on and not self.held:
             self.held = True
             self._chargers_off()

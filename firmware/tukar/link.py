@@ -12,14 +12,14 @@
 # without DISCONNECT (the broker publishes the Last Will) and rebuilt after an exponential back-off
 # with jitter, capped at 60 s. Nothing else reconnects.
 import random
+import time
 
 import _thread
 from micropython import const
-from time import sleep_ms as _sleep_ms, ticks_ms as _ticks_ms  # type: ignore[attr-defined]
 
 from tukar.clock import wrap_add, wrap_diff
 from tukar.outbox import EVENT, dumps
-from tukar.sockets import HandshakeGate, SocketGuard, TlsWrap, WithSeq, tls_context
+from tukar.sockets import SocketGuard, WithSeq
 from tukar.threads import LINK_STACK, LINK_STACK_TLS, spawn
 
 STATE_PER_S = const(5)  # change-driven state publishes in any 1000 ms
@@ -30,16 +30,6 @@ BATCH = const(4)  # publishes of one kind per pass, so receiving stays responsiv
 IDLE_MS = const(20)
 BACKOFF_BASE_MS = const(1000)
 BACKOFF_CAP_MS = const(60000)
-
-
-class RealClock:
-    """Milliseconds that wrap like MicroPython's ticks, and a sleep. Tests pass a fake one."""
-
-    def ticks_ms(self) -> int:
-        return _ticks_ms()  # type: ignore[return-value]
-
-    def sleep_ms(self, ms):
-        _sleep_ms(ms)
 
 
 class Backoff:
@@ -84,13 +74,17 @@ class Link:
         # 60 s: a ping every 30 s keeps a cellular NAT mapping open; a dead link seen in 90 s
         self.keepalive_s = cfg.get("keepalive_s") or 60
         self.io_timeout_s = cfg.get("io_timeout_s") or 10
-        self.clock = clock if clock is not None else RealClock()
+        # ticks_ms() that wrap as MicroPython's do, and sleep_ms(): the time module's own, or a
+        # fake one the tests pass
+        self.clock = clock if clock is not None else time
         # TLS checks the certificates' dates: before NTP has set the clock every handshake fails,
         # and each one holds the GIL for 1.2 to 2 s on an ESP32. `time_known()` says when to try.
         self.time_known = time_known
         # The control loop grants each handshake (HandshakeGate): App.control_step.
-        self.handshake = HandshakeGate(self.clock, cfg.get("handshake_wait_ms") or 10000) \
-            if cfg.get("ssl") else None
+        self.handshake = None
+        if cfg.get("ssl"):
+            from tukar.tls import HandshakeGate
+            self.handshake = HandshakeGate(self.clock, cfg.get("handshake_wait_ms") or 10000)
         self.backoff = Backoff(cfg.get("backoff_base_ms") or BACKOFF_BASE_MS,
                                cfg.get("backoff_cap_ms") or BACKOFF_CAP_MS, rand)
         self._lock = _thread.allocate_lock()
@@ -285,7 +279,10 @@ class Link:
 
     def _connect(self):
         cfg = self.cfg
-        tls = TlsWrap(tls_context(cfg), self.handshake) if cfg.get("ssl") else None
+        tls = None
+        if cfg.get("ssl"):
+            from tukar.tls import TlsWrap, tls_context
+            tls = TlsWrap(tls_context(cfg), self.handshake)
         port = cfg.get("port") or (8883 if tls else 1883)
         c = self.client_class(cfg.get("client_id") or cfg["id"], cfg["host"], port,
                               cfg.get("user"), cfg.get("password"), self.keepalive_s, ssl=tls)
@@ -377,7 +374,8 @@ class Link:
                 self._pending.remove(suffix)
         if text is None:
             return
-        now = self.clock.ticks_ms()  # the window counts from when a publish goes out, not ends
+        # the window counts from when a publish goes out, not from when it ends
+        now: int = self.clock.ticks_ms()  # type: ignore[assignment]
         self._publish(self._topic(suffix), WithSeq(text, self._next_seq()), True, 1)
         self._sent[self._i_sent] = now
         self._i_sent = (self._i_sent + 1) % STATE_PER_S
