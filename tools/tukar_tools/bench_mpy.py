@@ -41,10 +41,11 @@ CAP = 64  # the outbox's capacity_events: saturated at this many waiting events
 HEAP_RANGE_K = (32, 512)
 HEAP_STEP_K = 8
 HEAP_BUDGET_K = 64  # issue 10: boot, a swap, a 10-minute outage at the cap and the drain, in 64 KB
-# What make test holds every phase to: the firmware completes them in 72 K (bench_mpy.attempt, three
-# runs), but there the largest free block is under 1 KB, and where the link's thread allocates
-# relative to the control loop varies run to run; 4 K above keeps the test about the firmware.
-HEAP_HELD_K = 76
+# What make test holds every phase to: the firmware completes them in 64 K (the budget; bench_mpy.attempt,
+# the 600 s outage included), with some 2.4 K free at its high water; where the link's thread
+# allocates relative to the control loop varies run to run, so 4 K above keeps the test about the
+# firmware.
+HEAP_HELD_K = 68
 
 
 def run_sim(s, script, timeout=60):
