@@ -298,7 +298,58 @@ def test_duplicate_memory_stays_64_entries():
     for i in range(500):
         g.admit(cmd("r%d" % i), False, 0, NOW)
         g.remember("r%d" % i, make_ack("r%d" % i))
-    assert len(g._ids) == 64 and len(g._acks) == 64
+    assert len(g._k1) == len(g._k2) == len(g._acks) == 64
+
+
+@pytest.mark.parametrize("original", [
+    make_ack("r-9", result={"session": "s-41", "slot": 7}),
+    make_ack("r-9", result={"session": "s-0", "slot": 24}),
+    make_ack("r-9", result={"session": "s-007", "slot": 3}),  # not canonical: kept as text
+    make_ack("r-9", result={"session": "s-?", "slot": 3}),
+    make_ack("r-9", result={"session": "s-41", "slot": True}),
+    make_ack("r-9", result={"mode": "maintenance"}),
+    make_ack("r-9", errors.NO_EMPTY_SLOT, "every slot holds a battery"),
+    make_ack("r-9", errors.BAD_ARGS, "slot: an integer is required", {"slot": 99}),
+])
+def test_every_kind_of_ack_is_replayed_exactly_as_it_was(original):
+    g = Gate(KEY)
+    body, _ = g.admit(cmd(), False, 0, NOW)
+    g.remember(body["req_id"], original)
+    ack = g.admit(cmd(), False, 1, NOW)[1]
+    assert ack == dict(original, duplicate=True)
+    assert json.dumps(ack, sort_keys=True) == json.dumps(dict(original, duplicate=True), sort_keys=True)
+
+
+def test_start_swap_acks_are_remembered_without_text():
+    """The usual ack of a busy station (start_swap's session and slot) is kept as one int, so the
+    memory of 64 of them takes no heap per command."""
+    g = Gate(KEY)
+    rid = "3f2b8c1e-7d4a-4e21-9b0c-000000000001"
+    g.admit(cmd(rid), False, 0, NOW)
+    g.remember(rid, make_ack(rid, result={"session": "s-123456", "slot": 12}))
+    assert g._acks == [2 + (123456 << 5 | 12)] + [None] * 63
+
+
+@given(st.text(min_size=1, max_size=64), st.data())
+def test_req_ids_that_differ_in_one_character_are_never_taken_for_one_another(rid, data):
+    i = data.draw(st.integers(0, len(rid) - 1))
+    c = data.draw(st.characters().filter(lambda c: c != rid[i]))
+    other = rid[:i] + c + rid[i + 1:]
+    g = Gate(KEY)
+    g._key(rid)
+    k = (g._ka, g._kb)
+    g._key(other)
+    assert (g._ka, g._kb) != k
+    assert 0 <= min(k) and max(k) < 1 << 22  # small ints on a 32-bit port: no heap
+
+
+def test_no_two_of_many_req_ids_are_taken_for_one_another():
+    g = Gate(KEY, rate_per_s=10**6)
+    for i in range(3000):
+        rid = "%08x-%d" % (i * 2654435761 % 2**32, i)
+        body, ack = g.admit(cmd(rid), False, 0, NOW)
+        assert ack is None and body["req_id"] == rid  # never a false duplicate
+        g.remember(rid, make_ack(rid))
 
 
 def test_stale_replay_is_rejected_before_the_duplicate_check():
@@ -459,18 +510,22 @@ g = Gate(b'k' * 32, rate_per_s=100000)
 for depth in (1000, 2000):
     body, ack = g.admit(b'[' * depth + b']' * depth, False, 0, None)
     print(ack['error'])
-def fill(n):
-    for i in range(n):
-        g.remember('req-%d' % i, make_ack('req-%d' % i, result={'session': 's-1', 'slot': 7}))
-fill(64)
+def fill(n, first=0):
+    for i in range(first, first + n):
+        rid = '3f2b8c1e-7d4a-4e21-9b0c-%012d' % i  # a UUID's 36 characters, as back ends send
+        g.remember(rid, make_ack(rid, result={'session': 's-%d' % (1000 + i), 'slot': 1 + i % 12}))
 gc.collect(); a = gc.mem_alloc()
-fill(640)
+fill(64)
 gc.collect(); b = gc.mem_alloc()
-print(b - a)
+fill(640, 64)
+gc.collect(); c = gc.mem_alloc()
+print(b - a, c - b)
 """
     out = run_vm(code).stdout.split()
     assert out[:2] == ["bad_json", "bad_json"]
-    assert int(out[2]) < 1024  # ten times more commands, the same 64 entries
+    # 64 start_swap acks remembered: no text kept for any (13 KB of heap as JSON text); ten times
+    # more commands, the same 64 entries
+    assert int(out[2]) < 256 and int(out[3]) < 256
 
 
 def test_duplicate_of_a_plain_success_is_the_same_ack_marked_duplicate():

@@ -16,6 +16,13 @@
 #   string: `bad_args` (req_id echoed when it is usable). Acks of rejections before the body
 #   is verified carry req_id null.
 # - A req_id admitted but not yet acked by the executor is answered `busy`, duplicate: true.
+# - The memory of the last 64 req_ids holds no text per command in the usual case, so that its
+#   heap stays flat as it fills (a day of swaps fills it): a req_id is remembered as two 22-bit
+#   hashes (Gate._key: two ids of one length that differ in one character never agree; others
+#   agree in both about once in 2^44, and then the newer is answered as a duplicate, not
+#   executed), and its ack as 1 for a plain success or one int for start_swap's
+#   {"session": "s-<n>", "slot": k}; any other ack is kept as its JSON text without the req_id,
+#   which the replay puts back. 64 start_swap acks with 36-character ids took 13 KB as text.
 import json
 
 from tukar import errors
@@ -29,6 +36,23 @@ MAX_PAYLOAD = const(2048)  # bytes of the whole envelope; a command body needs a
 MAX_REQ_ID = const(64)  # characters
 STALE_S = const(300)
 WINDOW_MS = const(1000)
+
+
+def _compact(req_id, ack):
+    """An ack as the gate remembers it (Gate._replay makes it again)."""
+    if ack == make_ack(req_id):
+        return 1
+    if len(ack) == 6 and ack["ok"] and not ack["detail"]:
+        sid = ack.get("session")
+        k = ack.get("slot")
+        if (type(sid) is str and sid[:2] == "s-" and sid[2:].isdigit() and type(k) is int
+                and 0 <= k < 32 and str(int(sid[2:])) == sid[2:] and int(sid[2:]) < 1 << 24):
+            return 2 + (int(sid[2:]) << 5 | k)
+    d = {}
+    for k in ack:
+        if k != "req_id":
+            d[k] = ack[k]
+    return json.dumps(d)
 
 
 def utf8_ok(buf):
@@ -83,8 +107,13 @@ class Gate:
         self._n_times = 0
         self._t_next = 0
         self._memory = memory
-        self._ids: list = [None] * memory  # req_ids, a ring; beside each its ack as JSON text,
-        # 1 for a plain success, None while the executor has not acked yet
+        # the ring of remembered req_ids (_key: two hashes each; -1 none), beside each its ack: 1 a
+        # plain success, an int >= 2 a start_swap success (_SWAP), else its JSON text without the
+        # req_id; None while the executor has not acked yet
+        self._k1: list = [-1] * memory
+        self._k2: list = [-1] * memory
+        self._ka = -1  # the hashes of the req_id last looked for (_key)
+        self._kb = -1
         self._acks: list = [None] * memory
         self._next = 0
 
@@ -104,40 +133,65 @@ class Gate:
 
     # --- duplicates -------------------------------------------------------------------
 
+    def _key(self, req_id):
+        """req_id's two hashes into _ka and _kb: multiplicative, 22 bits each, so that every
+        product stays a small int (no heap), each step a bijection of the state."""
+        a = 0x2C9277
+        b = 0x1F3D5B
+        for c in req_id:
+            x = ord(c)  # at most 0x10FFFF: the state stays 22 bits
+            a = ((a ^ x) * 167) & 0x3FFFFF
+            b = ((b ^ x) * 131) & 0x3FFFFF
+        self._ka = a
+        self._kb = b
+
     def _find(self, req_id):
-        ids = self._ids
+        """The ring index of req_id, or -1; its hashes are left in _ka and _kb."""
+        self._key(req_id)
+        a = self._k1
+        b = self._k2
+        ka = self._ka
+        kb = self._kb
         for i in range(self._memory):
-            if ids[i] == req_id:
+            if a[i] == ka and b[i] == kb:
                 return i
         return -1
+
+    def _put(self, i):
+        """The hashes _find() left, at ring index i."""
+        self._k1[i] = self._ka
+        self._k2[i] = self._kb
 
     def remember(self, req_id, ack):
         """Store the executor's ack for req_id; a later duplicate gets it again."""
         if req_id is None:
             return
-        # a plain success (most commands) is stored as 1, not as text: 64 of them cost no heap
-        text = 1 if ack == make_ack(req_id) else json.dumps(ack)
         i = self._find(req_id)
         if i < 0:
             i = self._next
-            self._ids[i] = req_id
+            self._put(i)
             self._next = (i + 1) % self._memory
-        self._acks[i] = text
+        self._acks[i] = _compact(req_id, ack)
 
-    def _reserve(self, req_id):
+    def _reserve(self):
+        """Admit the req_id _find() has just looked for (its hashes in _ka and _kb)."""
         i = self._next
-        self._ids[i] = req_id
+        self._put(i)
         self._acks[i] = None  # admitted, not yet acked
         self._next = (i + 1) % self._memory
 
     def _replay(self, i, req_id):
-        text = self._acks[i]
-        if text is None:
+        v = self._acks[i]
+        if v is None:
             ack = make_ack(req_id, errors.BUSY, "command still executing")
-        elif text == 1:
+        elif v == 1:
             ack = make_ack(req_id)
+        elif type(v) is int:
+            v -= 2
+            ack = make_ack(req_id, None, "", {"session": "s-%d" % (v >> 5), "slot": v & 31})
         else:
-            ack = json.loads(text)
+            ack = json.loads(v)
+            ack["req_id"] = req_id
         ack["duplicate"] = True
         return ack
 
@@ -199,5 +253,5 @@ class Gate:
         i = self._find(req_id)
         if i >= 0:
             return None, self._replay(i, req_id)
-        self._reserve(req_id)
+        self._reserve()
         return body, None
