@@ -577,8 +577,9 @@ def test_a_good_battery_given_back_and_left_in_is_held_under_its_serial():
 
 
 def _one_full_pack_in_the_last_slot(config=None):
-    """Four slots, one full pack, in slot 4 (a bit of the schedule's own past its last slot is a
-    crash, not a slot), booted and settled: the rider's slot is 1."""
+    """Four slots, one full pack, in the last one (the schedule's bits stop at slot 4: a slot
+    scheduled one past the dispense slot would be none), booted and settled: the rider's slot is
+    1. `config`: Core's, identify_timeout_s included (not settable by command)."""
     rig = Rig(Core("cab-1", 4, config=config))
     rig.world.place(4, Battery("F-04", soc=95))
     rig.run(1000)
