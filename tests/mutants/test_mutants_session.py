@@ -618,7 +618,6 @@ def test_a_dispense_pack_that_turns_bad_and_falls_silent_is_identified_again_aft
             break
     assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
     assert rig.core.lock_cmd == [True] * 4
-    end = rig.now
     assert rig.core.slot_state(out)["state"] == "identifying"
     rig.run(11_000)
     q = {e["slot"]: e["reason"] for e in rig.of("Quarantined")}
@@ -630,7 +629,6 @@ def test_a_dispense_pack_that_turns_bad_and_falls_silent_is_identified_again_aft
         assert n not in q and rig.core.slot_state(n)["battery"] is None
     assert rig.core.lock_cmd == [True] * 4
     assert not rig.of("BatteryOut") and not rig.of("SwapCompleted")
-    assert wrap_diff(rig.now, end) >= 10_000
 
 
 def test_a_battery_pushed_into_the_dispense_slot_after_the_take_is_locked_in_and_identified():
