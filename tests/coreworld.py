@@ -126,7 +126,7 @@ class World:
         else:
             inp.door_closed = ws.door_closed
             inp.present = ws.battery is not None
-            inp.locked = ws.locked
+            inp.locked = bool(ws.locked)  # a feedback switch reads a bit, as Lock.locked() does
         if ws.slot_temp_dc is not None:
             inp.temp_dc = ws.slot_temp_dc
         else:

@@ -115,10 +115,12 @@ class Journal:
         # The battery being handed out, gone: the rider took it before the cut (the session
         # completes below), not a battery missing.
         taken = sj.get("slot_out") if sj and sj.get("in_recorded") is True else None
+        # The rider's own battery being given back (the swap rejected), gone: they took it back.
+        back = sj.get("slot_in") if sj and sj.get("phase") == S_REJECTED else None
         for s in self.slots:
             known = s.serial is not None or s.accepted
             if known and not s.inp.present:
-                if s.n != taken:
+                if s.n != taken and s.n != back:
                     missing.append(s.n)
             elif not known and s.inp.present and s.quarantine is None:
                 found.append(s.n)
@@ -144,6 +146,9 @@ class Journal:
                 # quarantined, shut and off whatever the answer.
                 s.phase = sl.P_IDENTIFYING
                 s.ident_t = now
+            elif s.n == back:
+                self._clear_battery(s)
+                s.phase = sl.P_EMPTY
         if sj:
             self._resume_session(sj, now)
 

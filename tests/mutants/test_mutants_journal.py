@@ -374,3 +374,38 @@ def test_a_swap_whose_dispense_battery_was_quarantined_before_a_cut_hands_out_an
     done = rig.of("SwapCompleted")
     assert done and done[-1]["battery_in"] == "R-1" and not rig.of("SwapAborted")
     assert rig.core.slot_state(out)["state"] == "quarantined"
+
+
+@pytest.mark.parametrize("after_battery_in", [False, True])
+def test_a_battery_given_back_and_taken_back_during_a_power_cut_is_not_missing(after_battery_in):
+    """Nothing left to hand out: the rider's battery goes back to them, its door unlocked; the
+    power goes, and the rider takes their battery while it is out. The boot ends the swap
+    (`SwapAborted(power_loss)`, cabinet.md) with the slot empty: the rider's own battery, which
+    the cabinet was giving back, is not a battery missing (no BatteryMissing, no theft alarm), as
+    it is not when they take it with the power on."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    rig.tick()
+    while after_battery_in and not rig.of("BatteryIn"):
+        rig.tick()
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    while rig.core.session.phase != "rejected":
+        rig.tick()
+    rig.run(300)
+    assert rig.core.lock_cmd[n - 1] is False
+    j = saved(rig)
+    assert j["inventory"][n - 1][0] == "R-1" and j["session"]["phase"] == "rejected"
+    assert take(rig, n).serial == "R-1"  # while the power is out
+    reboot(rig, j)
+    rig.run(1000)
+    assert boot_report(rig)["missing"] == []
+    assert not rig.of("BatteryMissing")
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["power_loss"]
+    st = rig.core.slot_state(n)
+    assert st["state"] == "empty" and st["battery"] is None
+    assert rig.core.lock_cmd == [True] * 4
+    assert rig.core.journal()["inventory"][n - 1][0] is None

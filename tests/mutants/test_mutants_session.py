@@ -2,11 +2,17 @@
 session; cabinet.md: a quarantined battery is never dispensed), and cancel_swap relocks exactly the
 rider's slot, wherever it is. A swap that ends (not taken, a jammed or unreadable dispense slot
 after the take) relocks exactly its slots and touches no other; what a session's step marks for
-publishing and persisting. Every event and state is checked against the contract's schemas."""
-import pytest
-from coreworld import Battery, insert_until_dispensing, stocked_rig
+publishing and persisting. The session's less travelled paths, each to its end: a battery pulled
+back out before the bolt catches it, a refusal or a give-back while nothing is left to hand out, a
+dispense pack that turns bad and falls silent, the wait for a pack still being identified, and the
+timers of a swap's slots when it ends unseen. Every event and state is checked against the
+contract's schemas."""
+import json
 
-from tukar.clock import wrap_add
+import pytest
+from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
+
+from tukar.clock import wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.states import J_COUNTERS, J_INVENTORY, J_SESSION
 from tukar_tools import schemas
@@ -438,3 +444,328 @@ def test_a_dispense_battery_quarantined_as_its_door_opens_ends_the_swap_as_fault
     rig.world.close_door(out)
     rig.run(1000)
     assert all(rig.core.lock_cmd) and not rig.of("BatteryOut")
+
+
+# -- the session's less travelled paths, each to its end ------------------------------------------
+def _step(rig, mask=0):
+    """One control tick of the device's multi-rate step: only the slots of `mask` (bit n: slot n)
+    are news from the shell; the events it emitted are collected. Returns them."""
+    rig.now = wrap_add(rig.now, rig.tick_ms)
+    rig.world.step(rig.now)
+    rig.core.step(rig.now, mask)
+    new = list(rig.core.events)
+    rig.events.extend(new)
+    rig.core.events.clear()
+    return new
+
+
+def _riders_battery_shut_in(rig, battery):
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, battery)
+    rig.world.close_door(n)
+    rig.tick()
+    assert rig.core.session.phase == "identifying"
+    return n
+
+
+def test_a_battery_pulled_back_out_before_the_bolt_catches_it_lets_the_rider_try_again():
+    """The rider shuts the door on the battery, opens it again before the bolt is out and pulls the
+    battery back: nothing is refused; the session waits for a battery again with the door
+    commanded open (the bolt, out by then, goes back), and the next try goes through to the end."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    n = _riders_battery_shut_in(rig, Battery("R-1", soc=20))
+    assert rig.core.lock_cmd[n - 1] is True
+    rig.tick()
+    assert rig.world.open_door(n)  # the bolt is on its way (150 ms)
+    rig.tick()
+    rig.tick()
+    assert rig.world.take(n).serial == "R-1"
+    rig.tick()
+    assert rig.world.slots[n - 1].locked  # it came out with the door open
+    assert rig.core.session.phase == "awaiting_battery"
+    assert rig.core.lock_cmd[n - 1] is False
+    assert rig.core.slot_state(n)["state"] == "awaiting_battery"
+    rig.run(1500)  # longer than rule 8's 1 s: the bolt goes back and is seen back
+    assert rig.core.session.phase == "awaiting_battery"
+    assert rig.core.slot_state(n)["lock"] == "unlocked"
+    assert not rig.of("Fault") and not rig.of("BatteryRejected") and not rig.of("DoorForced")
+    assert rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while rig.core.session.phase != "dispensing":
+        rig.tick()
+    assert [e["slot"] for e in rig.of("BatteryIn")] == [n]
+    out = rig.core.session.slot_out
+    rig.run(300)
+    assert rig.world.open_door(out) and rig.world.take(out)
+    rig.world.close_door(out)
+    rig.run(300)
+    done = rig.of("SwapCompleted")
+    assert done and (done[-1]["slot_in"], done[-1]["battery_in"]) == (n, "R-1")
+    assert not rig.of("SwapAborted") and not rig.of("BatteryRejected")
+    assert rig.core.lock_cmd == [True] * 4
+
+
+def test_a_battery_given_back_after_battery_in_is_taken_back_and_the_swap_ends():
+    """The give-back after BatteryIn carried to its end: the rider's door opens, they take their
+    battery and shut it; `SwapAborted(no_battery_available)`, the slot empty and locked, and the
+    battery the rider took back is not missing."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    n = _battery_in_then_nothing_left(rig)
+    rig.tick()
+    assert rig.core.session.phase == "rejected"
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.take(n).serial == "R-1"
+    rig.world.close_door(n)
+    rig.run(300)
+    assert rig.core.session is None
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
+    assert rig.core.lock_cmd == [True] * 4
+    st = rig.core.slot_state(n)
+    assert st["state"] == "empty" and st["battery"] is None and st["lock"] == "locked"
+    assert not rig.of("BatteryMissing") and not rig.of("BatteryOut")
+
+
+def test_a_faulty_battery_is_refused_for_its_fault_even_with_nothing_left_to_hand_out():
+    """mqtt.md step 3: a battery with fault flags is refused (`BatteryRejected`, reason
+    battery_fault, then `SwapAborted(rejected)`), also when the only full pack was quarantined
+    while it was being identified: it is not given back as `no_battery_available`."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    n = _riders_battery_shut_in(rig, Battery("R-1", soc=20, faults=1))
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    for _ in range(40):
+        rig.tick()
+        if rig.core.session.phase == "rejected":
+            break
+    rej = rig.of("BatteryRejected")
+    assert len(rej) == 1 and (rej[0]["slot"], rej[0]["reason"]) == (n, "battery_fault")
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(300)
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["rejected"]
+    assert rig.core.lock_cmd == [True] * 4
+
+
+def test_a_good_battery_given_back_and_left_in_is_held_under_its_serial():
+    """Nothing left to hand out before BatteryIn: the rider's good battery goes back; left inside
+    past take_timeout_s it is locked in and quarantined rejected_not_taken, held (not the
+    cabinet's) under its serial, so that a pack later pulled through a forced door is reported
+    missing by name."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    assert rig.cmd("set_config", take_timeout_s=10)["ok"]
+    n = _riders_battery_shut_in(rig, Battery("R-1", soc=20))
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    while rig.core.session.phase != "rejected":
+        rig.tick()
+    assert not rig.of("BatteryIn") and not rig.of("BatteryRejected")
+    rig.run(10_100)
+    assert rig.core.session is None
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
+    q = [e for e in rig.of("Quarantined") if e["slot"] == n]
+    assert len(q) == 1 and q[0]["reason"] == "rejected_not_taken"
+    rig.run(1000)
+    assert rig.core.journal()["inventory"][n - 1] == ["R-1", None, False, "rejected_not_taken", True]
+    st = rig.core.slot_state(n)
+    assert st["state"] == "quarantined" and st["battery"]["serial"] == "R-1"
+    assert rig.core.lock_cmd == [True] * 4
+    assert rig.world.open_door(n, force=True) and rig.world.take(n)
+    rig.tick()
+    missing = rig.of("BatteryMissing")
+    assert [(e["slot"], e["serial"]) for e in missing] == [(n, "R-1")]
+
+
+def _one_full_pack_in_the_last_slot(config=None):
+    """Four slots, one full pack, in the last one (the schedule's bits stop at slot 4: a slot
+    scheduled one past the dispense slot would be none), booted and settled: the rider's slot is
+    1. `config`: Core's, identify_timeout_s included (not settable by command)."""
+    rig = Rig(Core("cab-1", 4, config=config))
+    rig.world.place(4, Battery("F-04", soc=95))
+    rig.run(1000)
+    return rig
+
+
+@pytest.mark.parametrize("rider", ["takes_it_back", "leaves_it", "takes_it_door_left_open"])
+def test_a_dispense_pack_that_turns_bad_and_falls_silent_is_identified_again_after_the_give_back(rider):
+    """The only dispense pack reports a fault behind its shut door: it is locked in again and
+    identified anew, and the rider's battery goes back. Its BMS then falls silent. However the
+    rider ends the give-back (their battery taken back, left inside past take_timeout_s, taken
+    with the door left open), the swap ends `no_battery_available`, every door ends commanded
+    shut, and the silent pack, identified again from the swap's end, is refused no_bms."""
+    rig = _one_full_pack_in_the_last_slot({"identify_timeout_s": 10, "take_timeout_s": 10})
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    assert (n, out) == (1, 4)
+    rig.run(300)  # its door unlocked; the rider has not opened it yet
+    rig.world.slots[out - 1].battery.faults = 1
+    while rig.core.session.phase == "dispensing":
+        rig.tick()
+    rig.world.slots[out - 1].bms_dead = True
+    assert rig.core.session.phase == "rejected"
+    assert rig.core.lock_cmd[out - 1] is True
+    assert rig.core.slot_state(out)["state"] == "identifying"
+    rig.run(300)
+    assert rig.core.lock_cmd[n - 1] is False
+    if rider != "leaves_it":
+        assert rig.world.open_door(n) and rig.world.take(n).serial == "R-1"
+        if rider == "takes_it_back":
+            rig.world.close_door(n)
+    for _ in range(300):
+        rig.tick()
+        if rig.core.session is None:
+            break
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
+    assert rig.core.lock_cmd == [True] * 4
+    assert rig.core.slot_state(out)["state"] == "identifying"
+    rig.run(11_000)
+    q = {e["slot"]: e["reason"] for e in rig.of("Quarantined")}
+    assert q[out] == "no_bms"
+    if rider == "leaves_it":
+        assert q[n] == "rejected_not_taken"
+        assert rig.core.slot_state(n)["battery"]["serial"] == "R-1"
+    else:
+        assert n not in q and rig.core.slot_state(n)["battery"] is None
+    assert rig.core.lock_cmd == [True] * 4
+    assert not rig.of("BatteryOut") and not rig.of("SwapCompleted")
+
+
+def test_a_battery_pushed_into_the_dispense_slot_after_the_take_is_locked_in_and_identified():
+    """Taken, then another battery pushed in and the door shut: the swap completes with the battery
+    taken; the slot is commanded locked (rule 7: no door open without a session) and the newcomer
+    identified as a battery found there, then charged."""
+    rig = stocked_rig(slots=4, full=2, half=1)
+    out = _taken_door_left_open(rig)
+    assert rig.world.insert(out, Battery("N-1", soc=50))
+    rig.world.close_door(out)
+    rig.tick()
+    assert rig.core.session is None
+    done = rig.of("SwapCompleted")[-1]
+    assert (done["slot_out"], done["battery_out"]) == (out, "F-%02d" % out)
+    assert rig.core.lock_cmd == [True] * 4
+    rig.run(1000)
+    st = rig.core.slot_state(out)
+    assert st["state"] == "charging" and st["battery"]["serial"] == "N-1" and st["lock"] == "locked"
+    assert not rig.world.open_door(out)
+    assert not rig.of("BatteryMissing") and not rig.of("SwapAborted")
+
+
+def test_a_dispense_pack_quarantined_behind_its_shut_door_stays_held_while_another_is_handed_out():
+    """The operator quarantines the dispense pack before the rider opens its door: another pack is
+    handed out, and the quarantined one is held (its door was unlocked: it is not taken in again
+    as the cabinet's pack), locked in, not charged."""
+    rig = stocked_rig(slots=4, full=2, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    assert out == 1
+    rig.run(300)
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]
+    rig.tick()
+    assert rig.core.session.slot_out == 2
+    rig.run(1000)
+    assert rig.core.journal()["inventory"][0] == ["F-01", None, False, "inspection", True]
+    st = rig.core.slot_state(1)
+    assert st["state"] == "quarantined" and st["lock"] == "locked" and not st["charger"]["on"]
+    assert rig.core.lock_cmd[0] is True
+    assert rig.world.open_door(2) and rig.world.take(2)
+    rig.world.close_door(2)
+    rig.run(300)
+    done = rig.of("SwapCompleted")
+    assert done and (done[-1]["slot_out"], done[-1]["battery_out"]) == (2, "F-02")
+    assert rig.core.journal()["inventory"][0] == ["F-01", None, False, "inspection", True]
+
+
+def test_after_battery_in_the_swap_waits_for_a_pack_being_identified_under_the_multi_rate_tick():
+    """BatteryIn recorded, then nothing left to hand out but a pack found in another slot, being
+    identified (it may yet qualify). The session waits for it every tick by itself, with nothing
+    in the shell's mask; the pack is refused (no BMS answers it), and the rider's door opens at
+    the next tick to give their battery back."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.world.place(4, Battery("X-04", soc=95))  # found in slot 4; its BMS has not answered
+    rig.world.slots[3].bms_dead = True
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    assert rig.core.slot_state(4)["state"] == "identifying"
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    for _ in range(80):
+        new = _step(rig, 0)
+        if [e for e in new if e["type"] == "Quarantined" and e["slot"] == 4]:
+            break
+        assert rig.core.session.phase == "identifying"
+        assert rig.core.lock_cmd[n - 1] is True
+    assert rig.of("Quarantined")[-1]["reason"] == "no_bms"
+    assert rig.core.session.phase == "identifying"
+    _step(rig, 0)
+    assert rig.core.session.phase == "rejected"
+    assert rig.core.lock_cmd[n - 1] is False
+    assert not rig.of("BatteryOut")
+
+
+def test_a_swap_resumed_after_battery_in_waits_identify_timeout_s_to_the_tick_then_gives_back():
+    """A power cut just after BatteryIn: at the boot every pack is identified again, and the rider
+    is owed one. The only full pack's BMS no longer answers: the session waits for it exactly
+    identify_timeout_s (3 s, from the boot), stepping by itself, and at that tick gives the
+    rider's battery back."""
+    rig = stocked_rig(slots=3, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    j = json.loads(json.dumps(rig.core.journal()))  # the cut, before the next tick chooses
+    assert j["session"]["in_recorded"] is True and j["session"]["slot_out"] is None
+    rig.world.slots[0].bms_dead = True
+    core = Core("cab-1", 3, journal=j, boot_reason="power_loss")
+    core.now = rig.now
+    rig.core = rig.world.core = core
+    _step(rig, 0)  # the boot: every slot
+    boot = rig.now
+    while wrap_diff(rig.now, boot) < 2950:
+        _step(rig, 0)
+        assert rig.core.session.phase == "identifying"
+        assert rig.core.lock_cmd[n - 1] is True
+    assert rig.core.slot_state(n)["state"] == "charging"  # the rider's, identified again
+    _step(rig, 0)
+    assert wrap_diff(rig.now, boot) == 3000
+    assert rig.core.session.phase == "rejected"
+    assert rig.core.lock_cmd[n - 1] is False
+    assert [e["reason"] for e in rig.of("Quarantined")] == ["no_bms"]
+
+
+def test_sensor_mismatch_timers_fire_to_the_tick_across_the_end_of_a_swap_its_slots_did_not_see():
+    """Rule 5 under the multi-rate tick: a mismatch on slot 2, and one on the rider's slot 3 (the
+    cabinet's since BatteryIn) 400 ms later; the swap then completes in a tick that evaluates
+    only the dispense slot. Each mismatch is a fault 1 s after it began, to the tick."""
+    rig = stocked_rig(slots=4, full=1, half=1)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    out = insert_until_dispensing(rig, Battery("R-1", soc=20))
+    assert (n, out) == (3, 1)
+    rig.run(300)
+    rig.world.slots[1].slot_temp_dc = 450  # 20 degC above its pack
+    _step(rig, 1 << 2)
+    t2 = rig.now
+    for _ in range(7):
+        _step(rig, 0)
+    rig.world.slots[n - 1].slot_temp_dc = 450
+    _step(rig, 1 << n)
+    t3 = rig.now
+    assert rig.world.open_door(out) and rig.world.take(out)
+    _step(rig, 1 << out)
+    rig.world.close_door(out)
+    _step(rig, 1 << out)
+    assert rig.core.session is None and rig.of("SwapCompleted")
+    faults = {}
+    while wrap_diff(rig.now, t3) < 1500:
+        for e in _step(rig, 0):
+            if e["type"] == "Fault":
+                faults[e["slot"]] = (e["code"], wrap_diff(rig.now, t2 if e["slot"] == 2 else t3))
+    assert faults == {2: ("temp_mismatch", 1000), 3: ("temp_mismatch", 1000)}
