@@ -423,6 +423,10 @@ class Run:
             p.append("a battery dispensed twice: %s" % [e["battery"]["serial"] for e in outs])
         started = [e["session"] for e in mine if e["type"] == "SwapStarted"]
         ends = [e for e in mine if e["type"] in ("SwapCompleted", "SwapAborted")]
+        if self.ack is not None and self.ack.get("session") not in started:
+            # The back end was told the session exists: it must begin (and end) for it too.
+            p.append("start_swap acknowledged (session %s, slot %s), yet no SwapStarted for it" % (
+                self.ack.get("session"), self.ack.get("slot")))
         if self.persisted is not None and not self.persisted <= obs.event_ids:
             lost = sorted(self.persisted - obs.event_ids)
             p.append("events on flash at the cut never published: %s" % lost)
@@ -434,10 +438,14 @@ class Run:
             p.append("simulator: " + r.splitlines()[0])
         if not started:
             # No session reached the back end: the power went before SwapStarted was on flash and
-            # before a door opened (the write-ahead); the rider still holds their own.
-            if got != RIDER or ends or self.unlocked_ever:
-                p.append("no SwapStarted, yet the rider got %s, ends %s, a door opened: %s" % (
-                    got, self.report["ends"], self.unlocked_ever))
+            # before a door was told to open, let alone opened (the write-ahead); the rider still
+            # holds their own.
+            done = self.points if self.cut_at is None else self.points[:self.cut_at]
+            unlocks = [n for n, *_r in done if "unlock" in n]
+            if got != RIDER or ends or self.unlocked_ever or unlocks:
+                p.append("no SwapStarted, yet the rider got %s, ends %s, a bolt pulled in: %s, "
+                         "unlocks before the cut: %s" % (got, self.report["ends"],
+                                                          self.unlocked_ever, unlocks))
             return
         if sorted(e["session"] for e in ends) != sorted(started) or len(started) != 1:
             p.append("sessions %s ended %s" % (started, self.report["ends"]))
