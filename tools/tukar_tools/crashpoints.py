@@ -34,13 +34,13 @@ charger's hysteresis) may come before it in one run and not in another.
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import uuid
 
 from tukar_tools import broker, hostenv, sim  # noqa: F401  (hostenv: the shim on the path)
 from tukar_tools.bench_mpy import run_sim
@@ -153,7 +153,7 @@ class Run:
         self.micropython = micropython
         self.heap = heap
         self.state_dir = state_dir
-        self.prefix = "cp%06d" % random.randrange(10 ** 6)
+        self.prefix = "cp" + uuid.uuid4().hex[:10]  # a topic tree of its own: no retained leftovers
         self.counting = False
         self.points = []  # (name, kind, detail, seconds since the start_swap)
         self._seen = {}  # name -> occurrences so far
@@ -573,9 +573,11 @@ def run(args):
     finally:
         if own is not None:
             own.stop()
-    bad = [r for r in res["cuts"] if r["problems"] or not r["cut"]]
-    out("%d cuts, %d failed or not reached; %.0f s in all" % (len(res["cuts"]), len(bad),
-                                                             res["seconds"]))
+    bad = [r for r in res["cuts"] if r["problems"]]
+    missed = [r for r in res["cuts"] if not r["problems"] and not r["cut"]]
+    out("%d cuts: %d kept every invariant, %d broke one, %d not reached (the point did not come "
+        "in that run); %.0f s in all" % (len(res["cuts"]), len(res["cuts"]) - len(bad) - len(missed),
+                                         len(bad), len(missed), res["seconds"]))
     if args.json:
         print(json.dumps(res, indent=2))
     return 1 if bad or res["count_problems"] else 0
