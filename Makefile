@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench explore soak mutate check clean typings flash deploy micropython needs image
+.PHONY: test sim bench explore soak mutate check clean typings flash deploy micropython needs image crashpoints
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -64,6 +64,13 @@ explore: $(STAMP)
 ## (SOAK_ARGS: properties | month, --seed N, --days 5 ...)
 soak: $(STAMP)
 	$(VENV)/bin/tukar soak $(SOAK_ARGS)
+
+## crashpoints: a swap in the MicroPython runtime with the power cut at each of its flash writes and
+## output changes in turn (make test cuts at those up to the dispense door's unlock); prints each
+## point and what the rider and the events made of it; exits 1 on a broken invariant
+## (CRASHPOINTS_ARGS: --only dispense, --points 3,7, --json)
+crashpoints: $(STAMP) $(MICROPYTHON)
+	$(VENV)/bin/tukar crashpoints $(CRASHPOINTS_ARGS)
 
 ## mutate: mutation testing of the safety modules (mutmut; the modules and tests: [tool.mutmut] in
 ## pyproject.toml); prints the score per module. MUTATE_ARGS: --survivors, --fresh, --max-children 1

@@ -226,3 +226,29 @@ def test_power_cut_at_each_crash_point_of_a_swap(tmp_path, persist_every, cut):
     else:
         assert ends[0]["type"] == "SwapCompleted" and len(outs) == 1
         assert outs[0]["battery"]["serial"] == got and ends[0]["battery_out"] == got
+
+
+def test_a_command_is_acknowledged_only_once_what_it_changed_is_on_flash(tmp_path):
+    """The ack tells the back end the command took effect: the session a start_swap names must be
+    on flash before the ack can be published, or a cut in between leaves the back end holding a
+    session the cabinet forgot (and whose id, the session counter lost with it, the next swap
+    takes again). The MicroPython harness met it (tukar_tools/crashpoints.py, the first point)."""
+    from tukar.store import Store
+    from tukar_tools.sign import command, sign
+    st = Station(tmp_path / "flash")
+    st.run(3000)
+    app = st.app
+    acks = []
+    real = app.link.post_ack
+
+    def post_ack(ack):
+        saved = Store(st.flash).load("state") or {}
+        acks.append((ack, (saved.get("journal") or {}).get("session")))
+        real(ack)
+    app.link.post_ack = post_ack
+    body = command("start_swap", "q-1", id_token="tok-1", request_id="req-1")
+    app.link._cmds.append((sign(body, KEY), False))
+    st.tick()
+    (ack, on_flash), = acks
+    assert ack["ok"] and ack["session"] == "s-1"
+    assert on_flash is not None and on_flash["id"] == "s-1"

@@ -300,6 +300,41 @@ def test_the_flash_fault_fails_writes_and_the_heap_probe_prints_what_mprt_reads(
     assert mprt._MAX_FREE.search(out), out
 
 
+def test_a_file_opened_to_write_is_told_to_the_host_first_with_its_path(tmp_path):
+    """FLASH_WRITE (op 60), the crash-point harness's flash writes: for every mode that writes,
+    appends or updates, before the file is opened; never for a read."""
+    host = ScriptedHost()
+    code, out = host.run(
+        "import machine\n"
+        "d = %r\n"
+        "open(d + '/a', 'w').close()\n"
+        "open(d + '/a', 'r').close()\n"
+        "open(d + '/a').close()\n"
+        "open(d + '/a', mode='ab').close()\n"
+        "open(d + '/a', 'r+b').close()\n"
+        "try:\n"
+        "    open(d + '/none/' + 'x' * 150, 'w')\n"
+        "except OSError as e:\n"
+        "    print(e.args[0])\n"
+        "print('end')\n" % str(tmp_path))
+    assert code == 0 and out.split() == ["2", "end"], out  # ENOENT, after telling the host
+    path = (str(tmp_path) + "/a").encode()
+    long = (str(tmp_path) + "/none/" + "x" * 150).encode()[:125]  # what a request holds of it
+    assert [r for r in host.requests if r[0] == 60] == [(60, path)] * 3 + [(60, long)]
+
+
+def test_the_host_not_answering_a_flash_write_means_the_file_is_never_opened(tmp_path):
+    """A power cut at a flash write: the host closes the socket instead of answering (the
+    harness kills the process), and nothing reaches the file."""
+    f = tmp_path / "state.json"
+    f.write_text("old")
+    host = ScriptedHost(lambda op, a: "close" if op == 60 else None)
+    code, out = host.run("import machine\ntry:\n    open(%r, 'w').write('new')\n"
+                         "except SystemExit as e:\n    print(e.args[0])\n" % str(f))
+    assert code == 0 and out.strip() == "tukar: the host's hardware socket closed", out
+    assert f.read_text() == "old"
+
+
 def test_two_threads_call_at_once_and_a_blocked_call_lets_the_other_run():
     def slow(op, a):
         if op == 2:

@@ -99,15 +99,27 @@ class App:
         """One control tick: commands, then scan -> core -> outputs, then hand-offs."""
         core = self.core
         link = self.link
+        acks = None
         for payload, retained in link.take_commands():
             body, ack = self.gate.admit(payload, retained, now, self._wall())
             if body is not None:
                 ack = core.command(body)
                 self.gate.remember(body.get("req_id"), ack)
             if ack is not None:
-                link.post_ack(ack)
+                if acks is None:
+                    acks = []
+                acks.append(ack)
         self.cycle.step(now, self._wall())
         self.ticks += 1
+        if acks is not None:
+            # An ack tells the back end the command took effect (a session it names, a mode): what
+            # the command changed goes to flash before the ack can be published, or a power cut in
+            # between leaves the back end a session the cabinet forgot. A start_swap's is there
+            # already (its door's write-ahead, in the step); anything else is written now.
+            if core.jdirty:
+                self._commit()
+            for ack in acks:
+                link.post_ack(ack)
         g = link.handshake
         if g is not None:  # a TLS handshake stops this loop for 1.2 to 2 s: only when it may
             if g.wanted and not g.granted and self.cycle.may_stand_still():

@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     ("bench", "tukar_tools.bench", "measure the firmware under the MicroPython VM"),
     ("explore", "tukar_tools.explore", "check every reachable state of a small cabinet against the safety rules"),
     ("soak", "tukar_tools.soak", "random property runs for a time budget, and a simulated month of one cabinet"),
+    ("crashpoints", "tukar_tools.crashpoints", "cut the power at every flash write and output change of a swap, in MicroPython"),
 )
 
 

@@ -62,6 +62,15 @@ class HardwareServer:
         self.note = None
         self.closed = False
         self._objs = {}
+        self.flash_writes = 0  # files opened to write, append or update (FLASH_WRITE)
+        # Crash points (tukar_tools/crashpoints.py): on_point(kind, detail) is called under the
+        # lock before a flash write ("flash", its path) or an output change ("expander", (bus,
+        # addr, old, new): an MCP23017's output word; "pin", (pin, old, new): a GPIO of
+        # `output_pins`) is carried out. True cuts the power there: on_cut() (which kills the
+        # process), and the request is neither carried out nor answered. None: no cost at all.
+        self.on_point = None
+        self.on_cut = None
+        self.output_pins = frozenset()  # the GPIOs that are the cabinet's outputs (output_pins())
         threading.Thread(target=self._serve, daemon=True, name="hw-%d" % self.port).start()
 
     def close(self):
@@ -109,6 +118,8 @@ class HardwareServer:
             with self.lock:
                 self.calls += 1
                 self._shim_hw.install(self.hw)
+                if self.on_point is not None and self._cut_here(body[0], body[1:]):
+                    return  # the process is gone: no reply, and the write never happened
                 try:
                     data = self._dispatch(body[0], body[1:]) or b""
                     status = 0
@@ -127,6 +138,62 @@ class HardwareServer:
                 self.note.sendall(bytes((ord(kind), arg)))
             except OSError:
                 pass
+
+    # -- crash points ----------------------------------------------------------------------------
+    def _cut_here(self, op, a):
+        point = self._point(op, a)
+        if point is None or not self.on_point(*point):
+            return False
+        if self.on_cut is not None:
+            self.on_cut()
+        return True
+
+    def _point(self, op, a):
+        """(kind, detail) when request `op` is a flash write or changes an output, else None."""
+        if op == 60:
+            return "flash", bytes(a).decode("utf-8", "replace")
+        if op == 12:  # writeto_mem: the register address, then the data
+            bid, addr, mem, size = struct.unpack_from("<BBIB", a)
+            return self._expander_point(bid, addr, bytes((mem & 0xFF,)) + bytes(a[7:])) \
+                if size == 8 else None
+        if op == 14:  # writeto: the register address is the first byte written
+            return self._expander_point(a[0], a[1], bytes(a[3:]))
+        if op == 3:
+            return self._pin_point(a[0], 1 if a[1] else 0)
+        if op == 1:  # Pin(id, OUT, value=v) or pin.init(...): drives v from now on
+            pid, mode, _pull, value = struct.unpack_from("<Bbb B", a)
+            pm = self.hw.pins.get(pid)
+            out = mode in (3, 7) or mode == -1 and pm is not None and pm.mode == "out"
+            return self._pin_point(pid, value) if out and value != 255 else None
+        return None
+
+    def _pin_point(self, pid, level):
+        if pid not in self.output_pins:
+            return None
+        pm = self.hw.pins.get(pid)
+        old = pm.value if pm is not None else 0
+        return ("pin", (pid, old, level)) if old != level else None
+
+    def _expander_point(self, bid, addr, data):
+        """An I2C write of `data` (register address first) to `addr`: its effect on the output
+        word of the MCP23017 there, worked out on a copy of its registers."""
+        import copy
+        from tukar_tools.shim.i2c_chips import MCP23017
+        bus = self._objs.get(("i2c", bid))
+        if bus is None or not data:
+            return None
+        for d in bus.bus.reachable():
+            if d.address != addr or not isinstance(d, MCP23017):
+                continue
+            c = copy.copy(d)
+            c.regs = bytearray(d.regs)
+            c.i2c_start(False)
+            for byte in data:
+                c.i2c_write(byte)
+            old, new = d.outputs(), c.outputs()
+            if old != new:
+                return "expander", (bid, addr, old, new)
+        return None
 
     # -- machine, call by call -------------------------------------------------------------------
     def _machine(self):
@@ -230,6 +297,9 @@ class HardwareServer:
         if op == 53:
             self.hello = bytes(a).decode()
             return None
+        if op == 60:  # a file is about to be opened to write (crash points: _point)
+            self.flash_writes += 1
+            return None
         raise _Reply(2, b"unknown machine call %d" % op)
 
     def _pin(self, pid):
@@ -243,6 +313,21 @@ class HardwareServer:
         if bus is None:
             raise OSError(5, "I2C(%d) not initialised" % bid)
         return bus
+
+
+def output_pins(cfg):
+    """The GPIOs of board file `cfg` that are cabinet outputs: the fan, the alarm, and any lock
+    or charger enable wired to a GPIO rather than an expander."""
+    refs = [cfg.get("cabinet", {}).get(k) for k in ("fan", "alarm")]
+    for slot in cfg.get("slots", []):
+        refs.append(slot.get("lock"))
+        refs.append((slot.get("charger") or {}).get("enable"))
+    pins = set()
+    for r in refs:
+        r = r.get("pin") if isinstance(r, dict) else r
+        if isinstance(r, int) and not isinstance(r, bool):
+            pins.add(r)
+    return frozenset(pins)
 
 
 def _read(f, n):

@@ -181,6 +181,8 @@ class MicroPythonFirmware:
         self.server = mprt.HardwareServer(cab.phys.hw, cab.lock, on_reset=self._reset_requested,
                                           can=cab.phys.can)
         self.server.on_connect = self._connected
+        self.server.on_cut = cab.power_cut  # a crash point's cut (server.on_point, crashpoints.py)
+        self.server.output_pins = mprt.output_pins(cab.phys.cfg)
         if cab.phys.can is not None:
             cab.phys.can.paced = True
         self.relay = mprt.Relay(cab.sim.host, cab.sim.port)
@@ -354,11 +356,16 @@ class SimCabinet:
 
     def power_cycle(self, reason="power_on"):
         """Power cut: the firmware's memory is gone (no goodbye: the broker sends the will)."""
+        self.power_cut()
+        self.boot(reason)
+
+    def power_cut(self):
+        """The power goes, until boot(): the firmware stops dead, the expanders reset (the bolts
+        spring out, the chargers stop); the world moves on."""
         with self.lock:
             self.fw.power_cut()
             self.phys.power_loss()
             self.phys.hw.wdt.started = False  # a reset stops the watchdog until main starts it again
-        self.boot(reason)
 
     def watchdog_reset(self):
         """The hardware watchdog was not fed in time: the chip resets, as a power cut does."""

@@ -20,6 +20,9 @@
 // (the scheduler); ("F", on) the flash fails (1) or works again (0): a file opened to write,
 // append or update then raises OSError(EIO); ("M", 0) a heap probe: gc.collect(), then
 // "tukar-heap: used=%d free=%d" and micropython.mem_info()'s lines, which mprt.py reads.
+// A file opened to write, append or update (a flash write) is first told to the host, FLASH_WRITE
+// with the path (at most BUF - 3 bytes of it), and opened only once the host has answered: the
+// crash-point harness (tukar_tools/crashpoints.py) cuts the power there, before the write.
 
 #include <errno.h>
 #include <netdb.h>
@@ -59,6 +62,7 @@ enum {
     OP_ADC_INIT = 30, OP_ADC_READ = 31,
     OP_WDT_INIT = 40, OP_WDT_FEED = 41,
     OP_CAUSE = 50, OP_UID = 51, OP_RESET = 52, OP_HELLO = 53,
+    OP_FLASH_WRITE = 60,
 };
 
 // -- the link to the host -------------------------------------------------------------------------
@@ -1066,25 +1070,33 @@ static void *notes(void *arg) {
     return NULL; // the host closed the socket: no more notes
 }
 
-// builtins.open, while the flash fails: a file opened to write, append or update raises EIO, as a
-// failing flash chip reports it. Otherwise the open() it replaced.
+// builtins.open. A file opened to write, append or update is a flash write: while the flash
+// fails it raises EIO, as a failing flash chip reports it; otherwise the host is told first
+// (FLASH_WRITE, the path) and the file opened once it answers. Then the open() it replaced.
 static mp_obj_t flash_open(size_t n_args, const mp_obj_t *args, mp_map_t *kw) {
-    if (flash_broken) {
-        mp_obj_t mode = MP_OBJ_NEW_QSTR(MP_QSTR_r);
-        if (n_args > 1) {
-            mode = args[1];
-        } else {
-            mp_map_elem_t *e = mp_map_lookup(kw, MP_OBJ_NEW_QSTR(MP_QSTR_mode), MP_MAP_LOOKUP);
-            if (e != NULL) {
-                mode = e->value;
-            }
+    mp_obj_t mode = MP_OBJ_NEW_QSTR(MP_QSTR_r);
+    if (n_args > 1) {
+        mode = args[1];
+    } else {
+        mp_map_elem_t *e = mp_map_lookup(kw, MP_OBJ_NEW_QSTR(MP_QSTR_mode), MP_MAP_LOOKUP);
+        if (e != NULL) {
+            mode = e->value;
         }
-        if (mp_obj_is_str(mode)) {
-            const char *m = mp_obj_str_get_str(mode);
-            if (strpbrk(m, "wa+") != NULL) {
-                mp_raise_OSError(MP_EIO);
-            }
+    }
+    if (mp_obj_is_str(mode) && strpbrk(mp_obj_str_get_str(mode), "wa+") != NULL) {
+        if (flash_broken) {
+            mp_raise_OSError(MP_EIO);
         }
+        uint8_t buf[BUF];
+        size_t n = 0;
+        const char *path = "";
+        if (n_args > 0 && mp_obj_is_str(args[0])) {
+            path = mp_obj_str_get_data(args[0], &n);
+        }
+        if (n > BUF - 3) {
+            n = BUF - 3;
+        }
+        hw_call(OP_FLASH_WRITE, buf, put_data(buf, 3, path, n));
     }
     mp_obj_t fwd[4 + 2 * 4]; // open(file, mode, buffering, encoding), by position or keyword
     if (n_args + kw->used > 4) {
