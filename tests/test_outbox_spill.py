@@ -298,3 +298,43 @@ def test_the_counts_match_what_is_owed_whatever_the_link_takes_during_a_spill(tm
     assert firsts == sorted(firsts, key=lambda i: int(i.rsplit("-", 1)[1]))  # in order
     if not restarted:  # (a reboot loses what came after the last state, and may resend)
         assert len(ids) == len(set(ids)) and set(wanted) <= set(ids)
+
+
+def test_a_held_event_is_offered_to_the_link_only_once_a_state_holding_it_is_written():
+    """hold (the app's outbox): the broker never gets an event that a power cut could still take
+    from the cabinet; telemetry, never persisted, is not held, but keeps its place in the order."""
+    ob = Outbox(hold=True)
+    ob.add_telemetry({"t": 1})
+    ob.add_event({"type": "SwapStarted", "id": "e-1"})
+    ob.add_telemetry({"t": 2})
+    first = ob.peek()
+    assert first[0] == TELEMETRY
+    ob.done(first)
+    assert ob.peek() is None  # SwapStarted is not on flash yet, and the telemetry behind it waits
+    ob.persisted(False)  # a state written, but its spill failed: the event may not be in it
+    assert ob.peek() is None
+    ob.persisted()
+    ev = ob.peek()
+    assert ev[0] == EVENT and b'"e-1"' in ev[2]
+    ob.done(ev)
+    ob.add_event({"type": "SwapCompleted", "id": "e-2"})
+    assert ob.peek()[0] == TELEMETRY  # older than the new event: it goes
+    ob.done(ob.peek())
+    assert ob.peek() is None
+    ob.persisted()
+    assert b'"e-2"' in ob.peek()[2]
+
+
+def test_without_hold_an_event_is_offered_at_once():
+    ob = Outbox()
+    ob.add_event({"type": "SwapStarted", "id": "e-1"})
+    assert ob.peek() is not None
+
+
+def test_a_held_event_dropped_at_the_hard_cap_leaves_no_event_offered_unwritten():
+    ob = Outbox(capacity_events=2, hold=True)
+    for i in range(6):  # past the hard cap (4): routine events dropped
+        ob.add_event({"type": "ChargeStarted", "id": "e-%d" % i})
+    assert ob.events == 4 and ob.peek() is None
+    ob.persisted()
+    assert ob.peek() is not None

@@ -50,7 +50,7 @@ class App:
                          boot_reason=boot_reason)
         # Newer events wait in a spill file, not the heap: 2 in RAM (an event is some 200 bytes
         # there), read back from flash as the link publishes them.
-        self.outbox = Outbox(store=self.store, ram_events=2)
+        self.outbox = Outbox(store=self.store, ram_events=2, hold=True)
         if not isinstance(saved, dict):
             saved = {}
         events = saved.get("outbox")
@@ -195,7 +195,9 @@ class App:
         self.last_persist = now
         errors = self.store.errors
         if self.store.save("state", self._write_state, now):
-            self.outbox.persisted()
+            self.outbox.persisted(spilled)
+        else:
+            self.outbox.dirty = True  # the events it held wait for a write: tried again
         self._flash_health(self.store.errors == errors and spilled)
         return True
 

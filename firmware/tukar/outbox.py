@@ -58,7 +58,8 @@ class _Gone(Exception):
 
 
 class Outbox:
-    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=4):
+    def __init__(self, capacity_events=64, capacity_telemetry=4, store=None, ram_events=4,
+                 hold=False):
         self.capacity_events = capacity_events
         self.hard_cap = 2 * capacity_events
         self.capacity_telemetry = capacity_telemetry
@@ -75,6 +76,11 @@ class Outbox:
         self._stale = []  # generations to delete once a state without them is written
         self._n_events = 0
         self._n_telemetry = 0
+        # hold: an event is published only once a state that holds it is on flash (persisted()),
+        # so the broker never has an event a power cut then takes from the cabinet. _unsure: the
+        # newest events not yet written so
+        self._hold = hold
+        self._unsure = 0
         self._lock = _thread.allocate_lock()
         self.dirty = False  # the persisted part changed since the app last saved it
         self.dropped_telemetry = 0
@@ -107,6 +113,8 @@ class Outbox:
             item = [EVENT, ev.get("type") in ROUTINE, text]
             (self._tail if self._spilled() else self._items).append(item)
             self._n_events += 1
+            if self._hold:
+                self._unsure += 1
             self.dirty = True
 
     def add_telemetry(self, t):
@@ -144,15 +152,23 @@ class Outbox:
             self.dropped_telemetry += 1
         else:
             self._n_events -= 1
+            if self._unsure > self._n_events:
+                self._unsure = self._n_events  # (a dropped durable one leaves it: held longer)
             self.dropped_routine += 1
             self.dirty = True
         return True
 
     # -- link side ------------------------------------------------------------------------
     def peek(self):
-        """The oldest item, [kind, routine, text bytes], or None. It stays until done(item)."""
+        """The oldest item, [kind, routine, text bytes], or None. It stays until done(item). An
+        event not yet on flash (hold) is not offered, nor anything after it."""
         with self._lock:
-            return self._items[0] if self._items else None
+            if not self._items:
+                return None
+            it = self._items[0]
+            if it[0] == EVENT and self._n_events <= self._unsure:
+                return None  # the oldest event is among the newest, unwritten ones
+            return it
 
     def done(self, item):
         """The broker has the item (PUBACK, or written for QoS 0): remove it if still queued."""
@@ -321,8 +337,12 @@ class Outbox:
         """[generation, first byte owed, end] of the spill file for the persisted state, or None."""
         return [self._gen, self._read, self._end] if self._spilled() else None
 
-    def persisted(self):
-        """A state written: spill files it no longer names are deleted."""
+    def persisted(self, complete=True):
+        """A state written: spill files it no longer names are deleted; with `complete` (its spill
+        succeeded too) every event added before it is on flash, and may be published."""
+        if complete:
+            with self._lock:
+                self._unsure = 0
         stale = self._stale
         while stale and self._store is not None:
             gen = stale.pop()
