@@ -338,3 +338,13 @@ def test_a_held_event_dropped_at_the_hard_cap_leaves_no_event_offered_unwritten(
     assert ob.events == 4 and ob.peek() is None
     ob.persisted()
     assert ob.peek() is not None
+
+
+def test_held_events_go_out_unwritten_when_the_flash_does_not_write():
+    """A state write that failed: holding the events would keep the cabinet's own flash_write
+    fault from the broker, and nothing can keep them across a cut anyway."""
+    ob = Outbox(hold=True)
+    ob.add_event({"type": "Fault", "id": "e-1", "code": "flash_write"})
+    assert ob.peek() is None
+    ob.persisted(True, False)
+    assert b"flash_write" in ob.peek()[2]

@@ -196,8 +196,8 @@ class App:
         errors = self.store.errors
         if self.store.save("state", self._write_state, now):
             self.outbox.persisted(spilled)
-        else:
-            self.outbox.dirty = True  # the events it held wait for a write: tried again
+        else:  # a flash that does not write keeps nothing across a cut: holding the events back
+            self.outbox.persisted(True, False)  # would only keep its own fault from the broker
         self._flash_health(self.store.errors == errors and spilled)
         return True
 

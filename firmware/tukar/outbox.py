@@ -337,12 +337,15 @@ class Outbox:
         """[generation, first byte owed, end] of the spill file for the persisted state, or None."""
         return [self._gen, self._read, self._end] if self._spilled() else None
 
-    def persisted(self, complete=True):
+    def persisted(self, complete=True, written=True):
         """A state written: spill files it no longer names are deleted; with `complete` (its spill
-        succeeded too) every event added before it is on flash, and may be published."""
+        succeeded too) every event added before it is on flash, and may be published. Not
+        `written` (the flash failed): the events go out unwritten, nothing is held."""
         if complete:
             with self._lock:
                 self._unsure = 0
+        if not written:
+            return
         stale = self._stale
         while stale and self._store is not None:
             gen = stale.pop()
