@@ -150,3 +150,14 @@ def wait_until(predicate, timeout=10, what="condition"):
             return
         time.sleep(0.02)
     raise AssertionError("timed out waiting for " + what)
+
+
+@pytest.fixture(scope="module")
+def mqtt_broker():
+    """The end-to-end tests' broker: Mosquitto where installed (required on CI), else amqtt."""
+    from tukar_tools import broker
+    if on_ci():
+        require("mosquitto")  # CI runs the end-to-end tests on Mosquitto or fails
+    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.Amqtt().start()
+    yield b
+    b.stop()

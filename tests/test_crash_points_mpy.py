@@ -14,9 +14,9 @@ import struct
 import threading
 
 import pytest
-from brokers import on_ci, require
+from brokers import mqtt_broker  # noqa: F401 (a fixture)
 
-from tukar_tools import broker, crashpoints, mprt
+from tukar_tools import crashpoints, mprt
 from tukar_tools.rig import Physical
 
 # The points of a swap on the 6-slot cabinet crashpoints.py stocks (S-01..S-04 in slots 1 to 4;
@@ -36,15 +36,6 @@ DISPENSE_POINTS = [
     ("slot 1 unlock", 1),
 ]
 SPILL = "flash state/outbox.*"
-
-
-@pytest.fixture(scope="module")
-def mqtt_broker():
-    if on_ci():
-        require("mosquitto")  # CI runs the end-to-end tests on Mosquitto or fails
-    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.Amqtt().start()
-    yield b
-    b.stop()
 
 
 # -- the host's side ----------------------------------------------------------------------------------

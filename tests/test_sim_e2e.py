@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-from brokers import on_ci, require
+from brokers import mqtt_broker  # noqa: F401 (a fixture)
 
-from tukar_tools import broker, schemas
+from tukar_tools import schemas
 from tukar_tools.cmdline import SIM_KEY_HEX
 from tukar_tools.scenario import Observer, Runner, ScenarioFailed
 from tukar_tools.sign import parse_key
@@ -33,15 +33,6 @@ def runtime_args(runtime):
 
 def speed_of(runtime):
     return 1.0 if runtime == "micropython" else SPEED
-
-
-@pytest.fixture(scope="module")
-def mqtt_broker():
-    if on_ci():
-        require("mosquitto")  # CI runs the end-to-end tests on Mosquitto or fails
-    b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.Amqtt().start()
-    yield b
-    b.stop()
 
 
 def start_sim(port, state_dir, *extra, runtime="cpython"):

@@ -129,7 +129,11 @@ class CanBms:
         extra = self.extra
         x0 = slot * len(EXTRA)
         for sig in fr[1]:  # tukar.cancompile.compile_signal
-            target, bits, num, den, ofs = sig[0], sig[1], sig[2], sig[3], sig[4]
+            target = sig[0]  # one at a time: a five-name unpacking builds a tuple
+            bits = sig[1]
+            num = sig[2]
+            den = sig[3]
+            ofs = sig[4]
             raw = 0
             for i in range(5, len(sig)):
                 s = sig[i]  # tukar.cancompile.pack_step
