@@ -184,15 +184,19 @@ def retest(cfg, tests, max_children=2, only=()):
 
 
 # The retest's worker: pytest once without a mutant (every import done), then a fork per mutant,
-# MUTANT_UNDER_TEST set in the child as mutmut does; `max_children` forks at a time.
+# MUTANT_UNDER_TEST set in the child as mutmut does; `max_children` forks at a time. A mutant that
+# loops is stopped by a CPU limit (5 x the run without a mutant, and 30 s more), which counts as a
+# kill, as mutmut's time-out does.
 _FORKER = """
-import json, os, sys
+import json, os, resource, sys, time
 import pytest
 args, width = json.loads(sys.argv[1]), int(sys.argv[2])
 names = [n for n in sys.stdin.read().split("\\n") if n]
 quiet = open(os.devnull, "w")
 real, sys.stdout = sys.stdout, quiet
+t0 = time.process_time()
 rc = pytest.main(args)
+limit = int(5 * (time.process_time() - t0)) + 30
 sys.stdout = real
 if rc != 0:
     sys.exit("the tests fail without a mutant (pytest exit %d)" % rc)
@@ -206,6 +210,8 @@ for n in names:
     pid = os.fork()
     if pid == 0:
         os.environ["MUTANT_UNDER_TEST"] = n
+        used = int(resource.getrusage(resource.RUSAGE_SELF).ru_utime)
+        resource.setrlimit(resource.RLIMIT_CPU, (used + limit, used + limit + 5))
         sys.stdout = quiet
         os._exit(int(pytest.main(args)))
     running[pid] = n
