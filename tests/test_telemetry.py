@@ -35,7 +35,14 @@ def test_telemetry_has_one_column_entry_per_occupied_slot_in_slot_order():
 def test_telemetry_leaves_out_what_is_not_needed_every_minute():
     t = stocked_rig().core.telemetry()
     # energy per charge is in ChargeStopped, charger current in the slot state
-    assert set(t) == {"slots", "soc", "temp_c", "voltage_v", "current_a", "cabinet_temp_c"}
+    assert set(t) == {"slots", "soc", "temp_c", "voltage_v", "current_a", "cabinet_temp_c", "ts",
+                      "ready", "energy_wh", "energy_wh_total"}
+
+
+def test_the_energy_counters_come_in_the_first_telemetry_after_a_boot_and_every_tenth():
+    core = stocked_rig().core
+    has = ["energy_wh" in core.telemetry() for _ in range(25)]
+    assert [i for i in range(25) if has[i]] == [0, 10, 20]
 
 
 def test_telemetry_values_are_rounded_to_a_tenth_and_whole_ones_sent_as_integers():
@@ -84,8 +91,8 @@ def widest_telemetry_packet():
 
 
 def test_even_the_widest_telemetry_of_12_occupied_slots_keeps_a_day_under_1_mb():
-    packet = widest_telemetry_packet()
-    assert packet < 500
+    packet = widest_telemetry_packet()  # one with the energy counters, at 7 digits a slot
+    assert packet < 600
     rest = bench_mqtt.measure(0.5)["by_category_per_day"]
     rest.pop("telemetry")
     per_day = packet * DAY_S // PERIOD_S + sum(rest.values())
@@ -95,7 +102,9 @@ def test_even_the_widest_telemetry_of_12_occupied_slots_keeps_a_day_under_1_mb()
 def test_bench_12_slot_cabinet_steady_state_publishes_well_under_1_mb_a_day():
     r = bench_mqtt.measure(0.5)
     assert r["slots"] == 12 and r["occupied"] == 11
-    assert r["per_day"] < BUDGET * 7 // 10, r["by_category_per_day"]
+    # 75 %: the clock, the ready count and the energy counters (the regulator's report) cost
+    # about 4 % of the budget; a quarter is left for the unforeseen
+    assert r["per_day"] < BUDGET * 3 // 4, r["by_category_per_day"]
     assert r["telemetry_bytes"] < 500, r["telemetry_bytes"]
     # keepalive 60 s: a ping every 30 s and its reply, 2 x 2 x 1440 packets a day
     assert r["keepalive_s"] == 60

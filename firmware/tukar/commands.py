@@ -203,7 +203,16 @@ class Commands:
         self.cfg = merged
         self.lim = cf.Limits(merged)
         self.jdirty |= J_CONFIG
+        self._policy_all(self.now)
         return {"config": self.settable_config()}
+
+    def _cmd_retire(self, body):
+        serial = body.get("serial")
+        if not _text(serial):
+            raise CommandError(E.BAD_ARGS, "serial: a non-empty string of at most 64 characters")
+        n = self.retire_serial(serial, self.now)
+        self._touch = 1 | (1 << n if n else 0)
+        return {"serial": serial, "slot": n}
 
     def _cmd_reboot(self, body):
         if self.session is not None:
@@ -226,4 +235,5 @@ _HANDLERS = {  # command name -> handler (a Core method)
     "rebirth": Commands._cmd_rebirth,
     "set_config": Commands._cmd_set_config,
     "reboot": Commands._cmd_reboot,
+    "retire": Commands._cmd_retire,
 }

@@ -9,6 +9,12 @@ SETTABLE = {
     "charge_temp_max_c": (0, 45, 45),
     "insert_timeout_s": (10, 600, 60),
     "take_timeout_s": (10, 600, 60),
+    # Retirement (tukar.packs): a pack below this SoH, above this cycle count, or with this many
+    # BMS faults or overheats while in the cabinet is held for collection, never dispensed.
+    "retire_soh_min": (50, 90, 70),
+    "retire_cycles_max": (300, 10000, 2000),
+    "retire_bms_faults": (1, 20, 3),
+    "retire_overheats": (1, 10, 2),
 }
 
 # Set at provisioning time only (config.json), never over MQTT.
@@ -98,3 +104,7 @@ class Limits:
         self.cabinet_max_dc = int(cfg["cabinet_charge_max_c"] * 10)
         self.slot_limit_ma = int(cfg["slot_limit_a"] * 1000)
         self.blocklist = cfg["blocklist"]
+        self.retire_soh = int(cfg["retire_soh_min"])
+        self.retire_cycles = int(cfg["retire_cycles_max"])
+        self.retire_faults = int(cfg["retire_bms_faults"])
+        self.retire_heats = int(cfg["retire_overheats"])

@@ -12,7 +12,7 @@
 from micropython import const
 
 from tukar import absorb, commands as _cm, config as cf, edge as _ed, journal as _jn
-from tukar import payloads as _pl, schedule as _sc, session as _ss, slot as sl
+from tukar import packs as _pk, payloads as _pl, schedule as _sc, session as _ss, slot as sl
 from tukar.clock import wrap_diff
 from tukar.inputs import CabinetInputs, SlotInputs
 from tukar.profile import DEFAULT
@@ -26,7 +26,8 @@ _CAB_SENSOR_CODES = (None, "temp_sensor_open", "temp_sensor_short")  # by tukar.
 
 TYPE_CHECKING = False  # the type checker takes it as True: it sees the parts as bases
 if TYPE_CHECKING:
-    class _Parts(_pl.Payloads, _sc.Schedule, _ss.SessionSteps, _cm.Commands, _jn.Journal, _ed.Edge):
+    class _Parts(_pl.Payloads, _sc.Schedule, _ss.SessionSteps, _cm.Commands, _jn.Journal, _ed.Edge,
+                 _pk.Packs):
         pass
 else:
     _Parts = object  # the parts are absorbed into Core, below
@@ -96,8 +97,16 @@ class Core(_Parts):
         self._touch = 0
         self._cab_over = False  # the cabinet blocks every charger: over its limit, or its sensor faulted
         self.cab_sensor = 0  # the cabinet thermistor's status as last reported (tukar.inputs.SENSOR_*)
+        # The packs (tukar.packs): Wh and mWh each slot has drawn, each pack's BMS faults (bits 0
+        # to 7) and overheats (8 to 15) while in this cabinet, the serials retired (hashes).
+        self.e_wh = [0] * slots
+        self.e_mwh = [0] * slots
+        self.wear = [0] * slots
+        self.retired = []
+        self._tel_n = 0  # telemetry messages since the last with the energy counters
         if journal:
             self._restore(journal)
+        self._e_saved = sum(self.e_wh)
         self.boot += 1
         self.jdirty = J_COUNTERS | J_INVENTORY | J_SESSION | J_MODE | J_CONFIG
 
@@ -259,6 +268,7 @@ class Core(_Parts):
         s.serial = None
         s.profile = None
         s.accepted = False
+        self.wear[s.n - 1] = 0
 
     def _slot_watch(self, s, now):
         """Per-slot supervision: lock (rule 8), break-in, sensors (rule 5), BMS link, rule 4."""
@@ -273,7 +283,7 @@ class Core(_Parts):
                 self._slot_fault_events(s, s.faults ^ sl.SLOT_IO, s.faults)
                 self._session_slot_failed(s, now)  # a session through this slot cannot go on
             if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
-                self._quarantine(s, "overtemp", now)  # the temperatures do not come from the switches
+                self._overheat(s, now)  # the temperatures do not come from the switches
             return
         if s.io_bad_since is not None:
             s.io_bad_since = None
@@ -303,8 +313,10 @@ class Core(_Parts):
         if new != old:
             s.faults = new
             self._slot_fault_events(s, old, new)
+        if inp.bms.faults and not s.pub_bfaults:  # a BMS fault flag rose (published: none)
+            self._bms_fault_seen(s, now)
         if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
-            self._quarantine(s, "overtemp", now)
+            self._overheat(s, now)
 
     def _session_slot_failed(self, s, now):
         """A slot the open session drives can no longer be trusted: end the session. (The
@@ -374,6 +386,7 @@ class Core(_Parts):
             r = self._identify(s, now)
             if r == 1:
                 self._accept(s)
+                self._policy(s, now)
             elif r == "removed":
                 self._clear_battery(s)
                 s.phase = sl.P_EMPTY
@@ -396,6 +409,8 @@ class Core(_Parts):
                     self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
                 self._clear_battery(s)
                 s.phase = sl.P_EMPTY
+                if s.quarantine == _pk.RETIRED:
+                    self._collected(s)
             elif s.opened and inp.door_closed and ph == sl.P_HELD:
                 s.opened = False
         elif ph == sl.P_MAINT_OPEN:
@@ -406,45 +421,14 @@ class Core(_Parts):
                 self._clear_battery(s)  # the technician may have changed the battery
                 s.phase = sl.P_IDENTIFYING if inp.present else sl.P_EMPTY
                 s.ident_t = now
+                if not inp.present and s.quarantine == _pk.RETIRED:
+                    self._collected(s)  # taken for collection
         else:
             # A session phase with no session (cannot normally happen): make the slot safe.
             s.command_lock(True, now)
             self._after_relock(s, now)
 
-    # == charging ==========================================================================
-    def _charge(self, now, k):
-        em = self.mode == EMERGENCY
-        cab = self.cabinet.temp_dc if not self.cabinet.sensor else None  # None: not known
-        lim = self.lim
-        ev = self._ev
-        charge_t = self._charge_t
-        for j in range(k):
-            s = ev[j]
-            was = s.charge_ma
-            i = s.n - 1
-            if was:
-                dt = (now - charge_t[i]) & _TICKS_MAX  # wrap_diff, inline: a clock set back
-                if 0 < dt < _TICKS_HALF:  # adds nothing
-                    s.add_energy(dt)
-            charge_t[i] = now
-            ma = s.charge_decision(now, lim, em, cab)
-            if ma and not was:
-                s.energy_mwh = 0
-                s.energy_acc = 0
-                self._emit("ChargeStarted", {"slot": s.n, "serial": s.serial})
-            elif was and not ma:
-                self._charge_stopped(s, s.reason or "stopped")
-            if ma != was:
-                s.charge_ma = ma
-                self.charge_ma[s.n - 1] = ma
-                self.outputs |= 1 << s.n
-
-    def _charge_stopped(self, s, reason):
-        self._emit("ChargeStopped", {"slot": s.n, "serial": s.serial, "reason": reason,
-                                     "energy_wh": s.energy_mwh / 1000})
-
-
 for _p in ((_pl, "Payloads"), (_sc, "Schedule"), (_ss, "SessionSteps"), (_cm, "Commands"),
-           (_jn, "Journal"), (_ed, "Edge")):
+           (_jn, "Journal"), (_ed, "Edge"), (_pk, "Packs")):
     absorb(Core, *_p)
 del _p, _pl, _sc, _ss, _cm, _jn, _ed

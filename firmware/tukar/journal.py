@@ -15,7 +15,9 @@ class Journal:
         """Everything that must survive a power cut, as one JSON-able dict."""
         return {"v": JOURNAL_VERSION, "counters": self._j_counters(), "mode": self.mode,
                 "causes": self.causes, "config": self.settable_config(),
-                "inventory": [self._j_slot(s) for s in self.slots], "session": self._j_session()}
+                "inventory": [self._j_slot(s) for s in self.slots], "session": self._j_session(),
+                "energy_wh": [self.drawn_wh(i) for i in range(self.n_slots)], "wear": self.wear,
+                "retired": self.retired}
 
     def write_journal(self, f, dump):
         """journal() streamed into file f as its JSON text, a part at a time with `dump` (that of
@@ -37,6 +39,16 @@ class Journal:
             sep = ","
         f.write('],"session":')
         dump(self._j_session(), f)
+        f.write(',"energy_wh":[')
+        sep = ""
+        for i in range(self.n_slots):
+            f.write(sep)
+            f.write(str(self.drawn_wh(i)))
+            sep = ","
+        f.write('],"wear":')
+        dump(self.wear, f)
+        f.write(',"retired":')
+        dump(self.retired, f)
         f.write("}")
 
     def _j_counters(self):
@@ -100,11 +112,26 @@ class Journal:
                 s.phase = sl.P_STORED
             elif s.serial is not None or held:
                 s.phase = sl.P_HELD
+        self._restore_packs(j)
         sj = j.get("session")
         if isinstance(sj, dict) and isinstance(sj.get("slot_in"), int):
             if not isinstance(sj.get("id"), str):
                 sj["id"] = "s-?"  # damaged: Boot and SwapAborted still name it as text
             self.restored_session = sj
+
+    def _restore_packs(self, j):
+        """The packs' part (tukar.packs): energy drawn per slot, wear per slot, serials retired."""
+        for key, into in (("energy_wh", self.e_wh), ("wear", self.wear)):
+            v = j.get(key)
+            if isinstance(v, list):
+                for i in range(min(len(v), self.n_slots)):
+                    if isinstance(v[i], int) and not isinstance(v[i], bool) and v[i] >= 0:
+                        into[i] = v[i]
+        r = j.get("retired")
+        if isinstance(r, list):
+            for h in r[-64:]:
+                if isinstance(h, int) and not isinstance(h, bool) and h not in self.retired:
+                    self.retired.append(h)
 
     def _reconcile(self, now):
         """First tick after boot: compare the journal with what the sensors see (cabinet.md)."""

@@ -3,7 +3,8 @@
 # and P/C/telemetry (mqtt.md). Core derives from Payloads (`self` is the Core).
 # pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
 from tukar import slot as sl
-from tukar.states import A_CABINET_OVERTEMP, A_CABINET_SENSOR, A_DOOR_FORCED, ALARMS, EMERGENCY
+from tukar.states import (A_CABINET_OVERTEMP, A_CABINET_SENSOR, A_DOOR_FORCED, ALARMS, EMERGENCY,
+                          ENERGY_EVERY)
 
 
 class Payloads:
@@ -115,7 +116,11 @@ class Payloads:
     def telemetry(self):
         """Measurements of every occupied slot as columns aligned with `slots` (one list per
         quantity: the keys are written once, not once per slot), rounded to 0.1; null while a
-        battery's BMS cannot be read. The shell adds heap_free, uptime_s and rssi."""
+        battery's BMS cannot be read. Then the cabinet's clock and its ready count; and in the
+        first after a boot and every ENERGY_EVERY-th, the energy each slot has drawn since
+        commissioning and their total, in whole Wh (counters: a report needs their rise over
+        hours, not a minute's; every minute they would cost the cellular budget 100 KB a day).
+        The shell adds heap_free, uptime_s and rssi."""
 
         def tenth(milli):  # 51234 mV -> 51.2; a whole number goes out as an int ("0", not "0.0")
             q = (milli + 50) // 100
@@ -130,5 +135,11 @@ class Payloads:
                 temp.append(tenth(b.temp_dc * 100) if b.valid else None)
                 volt.append(tenth(b.voltage_mv) if b.valid else None)
                 amps.append(tenth(b.current_ma) if b.valid else None)
-        return {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
-                "cabinet_temp_c": None if self.cab_sensor else tenth(self.cabinet.temp_dc * 100)}
+        t = {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
+             "cabinet_temp_c": None if self.cab_sensor else tenth(self.cabinet.temp_dc * 100),
+             "ts": self.wall, "ready": self.counts[0]}
+        n = self._tel_n
+        self._tel_n = n + 1 if n < ENERGY_EVERY - 1 else 0
+        if n == 0:
+            t["energy_wh"], t["energy_wh_total"] = self._energy_columns()
+        return t

@@ -79,6 +79,7 @@ class SessionSteps:
                                          "battery": ss.battery_in})
                 self.pending |= 1 << s_in.n  # the session goes on next tick
                 self._phase(ss, S_IDENTIFYING, now)
+                self._policy(s_in, now)  # the cabinet's now: a worn one is kept for collection
             elif r == "removed":
                 # The rider pulled the battery back out before the lock caught it.
                 self._clear_battery(s_in)
@@ -223,7 +224,8 @@ class SessionSteps:
             "slot_in": ss.slot_in, "slot_out": ss.slot_out,
             "battery_in": _serial_of(ss.battery_in) or self.slots[ss.slot_in - 1].serial,
             "battery_out": serial_out,
-            "duration_ms": wrap_diff(now, ss.t_start)})
+            "duration_ms": wrap_diff(now, ss.t_start),
+            "energy_wh": self._handed_over(out, ss.battery_in)})
         self._clear_battery(s_out)
         s_out.phase = sl.P_EMPTY
         self._end_session()
@@ -290,7 +292,9 @@ class SessionSteps:
                 return None
             best.observe(now, lim.fresh_ms)
             if best.check_dispensable(now, lim):
-                return best
+                self._policy(best, now)  # worn since it was accepted: held, not handed out
+                if best.quarantine is None:
+                    return best
             self.pending |= 1 << best.n  # no longer dispensable: its state is published next tick
 
     # == identification ====================================================================
@@ -313,6 +317,8 @@ class SessionSteps:
                 return "temperature"
             if b.serial in self.lim.blocklist:
                 return "blocklisted"
+            if self.is_retired(b.serial):
+                return "retired"
             return 1
         if wrap_diff(now, s.ident_t) >= self.lim.identify_ms:
             return "no_bms"
@@ -320,8 +326,10 @@ class SessionSteps:
 
     def _accept(self, s):
         b = s.inp.bms
-        if s.serial is not None and s.serial != b.serial:
-            self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+        if s.serial != b.serial:
+            if s.serial is not None:
+                self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
+            self.wear[s.n - 1] = 0  # another pack: its own count begins
         s.serial = b.serial
         s.profile = self.profiles[b.profile]
         s.accepted = True

@@ -30,3 +30,4 @@ J_MODE = 16
 
 JOURNAL_VERSION = 1
 IO_FAULT_MS = 500  # switches unreadable this long: slot fault `slot_io` (shorter: a glitch)
+ENERGY_EVERY = 10  # telemetry carries the energy counters in one message of this many
