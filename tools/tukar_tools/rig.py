@@ -208,6 +208,7 @@ class Physical:
         self._sensor_c = [None] * self.n  # what each slot's NTC model shows now
         self.last_physics = None
         self.moves = 0  # lock bolts and chargers switching: sim/world is published at once
+        self.energy_wh = [0.0] * self.n  # what each slot's charger has put into packs (V x I dt)
         for i in range(self.n):
             self._set(i, "door", True)
             self._set(i, "presence", False)
@@ -271,6 +272,8 @@ class Physical:
                 if (ma > 0) != (pack.current_ma > 0):
                     self.moves += 1
                 if dt > 0:
+                    if ma > 0:  # at the voltage the step starts from: mV x mA x ms -> Wh
+                        self.energy_wh[i] += pack.voltage_mv() * ma * dt / 3.6e12
                     pack.physics(ma, dt, self.cabinet_c)
                 if pack.synced is None or now - pack.synced >= SYNC_MS or now < pack.synced:
                     pack.synced = now
@@ -323,7 +326,7 @@ class Physical:
             # A pack the cabinet has no profile for still talks on the CAN bus like the reference.
             profile = self.profiles["ref48v"]
         pack = Pack(spec["serial"], profile, spec.get("soc", 50), spec.get("soh", 95),
-                    spec.get("temp_c", 25), spec.get("faults", ()))
+                    spec.get("temp_c", 25), spec.get("faults", ()), spec.get("cycles", 50))
         self.doors[i] = False
         self._set(i, "door", False)
         self.add_pack(n, pack)

@@ -25,6 +25,7 @@ import hosttime  # noqa: E402  (the shim's clock; rig put the shim on sys.path)
 import machine  # noqa: E402
 from tukar import device  # noqa: E402
 from tukar.app import App  # noqa: E402
+from tukar.net import Net  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
@@ -109,6 +110,10 @@ class CPythonFirmware:
             self.flash_fault(True)
         return app
 
+    def _net(self, *a, **k):
+        # The cabinet's wall clock is the simulation's: --start plus the simulated time since.
+        return Net(*a, time_s=hosttime.wall_s, **k)
+
     def boot(self, cause):
         self.cab.phys.hw.reset_cause = cause
         self.task = asyncio.ensure_future(self._run())
@@ -120,7 +125,7 @@ class CPythonFirmware:
         try:
             why = await device.main(machine, root=cab.flash + os.sep, network=self.network,
                                     ntptime=self.ntptime, client_class=self.net.client_class(),
-                                    app_class=self._app)
+                                    app_class=self._app, net_class=self._net)
         except machine.ResetRequested:
             if not cab.stopped:  # a reboot command or crashing tasks: the chip resets
                 cab.phys.power_loss()
@@ -435,7 +440,7 @@ class SimCabinet:
 class Simulation:
     def __init__(self, host, port, prefix="tukar", key=None, cabinets=1, slots=12,
                  id_prefix="sim", state_dir=DEFAULT_STATE_DIR, speed=1.0, seed=1, fill=None,
-                 runtime="cpython", heap=None, micropython=None, stock=None):
+                 runtime="cpython", heap=None, micropython=None, stock=None, start=None):
         if runtime not in RUNTIMES:
             raise ValueError("runtime must be one of %s" % ", ".join(RUNTIMES))
         if runtime == "micropython" and speed != 1.0:
@@ -444,7 +449,8 @@ class Simulation:
         self.key = key or parse_key(SIM_KEY_HEX)
         self.speed = speed
         self.runtime = runtime
-        hosttime.install(hosttime.SimClock(speed=speed))
+        # `start`: the cabinets' wall clock at the start, Unix seconds (None: now).
+        hosttime.install(hosttime.SimClock(speed=speed, wall_start=start))
         rnd = random.Random(seed)
         fill = slots // 2 if fill is None else fill
         self.cabinets = [SimCabinet(self, "%s-%d" % (id_prefix, k + 1), slots, state_dir, fill, rnd,
@@ -686,7 +692,7 @@ def run_scenario(scenario, host, port, prefix, cabinet, key, speed):
     from tukar_tools import scenario as sc
     time.sleep(0.5)
     runner = sc.Runner(host, port, prefix, cabinet, key, speed,
-                       out=lambda line: print(line, file=sys.stderr))
+                       out=lambda line: print(line, file=sys.stderr), wall=hosttime.wall_s)
     try:
         runner.run(scenario)
         print("PASS %s" % scenario.get("name", "scenario"), file=sys.stderr)

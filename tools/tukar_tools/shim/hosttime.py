@@ -6,14 +6,16 @@ _PERIOD = 1 << 30
 
 
 class SimClock:
-    """Milliseconds since an arbitrary start, scaled by `speed`, or stepped manually."""
+    """Milliseconds since an arbitrary start, scaled by `speed`, or stepped manually; and the
+    wall clock that goes with it: `wall_start` (Unix seconds, default now) when the clock started."""
 
-    def __init__(self, speed=1.0, start_ms=0, manual=False):
+    def __init__(self, speed=1.0, start_ms=0, manual=False, wall_start=None):
         self.speed = speed
         self.manual = manual
         self._start_real = _time.monotonic()
         self._start_ms = start_ms
         self._manual_ms = start_ms
+        self.wall_start = _time.time() if wall_start is None else float(wall_start)
 
     def now_ms(self):
         if self.manual:
@@ -65,6 +67,7 @@ def seconds(ms):
 
 
 def wall_s():
-    """Unix time as the simulated device sees it (its clock counts as synced)."""
+    """Unix time (float seconds) as the simulated device sees it: the clock's start date plus the
+    simulated time since, so a sped-up day lasts a day on the cabinet's own clock too."""
     c = _clock
-    return int(_time.time() - _time.monotonic() + c._start_real + (c.now_ms() - c._start_ms) / 1000)
+    return c.wall_start + (c.now_ms() - c._start_ms) / 1000
