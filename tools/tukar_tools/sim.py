@@ -460,6 +460,7 @@ class Simulation:
         self.loop = None
         self.client = None
         self.lag_ms = 0  # worst lateness of the physics loop, for the scale figures
+        self.riders = None  # tukar_tools.riders.Riders, with --riders
 
     def _on_sim_cmd(self, topic, payload, retained):
         parts = topic.split("/")
@@ -488,10 +489,14 @@ class Simulation:
             cab.physics(hosttime.ticks_ms())
             cab.boot("power_on")
             cab.control.publish_world(force=True)
+        if self.riders is not None:
+            self.riders.start()
         clock = hosttime.current()
         due = clock.now_ms()
         try:
-            while until is None or not until.is_set():
+            # Once told to stop, the world still moves until the riders at the cabinets are done.
+            while until is None or not until.is_set() or not (
+                    self.riders is None or self.riders.closing()):
                 now = clock.now_ms()
                 late = now - due
                 if late > self.lag_ms:
@@ -526,6 +531,8 @@ class Simulation:
         await asyncio.gather(*(cab.fw.stop() for cab in self.cabinets))
         for cab in self.cabinets:
             cab.save_world()
+        if self.riders is not None:
+            self.riders.stop()
         if self.client is not None:
             self.client.close()
 
@@ -567,7 +574,14 @@ def add_arguments(p):
     p.add_argument("--key", help="HMAC key in hex (default: the documented simulator key)")
     p.add_argument("--speed", type=float,
                    help="simulated seconds per real second (default 1, or the scenario's)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the initial stock")
+    p.add_argument("--seed", type=int, default=1, help="seed of the initial stock and the riders")
+    p.add_argument("--riders", type=float, metavar="RATE",
+                   help="riders arrive at each cabinet at random and swap over MQTT: RATE a simulated "
+                        "hour on the day's average, peaks at 07-09 and 17-19 (ledger: "
+                        "<state-dir>/riders.json)")
+    p.add_argument("--start", metavar="ISO",
+                   help="the cabinets' wall clock at the start, e.g. 2026-03-02T06:00 (UTC unless "
+                        "an offset is given; default now); it runs at --speed (cpython runtime)")
     p.add_argument("--fill", type=int, help="batteries per new cabinet (default: half the slots)")
     p.add_argument("--no-monitor", action="store_true", help="no live view; just run")
     p.add_argument("--scenario", help="run a scenario file, exit non-zero if it fails")
@@ -623,12 +637,25 @@ def run(args):
         if fill is None:
             fill = scenario.get("fill")
     speed = speed or 1.0
+    from tukar_tools import riders
+    try:
+        start, tz_s = riders.parse_start(args.start)
+    except ValueError as e:
+        print("tukar sim: --start: %s" % e, file=sys.stderr)
+        return 2
+    if args.riders is not None and (args.riders <= 0 or scenario is not None):
+        print("tukar sim: --riders takes a positive rate, and no --scenario", file=sys.stderr)
+        return 2
     if args.runtime == "micropython":
         from tukar_tools import mprt
         if speed != 1.0:
             print("tukar sim: the micropython runtime runs on MicroPython's own clock: speed 1 "
                   "(asked %g)" % speed, file=sys.stderr)
             speed = 1.0
+        if args.start:
+            print("tukar sim: the micropython runtime keeps the host's date (--start ignored)",
+                  file=sys.stderr)
+            start = None
         try:
             mprt.binary(args.micropython)
         except FileNotFoundError as e:
@@ -638,7 +665,9 @@ def run(args):
             return 2
     sim = Simulation(host, port, args.prefix, key, args.cabinets, slots, args.id_prefix,
                      state_dir or DEFAULT_STATE_DIR, speed, args.seed, fill, args.runtime,
-                     args.heap, args.micropython, (scenario or {}).get("stock"))
+                     args.heap, args.micropython, (scenario or {}).get("stock"), start)
+    if args.riders is not None:
+        sim.riders = riders.Riders(sim, args.riders, args.seed, tz_s, state_dir or DEFAULT_STATE_DIR)
     stop = threading.Event()
     result = {"code": 0}
 
@@ -678,6 +707,9 @@ def run(args):
         stop.set()
         if own is not None:
             own.stop()
+    if sim.riders is not None:
+        print("tukar sim: riders: %s; ledger in %s" % (sim.riders.ledger.summary(),
+                                                       sim.riders.ledger_path), file=sys.stderr)
     r = sim.lag_report()
     if args.runtime == "micropython":
         return result["code"]
