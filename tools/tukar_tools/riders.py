@@ -37,6 +37,7 @@ PATIENCE_S = 600  # a rider waits this long in the queue, then rides on
 HANDLE_S = (3.0, 10.0)  # a rider takes this long to pull a pack out or push one in
 STEP_S = 20  # simulated seconds a rider waits for each reply, door or event ...
 STEP_REAL_S = 3.0  # ... and at least this long in real time (a busy host at a high --speed)
+COMMAND_TRIES = 3
 FLEET_PER_CABINET = 400
 FAULTY = 0.02  # a rider's pack shows a BMS fault flag
 HOT = 0.02  # a rider's pack is above the handling window (50 degC), below quarantine (60)
@@ -524,14 +525,19 @@ class Riders:
 
     # -- acting ------------------------------------------------------------------------------
     async def _command(self, desk, cmd, **args):
+        """A signed command and its ack; sent again with the same req_id while no ack comes (a
+        cabinet that reconnected lost it; one that had it answers again with `duplicate`), signed
+        afresh each time so that its ts stays current at a high --speed."""
         self.sent += 1
         req = "rd-%s-%d" % (self.run_id, self.sent)
-        body = command(cmd, req, int(hosttime.wall_s()), **args)
-        self.client.publish("%s/%s/cmd" % (self.sim.prefix, desk.id), sign(body, self.sim.key),
-                            qos=1, wait=0)
-        ack = await desk.wait(lambda: desk.acks.get(req))
-        desk.acks.pop(req, None)
-        return ack
+        for _ in range(COMMAND_TRIES):
+            envelope = sign(command(cmd, req, int(hosttime.wall_s()), **args), self.sim.key)
+            self.client.publish("%s/%s/cmd" % (self.sim.prefix, desk.id), envelope, qos=1, wait=0)
+            ack = await desk.wait(lambda: desk.acks.get(req))
+            if ack is not None:
+                desk.acks.pop(req, None)
+                return ack
+        return None
 
     async def _world(self, desk, action, **fields):
         """A world action; retried while the bolt is still moving (the door does not open yet)."""
@@ -556,9 +562,8 @@ class Riders:
     # -- riders ------------------------------------------------------------------------------
     async def _arrive(self, desk, times):
         for t in times:
-            wait = t - hosttime.wall_s()
-            if wait > 0:
-                await self._pause(wait)
+            while t > hosttime.wall_s():  # (a host that stalls holds the clock back: look again)
+                await self._pause(t - hosttime.wall_s())
             self.ledger.riders += 1
             self.ledger.bump(desk.id, "arrivals")
             desk.queue.append(Rider(self.ledger.riders, t, self.fleet.pick(t)))

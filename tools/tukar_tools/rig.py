@@ -256,16 +256,37 @@ class Physical:
             supply = self.slot_cfg(i).get("current_limit_ma", 10000)
         return min(supply, pack.request_ma())
 
+    def follow_locks(self, now):
+        """Each bolt follows its solenoid; the feedback switches show where the bolts are."""
+        for i in range(self.n):
+            lock = self.locks[i]
+            was = lock.locked
+            lock.follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
+            if lock.locked != was:
+                self.moves += 1
+            self._set(i, "lock_feedback", lock.locked)
+
+    def time_locks(self, clock):
+        """From now on a bolt starts to move when the firmware switches its solenoid, and the
+        feedback the firmware reads is the bolt's at that read (clock(): ms, as physics' `now`), not
+        at the last physics step: at a high --speed the steps are far apart in simulated time, and
+        a lock's confirmation has only 500 ms."""
+        def written():
+            self.follow_locks(clock())
+
+        def read():  # a bolt starts to move only on a write: between writes, only moving ones
+            if any(lock.moving_since is not None for lock in self.locks):
+                self.follow_locks(clock())
+        for x in self.world.expanders:
+            x.on_write = written
+            x.on_read = read
+
     def physics(self, now):
         """Move the world to `now`: lock bolts, charging, heat, BMS values, CAN frames."""
         dt = 0 if self.last_physics is None else now - self.last_physics
         self.last_physics = now
+        self.follow_locks(now)
         for i in range(self.n):
-            was = self.locks[i].locked
-            self.locks[i].follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
-            if self.locks[i].locked != was:
-                self.moves += 1
-            self._set(i, "lock_feedback", self.locks[i].locked)
             pack = self.packs[i]
             if pack is not None:
                 ma = self.charger_ma(i)
