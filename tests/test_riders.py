@@ -282,3 +282,22 @@ def test_riders_swap_over_mqtt_and_the_ledger_agrees_with_the_broker(mqtt_broker
     measured = sum(e["energy_wh"] for e in obs.events if e["type"] == "ChargeStopped")
     assert 0 < t["energy_wh"]
     assert measured <= t["energy_wh"] * 1.02
+
+
+def test_a_stalled_host_holds_the_sped_up_clock_instead_of_jumping(monkeypatch):
+    import hosttime
+    real = [100.0]
+    monkeypatch.setattr(hosttime, "_time", types.SimpleNamespace(
+        monotonic=lambda: real[0], time=lambda: MONDAY, sleep=lambda s: None))
+    clock = hosttime.SimClock(speed=100, wall_start=MONDAY)
+    assert clock.lead(60) == 0
+    real[0] += 0.0005
+    assert clock.now_ms() == 50
+    real[0] += 2.0  # the host stalls for two seconds: 200 simulated seconds at speed 100
+    assert clock.now_ms() == 60  # the clock stands at the limit, past no deadline
+    assert clock.lead(60) == 200_050 - 60  # dropped, not taken back: never earlier than 60
+    assert clock.now_ms() == 60
+    real[0] += 0.0003
+    assert clock.now_ms() == 90
+    hosttime.install(clock)  # (the real clock is back after each test: conftest)
+    assert hosttime.wall_s() == pytest.approx(MONDAY + 0.09)

@@ -21,11 +21,12 @@ from tukar_tools import riders, sim
 import hosttime  # noqa: E402  (sim put the shim on the path)
 
 
-def run_one(host, port, speed, seconds, rate, start, seed=1, physics_ms=None, profile=None):
+def run_one(host, port, speed, seconds, rate, start, seed=1, physics_ms=None, max_step_ms=None,
+            profile=None):
     state = tempfile.mkdtemp(prefix="tukar-bench-riders-")
-    old_physics = sim.PHYSICS_MS
-    if physics_ms:
-        sim.PHYSICS_MS = physics_ms
+    old = sim.PHYSICS_MS, sim.MAX_STEP_MS
+    sim.PHYSICS_MS = physics_ms or old[0]
+    sim.MAX_STEP_MS = max_step_ms or old[1]
     try:
         s = sim.Simulation(host, port, prefix="br%d" % (int(time.monotonic() * 1000) % 10 ** 6),
                            cabinets=1, slots=12, state_dir=state, speed=speed, seed=seed, fill=10,
@@ -62,7 +63,7 @@ def run_one(host, port, speed, seconds, rate, start, seed=1, physics_ms=None, pr
                 "turned_away": sum(t["turned_away"].values()), "rejected": sum(t["rejected"].values()),
                 "aborted": t["aborted"], "incomplete": t["incomplete"], "faults": t["faults"]}
     finally:
-        sim.PHYSICS_MS = old_physics
+        sim.PHYSICS_MS, sim.MAX_STEP_MS = old
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -75,6 +76,8 @@ def main(argv=None):
                     help="the cabinet's date at the start (the morning peak follows)")
     ap.add_argument("--physics-ms", type=int, help="the world's physics step (default %d)"
                     % sim.PHYSICS_MS)
+    ap.add_argument("--max-step-ms", type=int, help="how far the clock may run past the world's "
+                    "last step (default %d)" % sim.MAX_STEP_MS)
     ap.add_argument("--profile", help="write a cProfile of each run to PROFILE.<speed>")
     args = ap.parse_args(argv)
     start = riders.parse_start(args.start)[0]
@@ -85,7 +88,7 @@ def main(argv=None):
         for sp in (float(x) for x in args.speeds.split(",")):
             prof = "%s.%g" % (args.profile, sp) if args.profile else None
             r = run_one("127.0.0.1", b.port, sp, args.seconds, args.rate, start,
-                        physics_ms=args.physics_ms, profile=prof)
+                        physics_ms=args.physics_ms, max_step_ms=args.max_step_ms, profile=prof)
             print(json.dumps(r), flush=True)
     finally:
         b.stop()

@@ -33,7 +33,7 @@ PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels
 # Sped up, the clock runs at most this far past the world's last step (hosttime.SimClock.lead): a
 # host that stalls (load, a slow boot) slows the simulation down instead of skipping over the
 # firmware's deadlines (a lock's 500 ms confirmation, the 5 s watchdog, the link's time limits).
-MAX_STEP_MS = 100
+MAX_STEP_MS = 60  # a little over PHYSICS_MS: a step that is a few ms late is not cut short
 WORLD_PUBLISH_MS = 2000  # SoC and temperatures in sim/world; actions, bolts and chargers at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
 DEFAULT_STATE_DIR = ".tukar-sim"
