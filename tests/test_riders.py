@@ -141,8 +141,10 @@ def test_a_retired_pack_leaves_the_fleet_and_a_new_one_is_bought():
     fleet.stored("F-0002", "sim-1")
     fleet.retired("F-0002", MONDAY)
     assert fleet.packs["F-0002"]["at"] == "retired"
-    assert fleet.packs["F-0006"]["soh"] == 100 and fleet.bought == 1
-    assert all(fleet.pick(MONDAY)["serial"] != "F-0002" for _ in range(5))
+    new = fleet.from_stock()  # for the technician to put in the slot the retired one leaves
+    assert new["serial"] == "F-0006" and new["soh"] == 100 and new["cycles"] == 0
+    assert fleet.bought == 1
+    assert all(fleet.pick(MONDAY)["serial"] not in ("F-0002", "F-0006") for _ in range(5))
 
 
 def test_the_world_takes_a_packs_cycle_count():

@@ -95,7 +95,8 @@ def new_pack(rnd, serial, fresh=False):
             else rnd.triangular(85, 100, 96)
         cycles = int(rnd.triangular(50, 2500, 300))
     return {"serial": serial, "profile": "ref48v", "soh": round(soh, 2), "cycles": cycles,
-            "soc": round(rnd.uniform(90, 100), 1), "at": "rider", "since": None, "ridden": True}
+            "soc": 60.0 if fresh else round(rnd.uniform(90, 100), 1), "at": "rider", "since": None,
+            "ridden": not fresh}
 
 
 def return_soc(rnd):
@@ -123,8 +124,9 @@ def visit(rnd, pack):
 
 
 class Fleet:
-    """The operator's packs and where each is: with a rider ("rider"), in a cabinet (its id) or
-    "retired". Packs first seen in a cabinet's stock join when a rider takes them."""
+    """The operator's packs and where each is: with a rider ("rider"), in a cabinet (its id), new in
+    the operator's store ("stock") or "retired". Packs first seen in a cabinet's stock join when a
+    rider takes them."""
 
     def __init__(self, rnd, size=FLEET_PER_CABINET, now=None, saved=None):
         self.rnd = rnd
@@ -190,12 +192,22 @@ class Fleet:
         p.update(at="rider", since=now, ridden=True, soc=float(view.get("soc") or 90))
 
     def retired(self, serial, now):
-        """The cabinet retired the pack: it leaves the fleet and a new one is bought."""
-        p = self.packs.get(serial)
-        if p is None or p["at"] == "retired":
+        """The cabinet retired the pack: it leaves the fleet and a new one is bought, for the
+        technician to put in the slot it leaves."""
+        if not serial:
+            return
+        p = self.packs.setdefault(serial, {"serial": serial, "profile": "ref48v", "soh": 0.0,
+                                           "cycles": 0, "soc": 0.0, "since": now, "ridden": False,
+                                           "at": None})  # a pack of a cabinet's first stock
+        if p["at"] == "retired":
             return
         p["at"] = "retired"
-        self._buy(fresh=True)["since"] = now
+        new = self._buy(fresh=True)
+        new.update(at="stock", since=now)
+
+    def from_stock(self):
+        """A new pack for a technician to bring (None: none in store)."""
+        return next((p for p in self.packs.values() if p["at"] == "stock"), None)
 
     def to_dict(self):
         return {"bought": self.bought, "packs": sorted(self.packs.values(), key=lambda p: p["serial"])}
@@ -206,7 +218,7 @@ COUNTS = ("turned_away", "left", "rejected", "aborted", "retired", "faults", "in
 
 
 def _cabinet_ledger(slots):
-    d = {"arrivals": 0, "swaps": 0, "collected": 0, "energy_wh": 0.0,
+    d = {"arrivals": 0, "swaps": 0, "collected": 0, "restocked": 0, "energy_wh": 0.0,
          "energy_wh_slots": [0.0] * slots}
     for k in COUNTS:
         d[k] = {}
@@ -254,11 +266,11 @@ class Ledger:
         c["energy_wh"] = round(sum(slots), 3)
 
     def totals(self):
-        t = {"arrivals": 0, "swaps": 0, "collected": 0, "energy_wh": 0.0}
+        t = {"arrivals": 0, "swaps": 0, "collected": 0, "restocked": 0, "energy_wh": 0.0}
         for k in COUNTS:
             t[k] = {}
         for c in self.cabinets.values():
-            for k in ("arrivals", "swaps", "collected", "energy_wh"):
+            for k in ("arrivals", "swaps", "collected", "restocked", "energy_wh"):
                 t[k] += c[k]
             for k in COUNTS:
                 for r, n in c[k].items():
@@ -271,7 +283,8 @@ class Ledger:
              "cabinets": self.cabinets}
         if fleet is not None:
             d["fleet"] = {"packs": len(fleet.packs), "with_riders": fleet.count("rider"),
-                          "retired": fleet.count("retired"), "bought": fleet.bought}
+                          "in_stock": fleet.count("stock"), "retired": fleet.count("retired"),
+                          "bought": fleet.bought}
         return d
 
     def summary(self):
@@ -280,9 +293,10 @@ class Ledger:
         def by(d):
             return ", ".join("%s %d" % kv for kv in sorted(d.items())) or "none"
         return ("%d riders came, %d swaps; turned away: %s; left the queue: %s; rejected: %s; "
-                "retired: %s (%d collected); chargers put %.1f Wh into packs"
+                "retired: %s (%d collected, %d new packs put in); chargers put %.1f Wh into packs"
                 % (t["arrivals"], t["swaps"], by(t["turned_away"]), by(t["left"]),
-                   by(t["rejected"]), by(t["retired"]), t["collected"], t["energy_wh"]))
+                   by(t["rejected"]), by(t["retired"]), t["collected"], t["restocked"],
+                   t["energy_wh"]))
 
 
 def _load(path):
@@ -360,6 +374,13 @@ class Desk:
                 if e.get("session") == session and e.get("type") in types:
                     return e
             return None
+        return check
+
+    def slot_is(self, n, state):
+        """A check: slot n in `state`."""
+        def check():
+            s = self.slots.get(n)
+            return s if s and s.get("state") == state else None
         return check
 
     def door(self, n, state):
@@ -679,23 +700,42 @@ class Riders:
             self.ledger.bump(desk.id, "incomplete", "completion")
 
     async def _collect(self, desk):
-        """A technician takes the retired packs away: maintenance mode, open each slot, take the
-        pack, shut the door, back in service."""
-        slots = sorted(desk.collect)
+        """A technician takes the retired packs away and puts a new pack in each slot freed:
+        maintenance mode; open the slot, take the pack, shut the door; open it again, push the new
+        pack in, shut it; back in service."""
+        cid = desk.id
         ack = await self._command(desk, "set_mode", mode="maintenance")
         if not ack or not ack.get("ok"):
             desk.collect_after = hosttime.wall_s() + 600  # cannot be serviced now: come back later
             return
-        for n in slots:
+        for n in sorted(desk.collect):
             desk.collect.discard(n)
-            ack = await self._command(desk, "open_slot", slot=n)
-            if not ack or not ack.get("ok") or await desk.wait(desk.door(n, "maintenance_open")) is None:
+            if not await self._open(desk, n):
                 continue
             await self._pause(self._handle())
-            if await self._world(desk, "take", slot=n):
-                self.ledger.bump(desk.id, "collected")
+            taken = await self._world(desk, "take", slot=n)
+            await self._world(desk, "close_door", slot=n)
+            if not taken:
+                continue
+            self.ledger.bump(cid, "collected")
+            new = self.fleet.from_stock()
+            if new is None or await desk.wait(desk.slot_is(n, "empty")) is None \
+                    or not await self._open(desk, n):
+                continue
+            await self._pause(self._handle())
+            battery = {"serial": new["serial"], "profile": new["profile"], "soc": new["soc"],
+                       "soh": new["soh"], "temp_c": 25, "cycles": new["cycles"], "faults": []}
+            if await self._world(desk, "insert", slot=n, battery=battery):
+                self.fleet.stored(new["serial"], cid)
+                self.ledger.bump(cid, "restocked")
             await self._world(desk, "close_door", slot=n)
         for _ in range(3):
             ack = await self._command(desk, "set_mode", mode="in_service")
             if ack and ack.get("ok"):
                 return
+
+    async def _open(self, desk, n):
+        """open_slot (maintenance), until its bolt is in."""
+        ack = await self._command(desk, "open_slot", slot=n)
+        return bool(ack and ack.get("ok")) and \
+            await desk.wait(desk.door(n, "maintenance_open")) is not None

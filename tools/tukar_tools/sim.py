@@ -32,7 +32,7 @@ from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels in 300)
 # Sped up, the clock runs at most this far past the world's last step (hosttime.SimClock.lead): a
 # host that stalls (load, a slow boot) slows the simulation down instead of skipping over the
-# firmware's deadlines (a lock's 500 ms confirmation, the 5 s watchdog, the link's time limits).
+# firmware's deadlines (a lock's 500 ms confirmation, the 5 s watchdog).
 MAX_STEP_MS = 60  # a little over PHYSICS_MS: a step that is a few ms late is not cut short
 WORLD_PUBLISH_MS = 2000  # SoC and temperatures in sim/world; actions, bolts and chargers at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
@@ -646,6 +646,8 @@ def run(args):
         if fill is None:
             fill = scenario.get("fill")
     speed = speed or 1.0
+    if args.riders is not None and fill is None:
+        fill = slots - 2  # a stocked cabinet: riders need batteries, and an empty slot to swap
     from tukar_tools import riders
     try:
         start, tz_s = riders.parse_start(args.start)
