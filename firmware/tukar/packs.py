@@ -181,11 +181,14 @@ class Packs:
             self.pending |= 1 << s.n
 
     def retire_serial(self, serial, now):
-        """The `retire` command: remembered, and held wherever it is in this cabinet (a rider's
-        pack not yet taken in is refused at its identification instead). The slot, or None."""
+        """The `retire` command: remembered, and held wherever it is in this cabinet, behind the
+        dispense door too (a rider's pack not yet taken in is refused at its identification
+        instead). The slot, or None."""
+        ss = self.session
         for s in self.slots:
-            if s.serial == serial and not (self.session is not None and self._in_session(s)):
-                self._retire(s, "command", now)
+            if s.serial == serial and not (ss is not None and s.n == ss.slot_in
+                                           and not ss.in_recorded):
+                self._retire(s, "command", now)  # the dispense pack too: another is handed out
                 return s.n
         if not self.is_retired(serial):
             self._remember_retired(serial)
