@@ -476,8 +476,8 @@ def check_tick(rig):
             maint = core.mode == "maintenance" and s.phase == sl.P_MAINT_OPEN
             assert in_session or maint, (n, s.phase, core.mode, ss and ss.view())
         if s.accepted and s.phase == sl.P_STORED and s.serial is not None and (
-                core.is_retired(s.serial) or 0 < b.soh_pct < core.lim.retire_soh and b.valid
-                or b.valid and b.cycles > core.lim.retire_cycles):
+                core.is_retired(s.serial) or 0 < b.soh_pct < core.cfg["retire_soh_min"] and b.valid
+                or b.valid and b.cycles > core.cfg["retire_cycles_max"]):
             # Retirement: a pack retired, or past the policy's SoH floor or cycle ceiling, is
             # held for collection (so never dispensed: below).
             assert s.quarantine is not None, (i + 1, s.serial, b.soh_pct, b.cycles)
