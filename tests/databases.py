@@ -90,20 +90,11 @@ class Postgres:
         return os.path.join(self.dir, "postgres.log")
 
     def start(self, timeout=60.0):
+        """Start the server: a new cluster the first time, the same one after stop(keep=True)."""
         require_postgres()
-        self.dir = tempfile.mkdtemp(prefix="tukar-pg-")
+        if self.dir is None:
+            self._initdb(timeout)
         data, sock = os.path.join(self.dir, "data"), os.path.join(self.dir, "sock")
-        os.mkdir(sock)
-        if self.user is not None:
-            for p in (self.dir, sock):
-                os.chown(p, self.user.pw_uid, self.user.pw_gid)
-        out = subprocess.run([postgres_bin("initdb"), "-D", data, "-U", self.SUPERUSER,
-                              "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync"],
-                             env=self._env(), capture_output=True, text=True, timeout=timeout,
-                             **self._run_as())
-        if out.returncode != 0:
-            self.stop()
-            raise RuntimeError("initdb failed (%d): %s" % (out.returncode, out.stdout + out.stderr))
         cmd = [postgres_bin("postgres"), "-D", data, "-p", str(self.port), "-k", sock,
                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
@@ -115,10 +106,9 @@ class Postgres:
         last = None
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                text = self._log_tail()
+                code, text = self.proc.returncode, self._log_tail()
                 self.stop()
-                raise RuntimeError("postgres exited with %s: %s" % (self.proc and
-                                                                     self.proc.returncode, text))
+                raise RuntimeError("postgres exited with %s: %s" % (code, text))
             try:
                 self.execute("SELECT 1")
                 return self
@@ -129,6 +119,22 @@ class Postgres:
         self.stop()
         raise RuntimeError("postgres did not accept connections in %.0f s (%s): %s"
                            % (timeout, last, text))
+
+    def _initdb(self, timeout):
+        self.dir = tempfile.mkdtemp(prefix="tukar-pg-")
+        sock = os.path.join(self.dir, "sock")
+        os.mkdir(sock)
+        if self.user is not None:
+            for p in (self.dir, sock):
+                os.chown(p, self.user.pw_uid, self.user.pw_gid)
+        out = subprocess.run([postgres_bin("initdb"), "-D", os.path.join(self.dir, "data"),
+                              "-U", self.SUPERUSER, "--auth=trust", "--encoding=UTF8",
+                              "--no-locale", "--no-sync"],
+                             env=self._env(), capture_output=True, text=True, timeout=timeout,
+                             **self._run_as())
+        if out.returncode != 0:
+            self.stop()
+            raise RuntimeError("initdb failed (%d): %s" % (out.returncode, out.stdout + out.stderr))
 
     def _log_tail(self):
         try:
@@ -153,7 +159,8 @@ class Postgres:
         self.execute('CREATE DATABASE "%s"' % name)
         return self.url(name)
 
-    def stop(self):
+    def stop(self, keep=False):
+        """Stop the server; keep=True keeps its data and port for start() again (an outage)."""
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGINT)  # the server's fast shutdown
@@ -163,7 +170,7 @@ class Postgres:
                     self.proc.kill()
                     self.proc.wait(5)
             self.proc = None
-        if self.dir:
+        if self.dir and not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
