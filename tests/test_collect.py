@@ -435,3 +435,21 @@ def test_a_database_outage_holds_the_messages_until_it_is_back(mosquitto, prefix
 def free_tcp_port():
     from brokers import free_port
     return free_port()
+
+
+def test_a_broker_that_refuses_the_credentials_is_a_clear_error(tmp_path, prefix):
+    pw = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "collector", "s3cret"], check=True)
+    secured = Broker("mosquitto", tmp_path, extra="allow_anonymous false\npassword_file %s\n" % pw)
+    secured.start()
+    try:
+        url = str(tmp_path / "fleet.sqlite")
+        out = io.StringIO()
+        c = collect.Collector(url, "127.0.0.1", secured.port, prefix=prefix, user="collector",
+                              password="wrong", out=out, err=out)
+        assert c.run() == collect.EXIT_FAILED
+        assert "the broker 127.0.0.1:%d refused the connection" % secured.port in out.getvalue()
+        with collecting(url, secured.port, prefix, user="collector", password="s3cret"):
+            pass  # the right password: connected and subscribed
+    finally:
+        secured.stop()

@@ -198,7 +198,7 @@ class Collector:
 
     def run(self):
         """Collect until stop(); returns the exit status (0 stopped cleanly, 2 database or broker
-        refused, 3 broker never reached within give_up seconds)."""
+        refused, 3 broker never reached: within give_up seconds, or before stop())."""
         try:
             self.db = fleetdb.connect(self.db_url)
         except (fleetdb.FleetDBError, ValueError) as e:
@@ -209,7 +209,10 @@ class Collector:
                 fleetdb.display_url(self.db_url), self.db.version(), self.db.kind))
             self.client = self._make_client()
             if not self._connect_broker():
-                return EXIT_OK if self._stop.is_set() else EXIT_NO_BROKER
+                if self._stop.is_set():
+                    self.say("stopped before the broker %s:%d was reached" % (self.host, self.port),
+                             err=True)
+                return EXIT_NO_BROKER
             self.client.loop_start()
             try:
                 return self._collect()

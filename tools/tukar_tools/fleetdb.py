@@ -223,6 +223,8 @@ class Database:
 
     def store(self, records):
         """Store parsed records (parse() below) in one transaction; one outcome per record."""
+        if not records:
+            return []
         outcomes = []
         seen = {}
         with self.transaction():
