@@ -18,7 +18,7 @@ from brokers import Broker, MOSQUITTO, wait_until
 from databases import Postgres, db_url, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tukar_tools import collect, fleetdb
 
-BRIEF_COLUMNS = {  # the fleet database as agreed with `tukar report` (docs/collect.md)
+AGREED_COLUMNS = {  # the fleet database as agreed with `tukar report` (docs/collect.md)
     "schema_migrations": ["version", "applied_at"],
     "cabinets": ["cabinet", "info", "online", "first_seen", "last_seen"],
     "events": ["cabinet", "id", "type", "ts", "up_ms", "received_at", "slot", "serial", "session",
@@ -186,7 +186,7 @@ def test_every_kind_is_stored_with_the_columns_of_the_schema(mosquitto, prefix, 
 
 def test_the_tables_and_columns_are_exactly_the_agreed_schema(db_url):
     with fleetdb.connect(db_url) as db:
-        for table, columns in BRIEF_COLUMNS.items():
+        for table, columns in AGREED_COLUMNS.items():
             cur = db.execute("SELECT * FROM %s WHERE 1 = 0" % table)
             assert [d[0] for d in cur.description] == columns, table
         assert db.version() == fleetdb.SCHEMA_VERSION == 1

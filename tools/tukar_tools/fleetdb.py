@@ -15,7 +15,8 @@ import re
 import sqlite3
 import time
 
-# The brief's schema, version 1, kept to SQL that both SQLite and PostgreSQL accept.
+# The schema agreed with `tukar report` (docs/collect.md), kept to SQL that SQLite and PostgreSQL
+# both accept.
 SCHEMA_MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                            " applied_at DOUBLE PRECISION NOT NULL)")
 
@@ -38,8 +39,8 @@ MIGRATIONS = [
         " body TEXT NOT NULL)",
         "CREATE TABLE acks (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
         " req_id TEXT, ok INTEGER NOT NULL, error TEXT, body TEXT NOT NULL)",
-        # Beyond the brief: the collector's look-ups of a slot's or a cabinet's latest state and of
-        # an ack already stored, and the reports' per-cabinet and per-pack time ranges.
+        # Indexes beyond the agreed one: the collector's look-ups of a slot's or a cabinet's latest
+        # state and of an ack already stored; the reports' per-cabinet and per-pack time ranges.
         "CREATE INDEX slot_states_cabinet_slot ON slot_states (cabinet, slot, received_at)",
         "CREATE INDEX slot_states_serial ON slot_states (serial, received_at)",
         "CREATE INDEX cabinet_states_cabinet ON cabinet_states (cabinet, received_at)",
