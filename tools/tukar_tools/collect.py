@@ -76,6 +76,7 @@ class Collector:
         self.stored = collections.Counter()  # rows stored, per kind
         self.counts = collections.Counter()  # unchanged, duplicates, malformed, ignored, errors
         self.ready = threading.Event()  # subscribed: what is published now will be stored
+        self._gone = threading.Event()  # the connection closed (after our DISCONNECT went out)
         self._stop = threading.Event()
         self._inbox = queue.Queue()
         self._gen = 0  # connection count: a PUBACK is owed only on the connection that delivered
@@ -178,6 +179,7 @@ class Collector:
             self.ready.set()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties=None):
+        self._gone.set()
         if not self._stop.is_set():
             self.ready.clear()
             self.say("lost the broker %s:%d (%s); reconnecting, waiting up to %d s between tries;"
@@ -207,7 +209,12 @@ class Collector:
         try:
             self.say("database %s (schema version %d, %s)" % (
                 fleetdb.display_url(self.db_url), self.db.version(), self.db.kind))
-            self.client = self._make_client()
+            try:
+                self.client = self._make_client()
+            except (OSError, ValueError) as e:  # a CA file that cannot be read
+                self.say("cannot set up TLS with %s: %s" % (self.tls_ca, fleetdb._one_line(e)),
+                         err=True)
+                return EXIT_FAILED
             if not self._connect_broker():
                 if self._stop.is_set():
                     self.say("stopped before the broker %s:%d was reached" % (self.host, self.port),
@@ -218,7 +225,9 @@ class Collector:
                 return self._collect()
             finally:
                 self._stop.set()  # what follows is our own leaving, not a lost broker
-                self.client.disconnect()
+                self._gone.clear()
+                if self.client.disconnect() == 0:
+                    self._gone.wait(5)  # the PUBACKs queued before the DISCONNECT are sent
                 self.client.loop_stop()
         finally:
             self.db.close()
@@ -388,8 +397,9 @@ def run(args):
     except ValueError as e:
         print("tukar collect: %s" % e, file=sys.stderr)
         return EXIT_FAILED
-    if args.batch < 1:
-        print("tukar collect: --batch must be at least 1", file=sys.stderr)
+    if args.batch < 1 or not 0 <= args.session_expiry < 1 << 32:
+        print("tukar collect: --batch must be at least 1, --session-expiry 0 to 4294967295",
+              file=sys.stderr)
         return EXIT_FAILED
     c = Collector(args.db, host, port, prefix=args.prefix, cabinets=args.cabinet, share=args.share,
                   client_id=args.client_id, user=args.user, password=args.password,
