@@ -587,18 +587,39 @@ def test_the_progress_bar_shows_only_when_asked_or_on_a_terminal(fleet, tmp_path
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def variance(png):
+def pixels(png):
     from matplotlib import image
 
-    px = image.imread(png)[..., :3]
-    return float(px.var())
+    return image.imread(png)[..., :3]
 
 
-def test_every_plot_is_drawn(out):
+def variance(png):
+    return float(pixels(png).var())
+
+
+def coloured(png):
+    """The share of clearly coloured pixels: bars and heat map cells, not axes, text or paper."""
+    px = pixels(png)
+    return float(((px.max(axis=2) - px.min(axis=2)) > 0.25).mean())
+
+
+def test_every_plot_draws_its_data(out):
     plots = sorted(f for f in os.listdir(out) if f.endswith(".png"))
     assert len(plots) == 7
     for f in plots:
+        # an empty set of axes has a variance near 0.009, but nothing coloured
         assert variance(os.path.join(out, f)) > 0.002, f
+        assert coloured(os.path.join(out, f)) > 0.01, f
+
+
+def test_a_plot_without_data_says_so(fleet, tmp_path):
+    # the first hour: telemetry and slot states, no swap yet
+    assert tukar("--db", fleet, "--from", "2026-11-02T00:00", "--to", "2026-11-02T00:59",
+                 "--out", tmp_path) == 0
+    for f in ("returned_soc.png", "swap_duration.png"):
+        assert variance(tmp_path / f) > 0.0005, f  # the words, on a blank figure
+        assert coloured(tmp_path / f) == 0, f
+    assert "None in this range." in (tmp_path / "index.html").read_text()
 
 
 def test_a_browser_renders_the_page(out, tmp_path):
@@ -613,6 +634,6 @@ def test_a_browser_renders_the_page(out, tmp_path):
                         "file://%s" % os.path.join(out, "index.html")],
                        capture_output=True, text=True, timeout=120)
     assert shot.exists(), r.stderr
-    assert variance(shot) > 0.01
+    assert variance(shot) > 0.01 and coloured(shot) > 0.01  # text, tables and the plots
     if os.environ.get("TUKAR_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["TUKAR_KEEP_SCREENSHOT"])
