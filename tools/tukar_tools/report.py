@@ -310,56 +310,123 @@ def select_cabinets(db, start, end, wanted):
 
 
 class Fleet:
-    """The rows of the range, read once: events (their bodies parsed), telemetry samples, and the
-    packs of the slot states."""
+    """What the sections need of the range, read a day at a time and kept as small records, so
+    that a month of a large fleet never sits in memory as rows or parsed bodies.
+
+    swaps: [(t, cabinet, returned SoC, duration s, energy Wh)] (None where the event lacks it);
+    charges_wh: {cabinet: sum of ChargeStopped.energy_wh}; faults: [(t, cabinet, slot, code)];
+    rejections: {(serial, reason): count}; retired: [(t, cabinet, slot, serial, reason, battery)];
+    packs: {serial: {"t", "cabinet", and "soh", "profile", "cycles" once known}} (the latest of
+    each pack's battery objects and slot states); seen_at: {cabinet: {serials}}.
+    Telemetry is read per cabinet, when asked (telemetry())."""
+
+    CHUNK_S = 86400
 
     def __init__(self, db, start, end, cabinets):
-        self.start, self.end, self.cabinets = start, end, cabinets
-        where, params = _where(_T, start, end, cabinets)
-        types = ", ".join("'%s'" % t for t in EVENT_TYPES)
-        self.events = []  # (t, cabinet, type, slot, body dict)
-        for cab, typ, t, slot, body in db.query(
-                "SELECT cabinet, type, %s AS t, slot, body FROM events WHERE type IN (%s) AND %s"
-                " ORDER BY t" % (_T, types, where), params):
+        self.start, self.end, self.cabinets, self._db = start, end, cabinets, db
+        self.swaps, self.faults, self.retired = [], [], []
+        self.charges_wh, self.rejections, self.packs, self.seen_at = {}, {}, {}, {}
+        latest_state = {}  # serial: (t, cabinet, body) of its latest slot state
+        types = ", ".join("'%s'" % typ for typ in EVENT_TYPES)
+        a = start
+        while a < end:
+            b = min(end, a + self.CHUNK_S)
+            where, params = _where(_T, a, b, cabinets)
+            for cab, typ, t, body in db.query(
+                    "SELECT cabinet, type, %s AS t, body FROM events WHERE type IN (%s) AND %s"
+                    " ORDER BY t" % (_T, types, where), params):
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    continue  # the collector stores only JSON objects; a stray row says nothing
+                if isinstance(data, dict):
+                    self._event(float(t), cab, typ, data)
+            where, params = _where("received_at", a, b, cabinets)
+            for cab, t, serial, soh, body in db.query(
+                    "SELECT cabinet, received_at, serial, soh, body FROM slot_states"
+                    " WHERE serial IS NOT NULL AND %s ORDER BY received_at" % where, params):
+                t = float(t)
+                self._seen(t, cab, serial, soh=None if soh is None else float(soh))
+                latest_state[serial] = (t, cab, body)
+            a = b
+        for t, cab, body in latest_state.values():  # profile and cycles: the latest state's
             try:
                 data = json.loads(body)
             except ValueError:
-                continue  # the collector stores only JSON objects; a stray row says nothing
+                continue
             if isinstance(data, dict):
-                self.events.append((float(t), cab, typ, slot, data))
-        self.telemetry = {c: [] for c in cabinets}  # cabinet: [(t, ready, empty, energy_wh_total)]
-        for cab, t, ready, empty, wh in db.query(
-                "SELECT cabinet, %s AS t, ready, empty, energy_wh_total FROM telemetry WHERE %s"
-                " ORDER BY cabinet, t" % (_T, where), params):
-            self.telemetry.setdefault(cab, []).append(
-                (float(t), ready, empty, None if wh is None else float(wh)))
-        where, params = _where("received_at", start, end, cabinets)
-        self.slot_packs = [(float(t), cab, slot, serial, None if soh is None else float(soh), body)
-                           for cab, slot, t, serial, soh, body in db.query(
-                               "SELECT cabinet, slot, received_at, serial, soh, body FROM"
-                               " slot_states WHERE serial IS NOT NULL AND %s ORDER BY received_at"
-                               % where, params)]
-        self._db = db
+                self._battery(t, cab, data.get("battery"))
 
-    def of_type(self, *types):
-        return [e for e in self.events if e[2] in types]
+    def _event(self, t, cab, typ, body):
+        for field in BATTERY_FIELDS:
+            self._battery(t, cab, body.get(field))
+        if typ == "SwapCompleted":
+            given = body.get("battery_in")
+            ms = _number(body.get("duration_ms"))
+            self.swaps.append((t, cab, _number(given.get("soc")) if isinstance(given, dict)
+                               else None, ms / 1000 if ms is not None and ms >= 0 else None,
+                               _number(body.get("energy_wh"))))
+        elif typ == "ChargeStopped":
+            wh = _number(body.get("energy_wh"))
+            if wh is not None:
+                self.charges_wh[cab] = self.charges_wh.get(cab, 0.0) + wh
+        elif typ == "Fault":
+            slot = body.get("slot")
+            slot = slot if isinstance(slot, int) and not isinstance(slot, bool) else None
+            self.faults.append((t, cab, slot, str(body.get("code") or "")))
+        elif typ == "BatteryRejected":
+            b = body.get("battery") if isinstance(body.get("battery"), dict) else {}
+            key = (b.get("serial") or "unknown", str(body.get("reason") or ""))
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+        elif typ == "BatteryRetired":
+            b = body.get("battery") if isinstance(body.get("battery"), dict) else {}
+            self.retired.append((t, cab, body.get("slot"), body.get("serial") or b.get("serial"),
+                                 body.get("reason"), b))
+
+    def _battery(self, t, cab, b):
+        if isinstance(b, dict):
+            profile = b.get("profile")
+            self._seen(t, cab, b.get("serial"), _number(b.get("soh")),
+                       profile if isinstance(profile, str) and profile else None,
+                       _number(b.get("cycles")))
+
+    def _seen(self, t, cab, serial, soh=None, profile=None, cycles=None):
+        if not isinstance(serial, str) or not serial:
+            return
+        p = self.packs.setdefault(serial, {"t": t, "cabinet": cab})
+        self.seen_at.setdefault(cab, set()).add(serial)
+        if t >= p["t"]:
+            p["t"], p["cabinet"] = t, cab
+        for key, value in (("soh", soh), ("profile", profile), ("cycles", cycles)):
+            if value is not None and t >= p.get(key + "_t", t):
+                p[key], p[key + "_t"] = value, t
+
+    def telemetry(self, cab):
+        """[(t, ready, empty, energy_wh_total)] of one cabinet in the range, in time order."""
+        where, params = _where(_T, self.start, self.end, [cab])
+        return [(float(t), ready, empty, None if wh is None else float(wh))
+                for t, ready, empty, wh in self._db.query(
+                    "SELECT %s AS t, ready, empty, energy_wh_total FROM telemetry WHERE %s"
+                    " ORDER BY t" % (_T, where), params)]
 
     def slot_serials(self, cabinet_slots):
-        """{(cabinet, slot): ([times], [serials])}: every slot state in the range of these slots,
-        after the last one before the range (which holds what was in the slot at the start)."""
+        """{(cabinet, slot): ([times], [serials])}: the slot's states in the range, after its last
+        one before the range (what was in the slot at the start)."""
         out = {k: ([], []) for k in cabinet_slots}
         if not out:
             return out
         cabs = sorted({c for c, _ in out})
-        inlist = ", ".join("?" * len(cabs))
+        slots = sorted({s for _, s in out})
+        inlist = "cabinet IN (%s) AND slot IN (%s)" % (", ".join("?" * len(cabs)),
+                                                       ", ".join("?" * len(slots)))
         rows = self._db.query(
-            "SELECT s.cabinet, s.slot, s.received_at, s.serial FROM slot_states s"
-            " WHERE s.cabinet IN (%s) AND s.received_at = (SELECT MAX(p.received_at) FROM"
-            " slot_states p WHERE p.cabinet = s.cabinet AND p.slot = s.slot AND p.received_at < ?)"
-            % inlist, cabs + [self.start])
-        where, params = _where("received_at", self.start, self.end, cabs)
-        rows += self._db.query("SELECT cabinet, slot, received_at, serial FROM slot_states WHERE %s"
-                               % where, params)
+            "SELECT s.cabinet, s.slot, s.received_at, s.serial FROM slot_states s WHERE s.%s"
+            " AND s.received_at = (SELECT MAX(p.received_at) FROM slot_states p WHERE"
+            " p.cabinet = s.cabinet AND p.slot = s.slot AND p.received_at < ?)"
+            % inlist.replace(" AND slot", " AND s.slot"), cabs + slots + [self.start])
+        rows += self._db.query(
+            "SELECT cabinet, slot, received_at, serial FROM slot_states WHERE %s AND"
+            " received_at >= ? AND received_at < ?" % inlist, cabs + slots + [self.start, self.end])
         for cab, slot, t, serial in sorted(rows, key=lambda r: r[2]):
             if (cab, slot) in out:
                 out[(cab, slot)][0].append(float(t))
@@ -384,7 +451,7 @@ class Clock:
 
 
 def demand(fleet, clock):
-    swaps = fleet.of_type("SwapCompleted")
+    swaps = fleet.swaps
     grid = [[0] * 24 for _ in DAYS]
     per_day = {}
     per_cab = {c: [0] * 24 for c in fleet.cabinets}
@@ -437,7 +504,7 @@ def weights(times, end):
 def availability(fleet):
     rows = []
     for cab in fleet.cabinets:
-        samples = fleet.telemetry.get(cab, [])
+        samples = fleet.telemetry(cab)
         w, period = weights([s[0] for s in samples], fleet.end)
 
         def share(pick, test):
@@ -493,15 +560,8 @@ def _stats(values):
 
 
 def returned_packs(fleet):
-    socs, durations = [], []
-    for _, _, _, _, body in fleet.of_type("SwapCompleted"):
-        given = body.get("battery_in")
-        soc = _number(given.get("soc")) if isinstance(given, dict) else None
-        if soc is not None:
-            socs.append(soc)
-        ms = _number(body.get("duration_ms"))
-        if ms is not None and ms >= 0:
-            durations.append(ms / 1000)
+    socs = [s[2] for s in fleet.swaps if s[2] is not None]
+    durations = [s[3] for s in fleet.swaps if s[3] is not None]
     soc_bins = _histogram(socs, list(range(0, 101, 10)))
     soc = Table("returned_soc", "State of charge of the packs riders bring back",
                 [("soc_from", "SoC from %", 0), ("soc_to", "SoC to %", 0), ("packs", "packs", 0)],
@@ -524,28 +584,23 @@ def returned_packs(fleet):
 
 
 def energy(fleet):
+    swaps = {}
+    for s in fleet.swaps:
+        swaps.setdefault(s[1], []).append(s)
     rows = []
     for cab in fleet.cabinets:
         drawn = resets = 0.0
-        counter = [s[3] for s in fleet.telemetry.get(cab, []) if s[3] is not None]
+        counter = [s[3] for s in fleet.telemetry(cab) if s[3] is not None]
         for a, b in zip(counter, counter[1:]):
             if b >= a:
                 drawn += b - a
             else:
                 resets += 1  # a factory reset: the counter starts again from zero
+        mine = swaps.get(cab, [])
         rows.append({"cabinet": cab, "kwh_drawn": drawn / 1000, "counter_resets": int(resets),
-                     "kwh_charges": 0.0, "kwh_handed_over": 0.0, "swaps": 0})
-    by = {r["cabinet"]: r for r in rows}
-    for _, cab, typ, _, body in fleet.of_type("ChargeStopped", "SwapCompleted"):
-        wh = _number(body.get("energy_wh"))
-        r = by.get(cab)
-        if r is None:
-            continue
-        if typ == "SwapCompleted":
-            r["swaps"] += 1
-            r["kwh_handed_over"] += (wh or 0.0) / 1000
-        elif wh is not None:
-            r["kwh_charges"] += wh / 1000
+                     "kwh_charges": fleet.charges_wh.get(cab, 0.0) / 1000,
+                     "kwh_handed_over": sum(s[4] or 0.0 for s in mine) / 1000,
+                     "swaps": len(mine)})
     total = {"cabinet": "(all)"}
     for k in ("kwh_drawn", "counter_resets", "kwh_charges", "kwh_handed_over", "swaps"):
         total[k] = sum(r[k] for r in rows)
@@ -562,45 +617,8 @@ def _number(v):
     return float(v)
 
 
-def packs_seen(fleet):
-    """{serial: {"t", "cabinet", and "soh", "profile", "cycles" once known}} and
-    {cabinet: {serials}}: the latest of each pack's battery objects and slot states in the range."""
-    packs, at = {}, {}
-
-    def seen(t, cab, serial, soh=None, profile=None, cycles=None):
-        if not isinstance(serial, str) or not serial:
-            return
-        p = packs.setdefault(serial, {"t": t, "cabinet": cab})
-        at.setdefault(cab, set()).add(serial)
-        if t >= p["t"]:
-            p["t"], p["cabinet"] = t, cab
-        for key, value in (("soh", soh), ("profile", profile), ("cycles", cycles)):
-            if value is not None and t >= p.get(key + "_t", t):
-                p[key], p[key + "_t"] = value, t
-
-    def battery(t, cab, b):
-        if isinstance(b, dict):
-            seen(t, cab, b.get("serial"), _number(b.get("soh")),
-                 b.get("profile") if isinstance(b.get("profile"), str) else None,
-                 _number(b.get("cycles")))
-
-    for t, cab, _, _, body in fleet.events:
-        for field in BATTERY_FIELDS:
-            battery(t, cab, body.get(field))
-    latest = {}
-    for t, cab, slot, serial, soh, body in fleet.slot_packs:
-        seen(t, cab, serial, soh)
-        latest[serial] = (t, cab, body)
-    for serial, (t, cab, body) in latest.items():  # the profile and cycles of the latest state
-        try:
-            b = json.loads(body).get("battery")
-        except (ValueError, AttributeError):
-            continue
-        battery(t, cab, b)
-    return packs, at
-
-
-def health(fleet, clock, packs):
+def health(fleet, clock):
+    packs = fleet.packs
     rows = sorted(({"serial": s, "profile": p.get("profile") or "", "soh": p.get("soh"),
                     "cycles": p.get("cycles"), "last_cabinet": p["cabinet"],
                     "last_seen": clock.iso(p["t"])} for s, p in packs.items()),
@@ -619,23 +637,20 @@ def health(fleet, clock, packs):
                 [("soh_from", "SoH from %", 0), ("soh_to", "SoH to %", 0), ("packs", "packs", 0)],
                 [{"soh_from": a, "soh_to": b, "packs": n} for a, b, n in soh_bins])
     retired = []
-    for t, cab, _, _, body in fleet.of_type("BatteryRetired"):
-        b = body.get("battery") if isinstance(body.get("battery"), dict) else {}
-        slot = body.get("slot")  # none: retired by command while not in this cabinet
+    for t, cab, slot, serial, reason, b in fleet.retired:
         retired.append({"time": clock.iso(t), "cabinet": cab,
-                        "slot": "" if slot is None else str(slot),
-                        "serial": body.get("serial") or b.get("serial") or "",
-                        "reason": body.get("reason") or "", "soh": _number(b.get("soh")),
+                        # none: retired by command while not in this cabinet
+                        "slot": "" if slot is None else str(slot), "serial": serial or "",
+                        "reason": reason or "", "soh": _number(b.get("soh")),
                         "cycles": _number(b.get("cycles"))})
     retirements = Table("retirements", "Packs retired",
                         [("time", "time", None), ("cabinet", "cabinet", None),
                          ("slot", "slot", None), ("serial", "serial", None),
                          ("reason", "reason", None), ("soh", "SoH %", 1),
                          ("cycles", "cycles", 0)], retired)
-    faults = fleet.of_type("Fault")
     by_slot = {}
-    for t, cab, _, _, body in faults:
-        key = (cab, _slot_text(body.get("slot")), str(body.get("code") or ""))
+    for t, cab, slot, code in fleet.faults:
+        key = (cab, _slot_text(slot), code)
         by_slot[key] = by_slot.get(key, 0) + 1
     slot_table = Table("faults_by_slot", "Faults by slot and code",
                        [("cabinet", "cabinet", None), ("slot", "slot", None),
@@ -643,27 +658,21 @@ def health(fleet, clock, packs):
                        [{"cabinet": c, "slot": s, "code": k, "faults": n}
                         for (c, s, k), n in sorted(by_slot.items(),
                                                    key=lambda kv: (-kv[1], kv[0]))])
-    slotted = [(t, cab, body) for t, cab, _, _, body in faults
-               if isinstance(body.get("slot"), int) and not isinstance(body.get("slot"), bool)]
-    history = fleet.slot_serials({(cab, body["slot"]) for _, cab, body in slotted})
+    slotted = [f for f in fleet.faults if f[2] is not None]
+    history = fleet.slot_serials({(cab, slot) for _, cab, slot, _ in slotted})
     by_pack = {}
-    for t, cab, body in slotted:
-        times, serials = history[(cab, body["slot"])]
+    for t, cab, slot, code in slotted:
+        times, serials = history[(cab, slot)]
         i = bisect.bisect_right(times, t) - 1
         serial = serials[i] if i >= 0 else None
         if serial:
-            key = (serial, str(body.get("code") or ""))
-            by_pack[key] = by_pack.get(key, 0) + 1
+            by_pack[(serial, code)] = by_pack.get((serial, code), 0) + 1
     pack_table = Table("faults_by_pack", "Faults by pack (the pack in the slot at the time)",
                        [("serial", "serial", None), ("code", "code", None),
                         ("faults", "faults", 0)],
                        [{"serial": s, "code": k, "faults": n}
                         for (s, k), n in sorted(by_pack.items(), key=lambda kv: (-kv[1], kv[0]))])
-    rejected = {}
-    for _, _, _, _, body in fleet.of_type("BatteryRejected"):
-        b = body.get("battery") if isinstance(body.get("battery"), dict) else {}
-        key = (b.get("serial") or body.get("serial") or "unknown", str(body.get("reason") or ""))
-        rejected[key] = rejected.get(key, 0) + 1
+    rejected = fleet.rejections
     rejections = Table("rejections_by_pack", "Packs refused by the cabinets, by serial and reason",
                        [("serial", "serial", None), ("reason", "reason", None),
                         ("rejections", "rejections", 0)],
@@ -677,7 +686,7 @@ def _slot_text(slot):
     return "cabinet" if slot is None else str(slot)
 
 
-def permen(cabinets, operator, packs, at, avail, energy_table):
+def permen(cabinets, operator, fleet, avail, energy_table):
     """The art. 21 table: one row per cabinet."""
     op = operator or {"operator_name": None, "operator_id": None, "tariff": None,
                       "energy_source": None, "brands": {}, "cabinets": {}}
@@ -686,7 +695,8 @@ def permen(cabinets, operator, packs, at, avail, energy_table):
     rows = []
     for cab in cabinets:
         c = op["cabinets"].get(cab, {})
-        profiles = sorted({packs[s]["profile"] for s in at.get(cab, ()) if packs[s].get("profile")})
+        profiles = sorted({fleet.packs[s]["profile"] for s in fleet.seen_at.get(cab, ())
+                           if fleet.packs[s].get("profile")})
         a, e = avail_by[cab], energy_by[cab]
         rows.append({
             "cabinet": cab, "station": c.get("name") or NOT_GIVEN,
@@ -746,11 +756,9 @@ def build(db_url, start, end, wanted, operator, out_dir, progress=False):
             step()
             energy_table = energy(fleet)
             step()
-            packs, at = packs_seen(fleet)
-            soh, lowest, all_packs, retired, by_slot, by_pack, rejected = health(fleet, clock,
-                                                                                  packs)
+            soh, lowest, all_packs, retired, by_slot, by_pack, rejected = health(fleet, clock)
             step()
-            art21 = permen(cabinets, operator, packs, at, avail, energy_table)
+            art21 = permen(cabinets, operator, fleet, avail, energy_table)
         finally:
             db.close()
         tables = {t.name: t for t in (art21, heat, daily, by_cab, avail, soc, dur, summary,
