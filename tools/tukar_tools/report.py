@@ -318,7 +318,7 @@ class Fleet:
     rejections: {(serial, reason): count}; retired: [(t, cabinet, slot, serial, reason, battery)];
     packs: {serial: {"t", "cabinet", and "soh", "profile", "cycles" once known}} (the latest of
     each pack's battery objects and slot states); seen_at: {cabinet: {serials}}.
-    Telemetry is read per cabinet, when asked (telemetry())."""
+    Telemetry is read one cabinet at a time, when asked (meter())."""
 
     CHUNK_S = 86400
 
@@ -326,6 +326,7 @@ class Fleet:
         self.start, self.end, self.cabinets, self._db = start, end, cabinets, db
         self.swaps, self.faults, self.retired = [], [], []
         self.charges_wh, self.rejections, self.packs, self.seen_at = {}, {}, {}, {}
+        self._meters = {}
         latest_state = {}  # serial: (t, cabinet, body) of its latest slot state
         types = ", ".join("'%s'" % typ for typ in EVENT_TYPES)
         a = start
@@ -401,13 +402,16 @@ class Fleet:
             if value is not None and t >= p.get(key + "_t", t):
                 p[key], p[key + "_t"] = value, t
 
-    def telemetry(self, cab):
-        """[(t, ready, empty, energy_wh_total)] of one cabinet in the range, in time order."""
-        where, params = _where(_T, self.start, self.end, [cab])
-        return [(float(t), ready, empty, None if wh is None else float(wh))
-                for t, ready, empty, wh in self._db.query(
-                    "SELECT %s AS t, ready, empty, energy_wh_total FROM telemetry WHERE %s"
-                    " ORDER BY t" % (_T, where), params)]
+    def meter(self, cab):
+        """meter() of the cabinet's telemetry in the range, read once."""
+        if cab not in self._meters:
+            where, params = _where(_T, self.start, self.end, [cab])
+            samples = [(float(t), ready, empty, None if wh is None else float(wh))
+                       for t, ready, empty, wh in self._db.query(
+                           "SELECT %s AS t, ready, empty, energy_wh_total FROM telemetry WHERE %s"
+                           " ORDER BY t" % (_T, where), params)]
+            self._meters[cab] = meter(samples, self.end)
+        return self._meters[cab]
 
     def slot_serials(self, cabinet_slots):
         """{(cabinet, slot): ([times], [serials])}: the slot's states in the range, after its last
@@ -501,26 +505,39 @@ def weights(times, end):
     return [max(0.0, min(n - t, cap)) for t, n in zip(times, nexts)], period
 
 
+def meter(samples, end):
+    """One cabinet's telemetry [(t, ready, empty, energy_wh_total)] summed up: its availability
+    (time-weighted, weights()) and the energy its meter counted (positive steps)."""
+    w, period = weights([s[0] for s in samples], end)
+
+    def share(i):
+        known = [(wi, s[i]) for wi, s in zip(w, samples) if s[i] is not None]
+        total = sum(wi for wi, _ in known)
+        if not total:
+            return None, None
+        return (100.0 * sum(wi for wi, v in known if v > 0) / total,
+                sum(wi * v for wi, v in known) / total)
+
+    avail, mean_ready = share(1)
+    empty, mean_empty = share(2)
+    drawn, resets = 0.0, 0
+    counter = [s[3] for s in samples if s[3] is not None]
+    for a, b in zip(counter, counter[1:]):
+        if b >= a:
+            drawn += b - a
+        else:
+            resets += 1  # a factory reset: the counter starts again from zero
+    return {"samples": len(samples), "median_period_s": period if samples else None,
+            "covered_h": sum(w) / 3600, "available_pct": avail, "empty_slot_pct": empty,
+            "mean_ready": mean_ready, "mean_empty": mean_empty, "kwh_drawn": drawn / 1000,
+            "counter_resets": resets}
+
+
 def availability(fleet):
-    rows = []
-    for cab in fleet.cabinets:
-        samples = fleet.telemetry(cab)
-        w, period = weights([s[0] for s in samples], fleet.end)
-
-        def share(pick, test):
-            known = [(wi, pick(s)) for wi, s in zip(w, samples) if pick(s) is not None]
-            total = sum(wi for wi, _ in known)
-            if not total:
-                return None, None
-            return (100.0 * sum(wi for wi, v in known if test(v)) / total,
-                    sum(wi * v for wi, v in known) / total)
-
-        avail, mean_ready = share(lambda s: s[1], lambda v: v > 0)
-        empty, mean_empty = share(lambda s: s[2], lambda v: v > 0)
-        rows.append({"cabinet": cab, "samples": len(samples),
-                     "median_period_s": period if samples else None,
-                     "covered_h": sum(w) / 3600, "available_pct": avail,
-                     "empty_slot_pct": empty, "mean_ready": mean_ready, "mean_empty": mean_empty})
+    keys = ("samples", "median_period_s", "covered_h", "available_pct", "empty_slot_pct",
+            "mean_ready", "mean_empty")
+    rows = [dict([("cabinet", cab)] + [(k, fleet.meter(cab)[k]) for k in keys])
+            for cab in fleet.cabinets]
     return Table("availability", "Queue-free availability, from telemetry",
                  [("cabinet", "cabinet", None), ("samples", "samples", 0),
                   ("median_period_s", "median period s", 1), ("covered_h", "hours covered", 2),
@@ -589,15 +606,10 @@ def energy(fleet):
         swaps.setdefault(s[1], []).append(s)
     rows = []
     for cab in fleet.cabinets:
-        drawn = resets = 0.0
-        counter = [s[3] for s in fleet.telemetry(cab) if s[3] is not None]
-        for a, b in zip(counter, counter[1:]):
-            if b >= a:
-                drawn += b - a
-            else:
-                resets += 1  # a factory reset: the counter starts again from zero
+        m = fleet.meter(cab)
         mine = swaps.get(cab, [])
-        rows.append({"cabinet": cab, "kwh_drawn": drawn / 1000, "counter_resets": int(resets),
+        rows.append({"cabinet": cab, "kwh_drawn": m["kwh_drawn"],
+                     "counter_resets": m["counter_resets"],
                      "kwh_charges": fleet.charges_wh.get(cab, 0.0) / 1000,
                      "kwh_handed_over": sum(s[4] or 0.0 for s in mine) / 1000,
                      "swaps": len(mine)})
