@@ -573,6 +573,21 @@ def test_cabinet_limits_every_section(fleet, tmp_path):
     assert rows(tmp_path, "faults_by_slot") == [] and rows(tmp_path, "retirements") == []
 
 
+def test_a_cabinet_asked_for_without_data_in_the_range_reads_so(fleet, tmp_path):
+    assert tukar("--db", fleet, *RANGE, "--cabinet", "cab-a", "--cabinet", "cab-c", "--out",
+                 tmp_path) == 0
+    c = by(rows(tmp_path, "permen_esdm_1_2023_art21"), "cabinet")["cab-c"]
+    assert (c["availability_pct"], c["mean_empty_slots"]) == ("no telemetry", "no telemetry")
+    assert (c["battery_types"], c["kwh_used"], c["kwh_sold"]) == ("none seen", "0.000", "0.000")
+    assert by(rows(tmp_path, "demand_by_cabinet"), "cabinet")["cab-c"]["swaps"] == "0"
+
+
+def test_an_output_directory_that_cannot_be_written_is_named(fleet, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a directory")
+    err = error_of(capsys, "--db", fleet, *RANGE, "--out", tmp_path / "taken")
+    assert "cannot write into %s: File exists" % (tmp_path / "taken") in err
+
+
 def test_the_progress_bar_shows_only_when_asked_or_on_a_terminal(fleet, tmp_path, capsys):
     assert tukar("--db", fleet, *RANGE, "--out", tmp_path) == 0
     assert capsys.readouterr().out == "tukar report: wrote %s (16 tables, 7 plots)\n" % (

@@ -228,12 +228,15 @@ class _Connection:
     def query(self, sql, params=()):
         if self.placeholder != "?":
             sql = sql.replace("?", self.placeholder)
-        cur = self.conn.cursor()
         try:
-            cur.execute(sql, tuple(params))
-            return cur.fetchall()
-        finally:
-            cur.close()
+            cur = self.conn.cursor()
+            try:
+                cur.execute(sql, tuple(params))
+                return cur.fetchall()
+            finally:
+                cur.close()
+        except Exception as e:  # the server gone, a file that is not a database, a lock
+            raise ReportError("database %s: %s" % (self.shown, _one_line(e))) from None
 
     def close(self):
         self.conn.close()
@@ -776,14 +779,22 @@ def build(db_url, start, end, wanted, operator, out_dir, progress=False):
         tables = {t.name: t for t in (art21, heat, daily, by_cab, avail, soc, dur, summary,
                                       energy_table, soh, lowest, all_packs, retired, by_slot,
                                       by_pack, rejected)}
-        os.makedirs(out_dir, exist_ok=True)
-        plots = report_page.plot_all(tables, out_dir, on_plot=step)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            plots = report_page.plot_all(tables, out_dir, on_plot=step)
+        except OSError as e:
+            raise ReportError("cannot write into %s: %s" % (out_dir, e.strerror or e)) from None
         step()
         meta = {"start": clock.iso(start), "end": clock.iso(end), "start_utc": iso_utc(start),
+                "first_day": clock.local(start).date().isoformat(),
+                "last_day": clock.local(end - 1e-6).date().isoformat(),
                 "end_utc": iso_utc(end), "timezone": clock.name, "cabinets": cabinets,
                 "database": db.shown, "operator": operator,
                 "generated": iso_utc(time.time())}
-        index = report_page.write(out_dir, meta, tables, plots)
+        try:
+            index = report_page.write(out_dir, meta, tables, plots)
+        except OSError as e:
+            raise ReportError("cannot write into %s: %s" % (out_dir, e.strerror or e)) from None
     return {"index": index, "tables": sorted(tables), "plots": plots}
 
 

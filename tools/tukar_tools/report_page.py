@@ -141,7 +141,7 @@ def _per_day(Figure, t):
 
 def _hbars(Figure, labels, series, xlabel, xlim=None):
     n = len(labels)
-    fig, ax = _figure(Figure, 9, min(40, 1.2 + 0.3 * n * len(series)))
+    fig, ax = _figure(Figure, 9, min(40, 1.2 + 0.22 * n * len(series)))
     h = 0.8 / len(series)
     for i, (name, values, color) in enumerate(series):
         ax.barh([y + i * h for y in range(n)], [v if isinstance(v, (int, float)) else 0
@@ -277,7 +277,8 @@ th, td { border: 1px solid #c8ccd0; padding: .25em .55em; vertical-align: top; }
 th { background: #eef2f6; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.wide { font-size: .78em; } table.wide td, table.wide th { padding: .2em .3em; }
-table.kv th { width: 19em; font-weight: 500; }
+.blocks { display: flex; flex-wrap: wrap; gap: 0 1.6em; align-items: flex-start; }
+table.kv { flex: 0 1 34em; } table.kv th { width: 15em; font-weight: 500; }
 .files { font-weight: normal; font-size: .9em; margin-left: .8em; }
 .note { color: #555; font-size: .9em; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
@@ -298,7 +299,7 @@ def write(out_dir, meta, tables, plots):
         write_table(out_dir, table)
     e = html.escape
     op = meta["operator"] or {}
-    title = "Swap station report, %s to %s" % (meta["start"][:10], meta["end"][:10])
+    title = "Swap station report, %s to %s" % (meta["first_day"], meta["last_day"])
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>%s</title><style>%s</style></head><body>" % (e(title), CSS),
@@ -351,10 +352,12 @@ def table_html(table):
                 % (e(table.name), e(table.title), len(cells), files))
     if table.records:
         out.append('<p class="caption">%s %s</p>' % (e(table.title), files))
+        out.append('<div class="blocks">')
         for i, row in enumerate(shown):
             out.append('<table class="kv" data-table="%s" data-row="%d">' % (e(table.name), i))
             out += ["<tr><th>%s</th>%s</tr>" % (e(labels[k]), td(k, v)) for k, v in row]
             out.append("</table>")
+        out.append("</div>")
     else:
         out.append('<p class="caption">%s %s</p>' % (e(table.title), files))
         out.append('<table data-table="%s"%s><thead><tr>%s</tr></thead><tbody>'
