@@ -16,7 +16,8 @@ import pytest
 from tukar_tools import cli, report
 
 SCHEMA = (
-    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+    " applied_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE cabinets (cabinet TEXT PRIMARY KEY, info TEXT, online INTEGER,"
     " first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE events (cabinet TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, ts BIGINT,"
@@ -30,7 +31,8 @@ SCHEMA = (
     " mode TEXT NOT NULL, ready INTEGER NOT NULL, empty INTEGER NOT NULL,"
     " charging INTEGER NOT NULL, faulted INTEGER NOT NULL, body TEXT NOT NULL)",
     "CREATE TABLE telemetry (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
-    " ts BIGINT, ready INTEGER, empty INTEGER, energy_wh_total DOUBLE PRECISION, body TEXT NOT NULL)",
+    " ts BIGINT, ready INTEGER, empty INTEGER, energy_wh_total DOUBLE PRECISION,"
+    " body TEXT NOT NULL)",
     "CREATE TABLE acks (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
     " req_id TEXT, ok INTEGER NOT NULL, error TEXT, body TEXT NOT NULL)",
 )
@@ -293,7 +295,8 @@ def test_returned_soc_and_swap_duration_histograms(out):
     soc = [(int(r["soc_from"]), int(r["packs"])) for r in rows(out, "returned_soc")]
     assert soc == [(0, 2), (10, 1), (20, 2), (30, 1), (40, 1), (50, 0), (60, 0), (70, 0),
                    (80, 0), (90, 1)]  # 100 % falls in the last bin
-    dur = [(r["seconds_from"], r["seconds_to"], int(r["swaps"])) for r in rows(out, "swap_duration")]
+    dur = [(r["seconds_from"], r["seconds_to"], int(r["swaps"]))
+           for r in rows(out, "swap_duration")]
     assert dur[:4] == [("0", "30", 1), ("30", "60", 3), ("60", "90", 2), ("90", "120", 1)]
     assert dur[-1] == ("600", "", 1)  # 700 s: the open-ended last bin
     assert sum(n for *_, n in dur) == 8
@@ -337,7 +340,8 @@ def test_retirements_list_when_where_what_and_why(out):
 
 
 def test_faults_by_slot_and_by_the_pack_in_the_slot_at_the_time(out):
-    slots = {(r["cabinet"], r["slot"], r["code"]): int(r["faults"]) for r in rows(out, "faults_by_slot")}
+    slots = {(r["cabinet"], r["slot"], r["code"]): int(r["faults"])
+             for r in rows(out, "faults_by_slot")}
     assert slots == {("cab-a", "2", "lock_jam"): 2, ("cab-a", "2", "bms_link"): 1,
                      ("cab-a", "3", "door_sensor"): 1, ("cab-a", "cabinet", "cabinet_overtemp"): 1}
     packs = {(r["serial"], r["code"]): int(r["faults"]) for r in rows(out, "faults_by_pack")}
@@ -345,7 +349,8 @@ def test_faults_by_slot_and_by_the_pack_in_the_slot_at_the_time(out):
     assert packs == {("P-2", "lock_jam"): 1, ("P-9", "lock_jam"): 1, ("P-9", "bms_link"): 1}
     rejected = {(r["serial"], r["reason"]): int(r["rejections"])
                 for r in rows(out, "rejections_by_pack")}
-    assert rejected == {("Z-1", "bms_fault"): 2, ("Z-1", "temperature"): 1, ("unknown", "no_bms"): 1}
+    assert rejected == {("Z-1", "bms_fault"): 2, ("Z-1", "temperature"): 1,
+                        ("unknown", "no_bms"): 1}
 
 
 def test_the_permen_table_takes_what_the_cabinet_cannot_know_from_the_operator_file(out):
@@ -492,7 +497,8 @@ def test_an_operator_file_that_is_not_json_or_missing_is_refused(fleet, tmp_path
     (tmp_path / "op.json").write_text('{"tariff": "Rp 1",}')
     assert tukar("--db", fleet, *RANGE, "--operator", tmp_path / "op.json", "--out", tmp_path) == 2
     assert "op.json: not JSON (" in capsys.readouterr().err
-    assert tukar("--db", fleet, *RANGE, "--operator", tmp_path / "none.json", "--out", tmp_path) == 2
+    assert tukar("--db", fleet, *RANGE, "--operator", tmp_path / "none.json", "--out",
+                 tmp_path) == 2
     assert "none.json: cannot read it (No such file or directory)" in capsys.readouterr().err
 
 
@@ -597,7 +603,7 @@ def test_the_progress_bar_shows_only_when_asked_or_on_a_terminal(fleet, tmp_path
     assert "plot: soh" in shown and "page and tables" in shown
 
 
-# == the page in a browser ==========================================================================
+# == the page in a browser ======================================================================
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

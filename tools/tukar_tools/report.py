@@ -2,7 +2,8 @@
 for the energy ministry's Permen ESDM 1/2023 art. 21 report: demand, queue-free availability, the
 packs riders bring back, energy drawn and handed over, the packs' health, and the art. 21 table.
 
-    tukar report --db fleet.sqlite --from 2026-11-01 --to 2026-11-30 --operator operator.json --out nov
+    tukar report --db fleet.sqlite --from 2026-11-01 --to 2026-11-30 \
+        --operator operator.json --out nov
 
 DIR gets index.html (inline CSS, the PNG plots beside it), and a CSV and a JSON file for every
 table of the page, holding the very numbers that the page shows. The figures are defined in
@@ -736,7 +737,8 @@ def permen(cabinets, operator, fleet, avail, energy_table):
                  [("cabinet", "cabinet", None), ("station", "station", None),
                   ("operator", "operator", None), ("operator_id", "operator id", None),
                   ("address", "address", None), ("latitude", "latitude", 6),
-                  ("longitude", "longitude", 6), ("battery_types", "battery types (profiles)", None),
+                  ("longitude", "longitude", 6),
+                  ("battery_types", "battery types (profiles)", None),
                   ("battery_brands", "battery brands", None),
                   ("availability_pct", "availability: time with a pack ready %", 1),
                   ("mean_ready", "availability: mean packs ready", 2),
