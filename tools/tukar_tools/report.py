@@ -326,7 +326,12 @@ class Fleet:
 
     CHUNK_S = 86400
 
-    def __init__(self, db, start, end, cabinets):
+    @classmethod
+    def chunks(cls, start, end):
+        """How many reads the range takes."""
+        return max(1, int(-(-(end - start) // cls.CHUNK_S)))
+
+    def __init__(self, db, start, end, cabinets, on_day=lambda what: None):
         self.start, self.end, self.cabinets, self._db = start, end, cabinets, db
         self.swaps, self.faults, self.retired = [], [], []
         self.charges_wh, self.rejections, self.packs, self.seen_at = {}, {}, {}, {}
@@ -336,6 +341,7 @@ class Fleet:
         a = start
         while a < end:
             b = min(end, a + self.CHUNK_S)
+            on_day("reading " + iso_utc(a)[:10])
             where, params = _where(_T, a, b, cabinets)
             for cab, typ, t, body in db.query(
                     "SELECT cabinet, type, %s AS t, body FROM events WHERE type IN (%s) AND %s"
@@ -753,28 +759,29 @@ def permen(cabinets, operator, fleet, avail, energy_table):
 
 def build(db_url, start, end, wanted, operator, out_dir, progress=False):
     """Reads the range and writes the report into out_dir; returns what it wrote."""
-    steps = ["reading the database", "demand", "availability", "returned packs", "energy",
-             "fleet health", "Permen ESDM table"] + ["plot: " + p for p in report_page.PLOTS] \
-        + ["page and tables"]
-    with _Steps(steps, progress) as step:
-        step()
+    with _Steps(progress) as step:
+        step("opening the database")
         db = connect(db_url)
         try:
             check_schema(db, db.shown)
             cabinets = select_cabinets(db, start, end, sorted(set(wanted)))
-            fleet = Fleet(db, start, end, cabinets)
+            # a step per day read, per cabinet's telemetry, per section and per plot
+            step.total(Fleet.chunks(start, end) + len(cabinets) + 5 + len(report_page.PLOTS) + 1)
+            fleet = Fleet(db, start, end, cabinets, on_day=step)
+            for cab in cabinets:
+                step("telemetry of " + cab)
+                fleet.meter(cab)
             clock = Clock(operator and operator["timezone"])
-            step()
+            step("demand")
             heat, daily, by_cab = demand(fleet, clock)
-            step()
             avail = availability(fleet)
-            step()
+            step("returned packs")
             soc, dur, summary = returned_packs(fleet)
-            step()
+            step("energy")
             energy_table = energy(fleet)
-            step()
+            step("fleet health")
             soh, lowest, all_packs, retired, by_slot, by_pack, rejected = health(fleet, clock)
-            step()
+            step("Permen ESDM table")
             art21 = permen(cabinets, operator, fleet, avail, energy_table)
         finally:
             db.close()
@@ -783,10 +790,11 @@ def build(db_url, start, end, wanted, operator, out_dir, progress=False):
                                       by_pack, rejected)}
         try:
             os.makedirs(out_dir, exist_ok=True)
-            plots = report_page.plot_all(tables, out_dir, on_plot=step)
+            plots = report_page.plot_all(tables, out_dir,
+                                         on_plot=lambda name: step("plot: " + name))
         except OSError as e:
             raise ReportError("cannot write into %s: %s" % (out_dir, e.strerror or e)) from None
-        step()
+        step("page and tables")
         meta = {"start": clock.iso(start), "end": clock.iso(end), "start_utc": iso_utc(start),
                 "first_day": clock.local(start).date().isoformat(),
                 "last_day": clock.local(end - 1e-6).date().isoformat(),
@@ -801,10 +809,11 @@ def build(db_url, start, end, wanted, operator, out_dir, progress=False):
 
 
 class _Steps:
-    """A rich progress bar over the report's steps, or nothing."""
+    """A rich progress bar over the report's steps, or nothing: step(what) says what runs now,
+    the one before it done."""
 
-    def __init__(self, steps, show):
-        self.steps, self.show, self.done, self.bar = steps, show, 0, None
+    def __init__(self, show):
+        self.show, self.done, self.bar, self.task = show, 0, None, None
 
     def __enter__(self):
         if self.show:
@@ -812,24 +821,25 @@ class _Steps:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
                 TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(),
+            self.bar = Progress(TextColumn("{task.description:<30}"), BarColumn(),
                                 MofNCompleteColumn(), TimeElapsedColumn(),
                                 console=Console(file=sys.stdout, force_terminal=True),
                                 transient=True)
             self.bar.start()
-            self.task = self.bar.add_task(self.steps[0], total=len(self.steps))
-        return self.step
+            self.task = self.bar.add_task("starting", total=None)
+        return self
 
-    def step(self):
+    def __call__(self, what):
         if self.bar is not None:
-            if self.done:
-                self.bar.advance(self.task)
-            if self.done < len(self.steps):
-                self.bar.update(self.task, description=self.steps[self.done])
-                self.bar.refresh()  # each step on the screen, however quick
+            self.bar.update(self.task, description=what, completed=self.done)
+            self.bar.refresh()  # each step on the screen, however quick
         self.done += 1
+
+    def total(self, n):
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.done + n)
 
     def __exit__(self, *exc):
         if self.bar is not None:
-            self.bar.update(self.task, completed=len(self.steps))
+            self.bar.update(self.task, completed=self.done)
             self.bar.stop()

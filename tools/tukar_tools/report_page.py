@@ -68,7 +68,7 @@ def write_table(out_dir, table):
 
 # == plots =========================================================================================
 
-def plot_all(tables, out_dir, on_plot=lambda: None):
+def plot_all(tables, out_dir, on_plot=lambda name: None):
     """Writes every plot as PNG; returns {plot name: file name}."""
     import matplotlib
 
@@ -78,7 +78,7 @@ def plot_all(tables, out_dir, on_plot=lambda: None):
     rows = {name: [dict(row) for row in table.cells()] for name, table in tables.items()}
     made = {}
     for name in PLOTS:
-        on_plot()
+        on_plot(name)
         fig = _DRAW[name](Figure, rows)
         path = name + ".png"
         fig.savefig(os.path.join(out_dir, path), dpi=100)
