@@ -5,6 +5,8 @@
 # that installs it.
 set -u
 missing=()
+# Chromium: `tukar report`'s tests render its page headless.
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 printf 'int main(void){return 0;}\n' | ${CC:-cc} -m32 -x c - -o /dev/null 2>/dev/null || missing+=(gcc-multilib)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 # PostgreSQL's server programs (the fleet database tests start their own server); Debian keeps them

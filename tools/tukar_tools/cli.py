@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     ("explore", "tukar_tools.explore", "check every reachable state of a small cabinet against the safety rules"),
     ("soak", "tukar_tools.soak", "random property runs for a time budget, and a simulated month of one cabinet"),
     ("crashpoints", "tukar_tools.crashpoints", "cut the power at every flash write and output change of a swap, in MicroPython"),
+    ("report", "tukar_tools.report", "the fleet database's report for a time range: demand, availability, energy, pack health, Permen ESDM 1/2023 art. 21"),
 )
 
 
