@@ -113,7 +113,7 @@ class Payloads:
     def telemetry(self):
         """Measurements of every occupied slot as columns aligned with `slots` (one list per
         quantity: the keys are written once, not once per slot), rounded to 0.1; null while a
-        battery's BMS cannot be read. Then the cabinet's clock and its ready count; and in the
+        battery's BMS cannot be read. Then the cabinet's clock, its ready and empty counts; in the
         first after a boot and every ENERGY_EVERY-th, the energy each slot has drawn since
         commissioning and their total, in whole Wh (counters: a report needs their rise over
         hours, not a minute's; every minute they would cost the cellular budget 100 KB a day).
@@ -134,7 +134,7 @@ class Payloads:
                 amps.append(tenth(b.current_ma) if b.valid else None)
         t = {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
              "cabinet_temp_c": None if self.cab_sensor else tenth(self.cabinet.temp_dc * 100),
-             "ts": self.wall, "ready": self.counts[0]}
+             "ts": self.wall, "ready": self.counts[0], "empty": self.counts[1]}
         n = self._tel & 15
         self._tel += 1 if n < ENERGY_EVERY - 1 else -n
         if n == 0:

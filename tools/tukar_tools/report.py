@@ -336,6 +336,7 @@ class Fleet:
         self.swaps, self.faults, self.retired = [], [], []
         self.charges_wh, self.rejections, self.packs, self.seen_at = {}, {}, {}, {}
         self._meters = {}
+        self._brought = {}  # (cabinet, session): the SoC of the pack its BatteryIn took in
         latest_state = {}  # serial: (t, cabinet, body) of its latest slot state
         types = ", ".join("'%s'" % typ for typ in EVENT_TYPES)
         a = start
@@ -371,11 +372,18 @@ class Fleet:
     def _event(self, t, cab, typ, body):
         for field in BATTERY_FIELDS:
             self._battery(t, cab, body.get(field))
-        if typ == "SwapCompleted":
+        if typ == "BatteryIn":
+            b = body.get("battery")
+            if isinstance(b, dict):
+                self._brought[(cab, body.get("session"))] = _number(b.get("soc"))
+        elif typ == "SwapCompleted":
+            # The returned pack's SoC: from its BatteryIn (SwapCompleted names the packs by
+            # serial), or from a battery object where SwapCompleted carries one.
             given = body.get("battery_in")
+            soc = (_number(given.get("soc")) if isinstance(given, dict)
+                   else self._brought.pop((cab, body.get("session")), None))
             ms = _number(body.get("duration_ms"))
-            self.swaps.append((t, cab, _number(given.get("soc")) if isinstance(given, dict)
-                               else None, ms / 1000 if ms is not None and ms >= 0 else None,
+            self.swaps.append((t, cab, soc, ms / 1000 if ms is not None and ms >= 0 else None,
                                _number(body.get("energy_wh"))))
         elif typ == "ChargeStopped":
             wh = _number(body.get("energy_wh"))
