@@ -208,6 +208,7 @@ class Physical:
         self._sensor_c = [None] * self.n  # what each slot's NTC model shows now
         self.last_physics = None
         self.moves = 0  # lock bolts and chargers switching: sim/world is published at once
+        self.energy_wh = [0.0] * self.n  # what each slot's charger has put into packs (V x I dt)
         for i in range(self.n):
             self._set(i, "door", True)
             self._set(i, "presence", False)
@@ -255,22 +256,45 @@ class Physical:
             supply = self.slot_cfg(i).get("current_limit_ma", 10000)
         return min(supply, pack.request_ma())
 
+    def follow_locks(self, now):
+        """Each bolt follows its solenoid; the feedback switches show where the bolts are."""
+        for i in range(self.n):
+            lock = self.locks[i]
+            was = lock.locked
+            lock.follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
+            if lock.locked != was:
+                self.moves += 1
+            self._set(i, "lock_feedback", lock.locked)
+
+    def time_locks(self, clock):
+        """From now on a bolt starts to move when the firmware switches its solenoid, and the
+        feedback the firmware reads is the bolt's at that read (clock(): ms, as physics' `now`), not
+        at the last physics step: at a high --speed the steps are far apart in simulated time, and
+        a lock's confirmation has only 500 ms."""
+        def written():
+            self.follow_locks(clock())
+
+        def read():  # a bolt starts to move only on a write: between writes, only moving ones
+            if any(lock.moving_since is not None for lock in self.locks):
+                self.follow_locks(clock())
+        for x in self.world.expanders:
+            x.on_write = written
+            x.on_read = read
+
     def physics(self, now):
         """Move the world to `now`: lock bolts, charging, heat, BMS values, CAN frames."""
         dt = 0 if self.last_physics is None else now - self.last_physics
         self.last_physics = now
+        self.follow_locks(now)
         for i in range(self.n):
-            was = self.locks[i].locked
-            self.locks[i].follow(self.world.output(self.slot_cfg(i)["lock"]) == 1, now)
-            if self.locks[i].locked != was:
-                self.moves += 1
-            self._set(i, "lock_feedback", self.locks[i].locked)
             pack = self.packs[i]
             if pack is not None:
                 ma = self.charger_ma(i)
                 if (ma > 0) != (pack.current_ma > 0):
                     self.moves += 1
                 if dt > 0:
+                    if ma > 0:  # at the voltage the step starts from: mV x mA x ms -> Wh
+                        self.energy_wh[i] += pack.voltage_mv() * ma * dt / 3.6e12
                     pack.physics(ma, dt, self.cabinet_c)
                 if pack.synced is None or now - pack.synced >= SYNC_MS or now < pack.synced:
                     pack.synced = now
@@ -323,7 +347,7 @@ class Physical:
             # A pack the cabinet has no profile for still talks on the CAN bus like the reference.
             profile = self.profiles["ref48v"]
         pack = Pack(spec["serial"], profile, spec.get("soc", 50), spec.get("soh", 95),
-                    spec.get("temp_c", 25), spec.get("faults", ()))
+                    spec.get("temp_c", 25), spec.get("faults", ()), spec.get("cycles", 50))
         self.doors[i] = False
         self._set(i, "door", False)
         self.add_pack(n, pack)

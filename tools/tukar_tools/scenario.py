@@ -124,10 +124,11 @@ class Observer:
 
 
 class Runner:
-    def __init__(self, host, port, prefix, cabinet, key, speed=1.0, out=print):
+    def __init__(self, host, port, prefix, cabinet, key, speed=1.0, out=print, wall=time.time):
         self.obs = Observer(host, port, prefix, cabinet)
         self.key = key
         self.speed = speed
+        self.wall = wall  # the cabinet's clock, for the commands' ts (a sped-up one runs ahead)
         self.env = {}
         self.cursor = 0  # events before this index are consumed by earlier expectations
         self.out = out
@@ -163,7 +164,8 @@ class Runner:
                 raise ScenarioFailed("world action %s: wanted error %s, got %s" % (msg, want, ack))
             return ack
         if do == "cmd":
-            body = command(st["cmd"], "sc-" + uuid.uuid4().hex[:10], **st.get("args", {}))
+            body = command(st["cmd"], "sc-" + uuid.uuid4().hex[:10], int(self.wall()),
+                           **st.get("args", {}))
             obs.client.publish(obs.base + "cmd", sign(body, self.key), qos=1)
             ack = self.wait_for(lambda: obs.acks.get(body["req_id"]), 10 * self.speed,
                                 "ack of %s" % st["cmd"])

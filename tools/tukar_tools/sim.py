@@ -25,10 +25,15 @@ import hosttime  # noqa: E402  (the shim's clock; rig put the shim on sys.path)
 import machine  # noqa: E402
 from tukar import device  # noqa: E402
 from tukar.app import App  # noqa: E402
+from tukar.net import Net  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
 PHYSICS_MS = 50  # the world moves every 50 ms of simulated time (a lock travels in 300)
+# Sped up, the clock runs at most this far past the world's last step (hosttime.SimClock.lead): a
+# host that stalls (load, a slow boot) slows the simulation down instead of skipping over the
+# firmware's deadlines (a lock's 500 ms confirmation, the 5 s watchdog, the link's time limits).
+MAX_STEP_MS = 60  # a little over PHYSICS_MS: a step that is a few ms late is not cut short
 WORLD_PUBLISH_MS = 2000  # SoC and temperatures in sim/world; actions, bolts and chargers at once
 DEFAULT_BOARDS = ((12, "tukar-12-wroom"), (24, "tukar-24-s3"))
 DEFAULT_STATE_DIR = ".tukar-sim"
@@ -109,6 +114,10 @@ class CPythonFirmware:
             self.flash_fault(True)
         return app
 
+    def _net(self, *a, **k):
+        # The cabinet's wall clock is the simulation's: --start plus the simulated time since.
+        return Net(*a, time_s=hosttime.wall_s, **k)
+
     def boot(self, cause):
         self.cab.phys.hw.reset_cause = cause
         self.task = asyncio.ensure_future(self._run())
@@ -120,7 +129,7 @@ class CPythonFirmware:
         try:
             why = await device.main(machine, root=cab.flash + os.sep, network=self.network,
                                     ntptime=self.ntptime, client_class=self.net.client_class(),
-                                    app_class=self._app)
+                                    app_class=self._app, net_class=self._net)
         except machine.ResetRequested:
             if not cab.stopped:  # a reboot command or crashing tasks: the chip resets
                 cab.phys.power_loss()
@@ -255,6 +264,7 @@ class SimCabinet:
         self.id = cid
         self.board_name = board_for(slots)
         self.phys = Physical(self.board_name, lock_travel_ms=300, slots=slots)
+        self.phys.time_locks(lambda: hosttime.current().now_ms())
         self.n = self.phys.n
         self.flash = os.path.join(state_dir, cid)
         os.makedirs(self.flash, exist_ok=True)
@@ -435,7 +445,7 @@ class SimCabinet:
 class Simulation:
     def __init__(self, host, port, prefix="tukar", key=None, cabinets=1, slots=12,
                  id_prefix="sim", state_dir=DEFAULT_STATE_DIR, speed=1.0, seed=1, fill=None,
-                 runtime="cpython", heap=None, micropython=None, stock=None):
+                 runtime="cpython", heap=None, micropython=None, stock=None, start=None):
         if runtime not in RUNTIMES:
             raise ValueError("runtime must be one of %s" % ", ".join(RUNTIMES))
         if runtime == "micropython" and speed != 1.0:
@@ -444,7 +454,8 @@ class Simulation:
         self.key = key or parse_key(SIM_KEY_HEX)
         self.speed = speed
         self.runtime = runtime
-        hosttime.install(hosttime.SimClock(speed=speed))
+        # `start`: the cabinets' wall clock at the start, Unix seconds (None: now).
+        hosttime.install(hosttime.SimClock(speed=speed, wall_start=start))
         rnd = random.Random(seed)
         fill = slots // 2 if fill is None else fill
         self.cabinets = [SimCabinet(self, "%s-%d" % (id_prefix, k + 1), slots, state_dir, fill, rnd,
@@ -454,6 +465,8 @@ class Simulation:
         self.loop = None
         self.client = None
         self.lag_ms = 0  # worst lateness of the physics loop, for the scale figures
+        self.held_ms = 0  # simulated time dropped while the host stalled (MAX_STEP_MS)
+        self.riders = None  # tukar_tools.riders.Riders, with --riders
 
     def _on_sim_cmd(self, topic, payload, retained):
         parts = topic.split("/")
@@ -482,10 +495,16 @@ class Simulation:
             cab.physics(hosttime.ticks_ms())
             cab.boot("power_on")
             cab.control.publish_world(force=True)
+        if self.riders is not None:
+            self.riders.start()
         clock = hosttime.current()
         due = clock.now_ms()
         try:
-            while until is None or not until.is_set():
+            # Once told to stop, the world still moves until the riders at the cabinets are done.
+            while until is None or not until.is_set() or not (
+                    self.riders is None or self.riders.closing()):
+                if self.speed > 1:
+                    self.held_ms += clock.lead(MAX_STEP_MS)
                 now = clock.now_ms()
                 late = now - due
                 if late > self.lag_ms:
@@ -512,7 +531,8 @@ class Simulation:
             ticks += cab.app.ticks
         return {"cabinets": len(self.cabinets), "ticks": ticks, "worst_ms": worst,
                 "late_lt5": hist[0], "late_lt20": hist[1], "late_lt50": hist[2],
-                "late_lt100": hist[3], "late_ge100": hist[4], "physics_worst_ms": self.lag_ms}
+                "late_lt100": hist[3], "late_ge100": hist[4], "physics_worst_ms": self.lag_ms,
+                "held_ms": self.held_ms}
 
     async def stop(self):
         for cab in self.cabinets:
@@ -520,6 +540,8 @@ class Simulation:
         await asyncio.gather(*(cab.fw.stop() for cab in self.cabinets))
         for cab in self.cabinets:
             cab.save_world()
+        if self.riders is not None:
+            self.riders.stop()
         if self.client is not None:
             self.client.close()
 
@@ -561,7 +583,14 @@ def add_arguments(p):
     p.add_argument("--key", help="HMAC key in hex (default: the documented simulator key)")
     p.add_argument("--speed", type=float,
                    help="simulated seconds per real second (default 1, or the scenario's)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the initial stock")
+    p.add_argument("--seed", type=int, default=1, help="seed of the initial stock and the riders")
+    p.add_argument("--riders", type=float, metavar="RATE",
+                   help="riders arrive at each cabinet at random and swap over MQTT: RATE a simulated "
+                        "hour on the day's average, peaks at 07-09 and 17-19 (ledger: "
+                        "<state-dir>/riders.json)")
+    p.add_argument("--start", metavar="ISO",
+                   help="the cabinets' wall clock at the start, e.g. 2026-03-02T06:00 (UTC unless "
+                        "an offset is given; default now); it runs at --speed (cpython runtime)")
     p.add_argument("--fill", type=int, help="batteries per new cabinet (default: half the slots)")
     p.add_argument("--no-monitor", action="store_true", help="no live view; just run")
     p.add_argument("--scenario", help="run a scenario file, exit non-zero if it fails")
@@ -617,12 +646,25 @@ def run(args):
         if fill is None:
             fill = scenario.get("fill")
     speed = speed or 1.0
+    from tukar_tools import riders
+    try:
+        start, tz_s = riders.parse_start(args.start)
+    except ValueError as e:
+        print("tukar sim: --start: %s" % e, file=sys.stderr)
+        return 2
+    if args.riders is not None and (args.riders <= 0 or scenario is not None):
+        print("tukar sim: --riders takes a positive rate, and no --scenario", file=sys.stderr)
+        return 2
     if args.runtime == "micropython":
         from tukar_tools import mprt
         if speed != 1.0:
             print("tukar sim: the micropython runtime runs on MicroPython's own clock: speed 1 "
                   "(asked %g)" % speed, file=sys.stderr)
             speed = 1.0
+        if args.start:
+            print("tukar sim: the micropython runtime keeps the host's date (--start ignored)",
+                  file=sys.stderr)
+            start = None
         try:
             mprt.binary(args.micropython)
         except FileNotFoundError as e:
@@ -632,7 +674,9 @@ def run(args):
             return 2
     sim = Simulation(host, port, args.prefix, key, args.cabinets, slots, args.id_prefix,
                      state_dir or DEFAULT_STATE_DIR, speed, args.seed, fill, args.runtime,
-                     args.heap, args.micropython, (scenario or {}).get("stock"))
+                     args.heap, args.micropython, (scenario or {}).get("stock"), start)
+    if args.riders is not None:
+        sim.riders = riders.Riders(sim, args.riders, args.seed, tz_s, state_dir or DEFAULT_STATE_DIR)
     stop = threading.Event()
     result = {"code": 0}
 
@@ -672,6 +716,9 @@ def run(args):
         stop.set()
         if own is not None:
             own.stop()
+    if sim.riders is not None:
+        print("tukar sim: riders: %s; ledger in %s" % (sim.riders.ledger.summary(),
+                                                       sim.riders.ledger_path), file=sys.stderr)
     r = sim.lag_report()
     if args.runtime == "micropython":
         return result["code"]
@@ -679,6 +726,9 @@ def run(args):
           "< 50 ms: %d, < 100 ms: %d, more: %d; worst %d ms" % (
               r["cabinets"], r["ticks"], r["late_lt5"], r["late_lt20"], r["late_lt50"],
               r["late_lt100"], r["late_ge100"], r["worst_ms"]), file=sys.stderr)
+    if r["held_ms"]:
+        print("tukar sim: the host could not keep up with --speed %g: %.0f simulated s dropped"
+              % (speed, r["held_ms"] / 1000), file=sys.stderr)
     return result["code"]
 
 
@@ -686,7 +736,7 @@ def run_scenario(scenario, host, port, prefix, cabinet, key, speed):
     from tukar_tools import scenario as sc
     time.sleep(0.5)
     runner = sc.Runner(host, port, prefix, cabinet, key, speed,
-                       out=lambda line: print(line, file=sys.stderr))
+                       out=lambda line: print(line, file=sys.stderr), wall=hosttime.wall_s)
     try:
         runner.run(scenario)
         print("PASS %s" % scenario.get("name", "scenario"), file=sys.stderr)

@@ -28,7 +28,7 @@ def _slot(world, msg):
 
 
 def battery_spec(b):
-    """Check an `insert` battery object: serial, soc, soh, temp_c, profile?, faults?"""
+    """Check an `insert` battery object: serial, soc, soh, temp_c, profile?, faults?, cycles?"""
     if not isinstance(b, dict):
         raise WorldError("bad_args: battery must be an object")
     serial = b.get("serial")
@@ -47,6 +47,11 @@ def battery_spec(b):
         if not isinstance(f, list) or not all(isinstance(x, str) for x in f):
             raise WorldError("bad_args: battery.faults must be a list of fault names")
         out["faults"] = f
+    if "cycles" in b:  # the pack's age as its BMS counts it (default 50)
+        c = b["cycles"]
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 65535:
+            raise WorldError("bad_args: battery.cycles must be an integer in 0..65535")
+        out["cycles"] = c
     return out
 
 

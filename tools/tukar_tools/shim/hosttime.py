@@ -6,19 +6,41 @@ _PERIOD = 1 << 30
 
 
 class SimClock:
-    """Milliseconds since an arbitrary start, scaled by `speed`, or stepped manually."""
+    """Milliseconds since an arbitrary start, scaled by `speed`, or stepped manually; and the
+    wall clock that goes with it: `wall_start` (Unix seconds, default now) when the clock started."""
 
-    def __init__(self, speed=1.0, start_ms=0, manual=False):
+    def __init__(self, speed=1.0, start_ms=0, manual=False, wall_start=None):
         self.speed = speed
         self.manual = manual
         self._start_real = _time.monotonic()
         self._start_ms = start_ms
         self._manual_ms = start_ms
+        self.wall_start = _time.time() if wall_start is None else float(wall_start)
+        self._limit = None  # see lead()
+
+    def _raw_ms(self):
+        return self._start_ms + int((_time.monotonic() - self._start_real) * 1000 * self.speed)
 
     def now_ms(self):
         if self.manual:
             return self._manual_ms
-        return self._start_ms + int((_time.monotonic() - self._start_real) * 1000 * self.speed)
+        t = self._raw_ms()
+        lim = self._limit
+        return t if lim is None or t < lim else lim
+
+    def lead(self, max_ms):
+        """The simulation has moved its world to now: from here the clock runs at most max_ms
+        further until the next call, and stands still there. Time a stalled host would have made
+        the clock jump (a sped-up jump passes every deadline of the firmware at once) is dropped,
+        never taken back: the clock stays monotonic. Returns the ms dropped."""
+        raw = self._raw_ms()
+        dropped = 0
+        if self._limit is not None and raw > self._limit:
+            dropped = raw - self._limit
+            self._start_real += dropped / 1000 / self.speed
+            raw = self._limit
+        self._limit = raw + max_ms
+        return dropped
 
     def advance(self, ms):
         """Manual clocks only: move time forward."""
@@ -65,6 +87,7 @@ def seconds(ms):
 
 
 def wall_s():
-    """Unix time as the simulated device sees it (its clock counts as synced)."""
+    """Unix time (float seconds) as the simulated device sees it: the clock's start date plus the
+    simulated time since, so a sped-up day lasts a day on the cabinet's own clock too."""
     c = _clock
-    return int(_time.time() - _time.monotonic() + c._start_real + (c.now_ms() - c._start_ms) / 1000)
+    return c.wall_start + (c.now_ms() - c._start_ms) / 1000

@@ -237,6 +237,10 @@ class MCP23017(I2CDevice):
         self.world: "list[int | None]" = [None] * 16
         self._ptr = 0
         self._have_ptr = False
+        # The world may watch the wire: on_write() after every register write (an output may have
+        # changed), on_read() before the inputs are read (to put its levels of that instant there).
+        self.on_write = None
+        self.on_read = None
 
     def _reg16(self, a):
         return self.regs[a] | (self.regs[a + 1] << 8)
@@ -270,6 +274,8 @@ class MCP23017(I2CDevice):
 
     def _read_reg(self, r):
         if r in (_GPIOA, _GPIOA + 1):
+            if self.on_read is not None:
+                self.on_read()
             base = (r - _GPIOA) * 8
             iodir = self.regs[r - _GPIOA]
             ipol = self.regs[0x02 + r - _GPIOA]
@@ -293,6 +299,8 @@ class MCP23017(I2CDevice):
             self.regs[_IOCON_A] = self.regs[_IOCON_B] = byte
             return
         self.regs[r] = byte
+        if self.on_write is not None:
+            self.on_write()
 
     def _advance(self):
         if not self.regs[_IOCON_A] & 0x20:  # SEQOP = 0: sequential
