@@ -34,7 +34,12 @@ PACKS = [(25, 0, "ref48v")] * 8 + [(30, 0, "ref48v"), (10, 0, "ref48v"), (40, 0,
                                    (5, 0, "ref48v"), (44, 0, "ref48v")] + [
     (-15, 0, "ref48v"), (55, 0, "ref48v"), (61, 0, "ref48v"), (71, 0, "ref48v"), (25, 1, "ref48v"),
     (25, 4, "ref48v"), (25, 0, "unknown")]
-rider_pack = st.tuples(st.integers(0, 40), st.sampled_from(PACKS)).map(lambda p: (p[0],) + p[1])
+# One in twenty is worn past the retirement policy (SoH below its floor, cycles above its ceiling):
+# taken in, its swap completes and it is held for collection. (Told by its SoC, not drawn apart,
+# so that the examples the other draws make stay those that reach every fault.)
+WORN = {13: (60, 10), 31: (95, 2500)}
+rider_pack = st.tuples(st.integers(0, 40), st.sampled_from(PACKS)).map(
+    lambda p: (p[0],) + p[1] + WORN.get(p[0], (95, 10)))
 command = st.one_of(
     st.tuples(st.just("start_swap"), st.fixed_dictionaries({"id_token": st.sampled_from(["t", ""])})),
     st.tuples(st.just("cancel_swap"), st.just({})),
@@ -114,6 +119,12 @@ def actions_of(disturbance, max_size):
 
 actions = actions_of(fault, 8)
 actions_with_cuts = actions_of(fault_or_cut, 8)
+# The back end retires the serial of the pack in a slot (the rider's as often as any other: the
+# dispense one, one behind a shut door ...), amid every fault and power cut: its own strategy, so
+# that the examples the others make stay those that reach every fault.
+retire_at = st.tuples(st.just("cmd_at"), st.just("retire"),
+                      st.sampled_from([0, 0, 0] + list(range(1, SLOTS + 1))))
+actions_retiring = actions_of(st.one_of(retire_at, fault_or_cut).map(tuple), 8)  # half retire
 
 
 def new_rig(start):
@@ -177,9 +188,9 @@ def swap(rig, a, check):
             before(k)
         return
     n_in = ack["slot"]
-    soc, temp, faults, profile = pack
+    soc, temp, faults, profile, soh, cycles = pack
     mine = Battery(_serial(rig), soc=soc, temp=temp, faults=faults, profile=profile,
-                   capacity_mah=CAPACITY_MAH)
+                   capacity_mah=CAPACITY_MAH, soh=soh, cycles=cycles)
     before(2)
     ticks(rig, {"slow": 100, "late": 1240}.get(variant, 6), check)  # late: past insert_timeout_s
     before(3)
@@ -362,6 +373,9 @@ def act(rig, a, check):
     elif kind == "cmd_at":
         n = a[2] or rider_slot(rig)
         args = {"slot": n, "reason": "operator"} if a[1] == "quarantine" else {"slot": n}
+        if a[1] == "retire":
+            b = w.slots[n - 1].battery if 1 <= n <= len(w.slots) else None
+            args = {"serial": b.serial if b is not None else "X-9"}
         ack = rig.cmd(a[1], **args)
         rig.slot_cmds = getattr(rig, "slot_cmds", set())
         rig.slot_cmds.add((a[1], n, ack["ok"]))
@@ -461,6 +475,13 @@ def check_tick(rig):
                 or (n == ss.slot_out and ss.phase == "dispensing"))
             maint = core.mode == "maintenance" and s.phase == sl.P_MAINT_OPEN
             assert in_session or maint, (n, s.phase, core.mode, ss and ss.view())
+        if s.accepted and s.phase == sl.P_STORED and s.serial is not None and (
+                core.is_retired(s.serial) or 0 < b.soh_pct < core.cfg["retire_soh_min"] and b.valid
+                or b.valid and b.cycles > core.cfg["retire_cycles_max"]):
+            # Retirement: a pack retired, or past the policy's SoH floor or cycle ceiling, is
+            # held for collection (so never dispensed: below).
+            assert s.quarantine is not None, (i + 1, s.serial, b.soh_pct, b.cycles)
+            seen.add("retired")
         if s.quarantine is not None:
             assert s.phase != sl.P_DISPENSING
             assert ss is None or ss.slot_out != i + 1 or ss.phase != "dispensing"

@@ -6,7 +6,8 @@ from collections import Counter
 
 from hypothesis import HealthCheck, Phase, given, settings
 
-from invariants import SLOTS, STARTS, actions, actions_with_cuts, reached, run_example
+from invariants import (SLOTS, STARTS, actions, actions_retiring, actions_with_cuts, reached,
+                        run_example)
 
 HEAVY = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -21,6 +22,23 @@ def test_invariants_hold_after_every_tick(acts, start):
 @given(actions_with_cuts, STARTS)
 def test_power_cuts_at_random_points_keep_the_invariants_and_lose_no_event(acts, start):
     run_example(acts, start)
+
+
+@HEAVY
+@given(actions_retiring, STARTS)
+def test_packs_retired_at_random_amid_faults_and_power_cuts_keep_the_invariants(acts, start):
+    run_example(acts, start)
+
+
+def test_random_retirements_reach_every_kind_of_pack():
+    """The retiring world retires riders' packs (worn, or by command), stock behind shut doors and
+    the pack being handed out, and power cuts fall among them."""
+    seen = _reach(actions_retiring)
+    n = seen["examples"]
+    assert seen["BatteryRetired"] >= n // 5 and seen["cmd_ok:retire"] >= n // 5, seen
+    assert seen["retired"] >= 1, seen  # the checker saw a retired pack held
+    assert seen["power_cut"] >= n // 6 and seen["SwapCompleted"] >= n // 3, seen
+    assert len({k for k in seen if k.startswith("cmd:retire:")}) >= 3, seen
 
 
 REACH_EXAMPLES = 60  # per strategy: the dev profile's count, what a laptop run explores

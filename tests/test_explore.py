@@ -62,7 +62,7 @@ def charger_ignores_the_door(monkeypatch):
         ma = real(self, now, lim, emergency, cabinet_dc)
         if not ma and self.reason == "door" and self.accepted:
             self.reason = None
-            return self.limit_ma
+            return lim.slot_limit_ma
         return ma
     monkeypatch.setattr(Slot, "charge_decision", leaky)
 

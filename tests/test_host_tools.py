@@ -22,6 +22,11 @@ def test_cmd_values_keep_their_json_type(text, value):
     assert cmdline.parse_value(text) == value
 
 
+def test_text_arguments_stay_text_even_when_they_look_like_numbers():
+    assert cmdline.parse_args_list(["serial=0042", "id_token=77", "slot=3", "reason=1e3"]) == \
+        {"serial": "0042", "id_token": "77", "slot": 3, "reason": "1e3"}
+
+
 @pytest.mark.parametrize("bad", ["slot", "=3", "req_id=x", "cmd=reboot"])
 def test_cmd_refuses_malformed_or_reserved_arguments(bad):
     with pytest.raises(ValueError):

@@ -56,7 +56,7 @@ def test_a_charge_that_ends_goes_into_the_slot_s_total_once():
     assert int(stop["energy_wh"]) == total and total > 0
     rig.run(60_000)  # stopped: nothing more is drawn, nothing counted twice
     assert rig.core.drawn_wh(0) == total
-    assert rig.core.slots[0].energy_mwh == 0
+    assert rig.core.ledger[0] == 0  # the charge in progress: none
 
 
 def test_the_energy_counters_survive_a_power_cut():
@@ -208,7 +208,7 @@ def test_the_retirement_limits_are_hard():
         assert (a["ok"], a["error"]) == (False, "bad_args"), (key, bad)
     a = rig.cmd("set_config", retire_soh_min=80, retire_overheats=1)
     assert a["ok"] and a["config"]["retire_soh_min"] == 80
-    assert rig.core.lim.retire_soh == 80 and rig.core.lim.retire_heats == 1
+    assert rig.core.cfg["retire_soh_min"] == 80 and rig.core.cfg["retire_overheats"] == 1
 
 
 # == retirement by command ================================================================

@@ -36,7 +36,7 @@ def test_telemetry_leaves_out_what_is_not_needed_every_minute():
     t = stocked_rig().core.telemetry()
     # energy per charge is in ChargeStopped, charger current in the slot state
     assert set(t) == {"slots", "soc", "temp_c", "voltage_v", "current_a", "cabinet_temp_c", "ts",
-                      "ready", "energy_wh", "energy_wh_total"}
+                      "ready", "empty", "energy_wh", "energy_wh_total"}
 
 
 def test_the_energy_counters_come_in_the_first_telemetry_after_a_boot_and_every_tenth():

@@ -83,9 +83,10 @@ class Commands:
         if free is None:
             raise CommandError(E.NO_EMPTY_SLOT, "no empty slot")
         now = self.now
-        self.session_n += 1
+        c = self.counters
+        c["session"] = c.get("session", 0) + 1
         self.jdirty |= J_COUNTERS | J_SESSION
-        ss = Session("s-%d" % self.session_n, request_id, token, free.n, now)
+        ss = Session("s-%d" % c["session"], request_id, token, free.n, now)
         self.session = ss
         free.phase = sl.P_AWAITING
         free.command_lock(False, now)
@@ -203,7 +204,9 @@ class Commands:
         self.cfg = merged
         self.lim = cf.Limits(merged)
         self.jdirty |= J_CONFIG
-        self._policy_all(self.now)
+        for s in self.slots:  # the policy may have changed: every pack held is looked at again
+            if s.accepted and s.quarantine is None:
+                self._policy(s, self.now)
         return {"config": self.settable_config()}
 
     def _cmd_retire(self, body):

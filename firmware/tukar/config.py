@@ -104,7 +104,4 @@ class Limits:
         self.cabinet_max_dc = int(cfg["cabinet_charge_max_c"] * 10)
         self.slot_limit_ma = int(cfg["slot_limit_a"] * 1000)
         self.blocklist = cfg["blocklist"]
-        self.retire_soh = int(cfg["retire_soh_min"])
-        self.retire_cycles = int(cfg["retire_cycles_max"])
-        self.retire_faults = int(cfg["retire_bms_faults"])
-        self.retire_heats = int(cfg["retire_overheats"])
+        # (the retirement policy's keys are read from the config itself, seldom: tukar.packs)

@@ -46,8 +46,7 @@ class Core(_Parts):
         self.lim = cf.Limits(cfg)
         self.slot_inputs = [SlotInputs() for _ in range(slots)]
         self.cabinet = CabinetInputs()
-        self.slots = [sl.Slot(i + 1, self.slot_inputs[i], self.lim.slot_limit_ma)
-                      for i in range(slots)]
+        self.slots = [sl.Slot(i + 1, self.slot_inputs[i]) for i in range(slots)]
         # Outputs, read by the shell after every tick.
         self.lock_cmd = [True] * slots
         self.lock_pulse = [0] * slots
@@ -66,18 +65,16 @@ class Core(_Parts):
         self.present_causes = 0  # causes present at the last tick
         self.alarms = 0
         self.session = None
-        self.counts = [0, 0, 0, 0]  # ready, empty, charging, faulted
+        self.counts = [0, 0, 0, 0, 0]  # ready, empty, charging, faulted; doors forced (unpublished)
         self.boot = 0
         self.event_n = 0
-        self.session_n = 0
         self.counters = {}  # other persisted counters the shell keeps here (bdseq)
         self.boot_reason = boot_reason
-        self.restored_session = None
+        self.restored_session = False  # False until the first tick has reconciled the journal
         self.now = now
         self.wall = None
         self.up_s = 0
         self.up_rem = 0
-        self.booted = False
         # The schedule (step): slots to evaluate every tick, slots a command touched, the
         # evaluated slots of this tick (a list allocated once), and slots whose outputs changed.
         self.all_slots = (2 << slots) - 1
@@ -86,27 +83,25 @@ class Core(_Parts):
         self.pending = 0
         self.outputs = self.all_slots
         self._ev = list(self.slots)  # overwritten in place by _gather
-        # Per slot, kept here rather than on Slot (whose attribute table is at a size step):
-        # when its charge was last integrated, and its share of the counts (_publishable).
-        self._charge_t = [0] * slots
-        self._tally = [0] * slots
+        # Per slot ints, kept here rather than on Slot (whose attribute table is at a size step),
+        # in one list of seven runs of n (a list is 16 bytes of heap, its items rounded up to 16),
+        # slot i's at run * n + i: 0 the charge in progress (mWh), 1 its remainder (0.1 W x ms),
+        # 2 the energy the slot has drawn since commissioning (Wh), 3 its remainder (mWh), 4 the
+        # pack's wear (BMS faults in bits 0 to 7, overheats in 8 to 15: tukar.packs), 5 when its
+        # charge was last integrated, 6 its share of the counts (_publishable).
+        self.ledger = [0] * (7 * slots)
         self._bit_slot = {}
         for s in self.slots:
             self._bit_slot[1 << s.n] = s
-        self.n_forced = 0
         self._touch = 0
         self._cab_over = False  # the cabinet blocks every charger: over its limit, or its sensor faulted
         self.cab_sensor = 0  # the cabinet thermistor's status as last reported (tukar.inputs.SENSOR_*)
-        # The packs (tukar.packs): Wh and mWh each slot has drawn, each pack's BMS faults (bits 0
-        # to 7) and overheats (8 to 15) while in this cabinet, the serials retired (hashes).
-        self.e_wh = [0] * slots
-        self.e_mwh = [0] * slots
-        self.wear = [0] * slots
-        self.retired = []
-        self._tel_n = 0  # telemetry messages since the last with the energy counters
+        self.retired = []  # serials retired, as hashes (tukar.packs)
         if journal:
             self._restore(journal)
-        self._e_saved = sum(self.e_wh)
+        # The energy drawn when the journal was last asked for, in Wh, x 16, plus the telemetry
+        # messages since the last with the energy counters (tukar.packs.energy_columns).
+        self._tel = sum(self.ledger[2 * slots:3 * slots]) << 4
         self.boot += 1
         self.jdirty = J_COUNTERS | J_INVENTORY | J_SESSION | J_MODE | J_CONFIG
 
@@ -133,9 +128,8 @@ class Core(_Parts):
                 dt -= 1000
                 self.up_s += 1
             self.up_rem = dt
-        if not self.booted:
-            self.booted = True
-            self._reconcile(now)
+        if self.restored_session is not None:
+            self._reconcile(now)  # the first tick (it sets restored_session None)
             mask = self.all_slots
         if self.timed:
             mask |= self._timers_due(now)
@@ -256,9 +250,9 @@ class Core(_Parts):
         if s.charge_ma:
             # Gone while charging: the charge ends now, under the serial it began with (mqtt.md:
             # ChargeStopped names its battery), with the energy up to this tick.
-            dt = (self.now - self._charge_t[s.n - 1]) & _TICKS_MAX
+            dt = (self.now - self.ledger[5 * self.n_slots + s.n - 1]) & _TICKS_MAX
             if 0 < dt < _TICKS_HALF:
-                s.add_energy(dt)
+                self._integrate(s, dt)
             self._charge_stopped(s, "no_battery")
             s.charge_ma = 0
             self.charge_ma[s.n - 1] = 0
@@ -268,7 +262,7 @@ class Core(_Parts):
         s.serial = None
         s.profile = None
         s.accepted = False
-        self.wear[s.n - 1] = 0
+        self.ledger[4 * self.n_slots + s.n - 1] = 0  # the pack's wear
 
     def _slot_watch(self, s, now):
         """Per-slot supervision: lock (rule 8), break-in, sensors (rule 5), BMS link, rule 4."""
@@ -283,7 +277,8 @@ class Core(_Parts):
                 self._slot_fault_events(s, s.faults ^ sl.SLOT_IO, s.faults)
                 self._session_slot_failed(s, now)  # a session through this slot cannot go on
             if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
-                self._overheat(s, now)  # the temperatures do not come from the switches
+                self._quarantine(s, "overtemp", now)  # the temperatures do not come from the switches
+                self._worn(s, 256, now)
             return
         if s.io_bad_since is not None:
             s.io_bad_since = None
@@ -313,10 +308,11 @@ class Core(_Parts):
         if new != old:
             s.faults = new
             self._slot_fault_events(s, old, new)
-        if inp.bms.faults and not s.pub_bfaults:  # a BMS fault flag rose (published: none)
-            self._bms_fault_seen(s, now)
+        if inp.bms.faults and not s.pub_io >> 9:  # a BMS fault flag rose (published: none)
+            self._worn(s, 1, now)
         if s.quarantine is None and s.hot >= cf.QUARANTINE_DC:
-            self._overheat(s, now)
+            self._quarantine(s, "overtemp", now)
+            self._worn(s, 256, now)
 
     def _session_slot_failed(self, s, now):
         """A slot the open session drives can no longer be trusted: end the session. (The

@@ -16,8 +16,8 @@ class Journal:
         return {"v": JOURNAL_VERSION, "counters": self._j_counters(), "mode": self.mode,
                 "causes": self.causes, "config": self.settable_config(),
                 "inventory": [self._j_slot(s) for s in self.slots], "session": self._j_session(),
-                "energy_wh": [self.drawn_wh(i) for i in range(self.n_slots)], "wear": self.wear,
-                "retired": self.retired}
+                "energy_wh": [self.drawn_wh(i) for i in range(self.n_slots)],
+                "wear": self.ledger[4 * self.n_slots:5 * self.n_slots], "retired": self.retired}
 
     def write_journal(self, f, dump):
         """journal() streamed into file f as its JSON text, a part at a time with `dump` (that of
@@ -45,14 +45,19 @@ class Journal:
             f.write(sep)
             f.write(str(self.drawn_wh(i)))
             sep = ","
-        f.write('],"wear":')
-        dump(self.wear, f)
+        f.write('],"wear":[')
+        sep = ""
+        for i in range(4 * self.n_slots, 5 * self.n_slots):
+            f.write(sep)
+            f.write(str(self.ledger[i]))
+            sep = ","
+        f.write("]")
         f.write(',"retired":')
         dump(self.retired, f)
         f.write("}")
 
     def _j_counters(self):
-        counters = {"boot": self.boot, "event": self.event_n, "session": self.session_n}
+        counters = {"boot": self.boot, "event": self.event_n}  # the session's is in counters
         for k in self.counters:
             counters[k] = self.counters[k]
         return counters
@@ -79,8 +84,6 @@ class Journal:
                     self.boot = c[k]
                 elif k == "event":
                     self.event_n = c[k]
-                elif k == "session":
-                    self.session_n = c[k]
                 else:
                     self.counters[k] = c[k]
         if j.get("mode") in (IN_SERVICE, MAINTENANCE, OUT_OF_SERVICE, EMERGENCY):
@@ -121,12 +124,14 @@ class Journal:
 
     def _restore_packs(self, j):
         """The packs' part (tukar.packs): energy drawn per slot, wear per slot, serials retired."""
-        for key, into in (("energy_wh", self.e_wh), ("wear", self.wear)):
+        n = self.n_slots
+        led = self.ledger
+        for key, at in (("energy_wh", 2 * n), ("wear", 4 * n)):
             v = j.get(key)
             if isinstance(v, list):
-                for i in range(min(len(v), self.n_slots)):
+                for i in range(min(len(v), n)):
                     if isinstance(v[i], int) and not isinstance(v[i], bool) and v[i] >= 0:
-                        into[i] = v[i]
+                        led[at + i] = v[i]
         r = j.get("retired")
         if isinstance(r, list):
             for h in r[-64:]:
@@ -159,7 +164,7 @@ class Journal:
         # Rule 9: every lock commanded locked before anything else.
         for s in self.slots:
             s.lock_cmd = True
-            s.lock_pending = True
+            s.lock_pending = 5  # in motion, from locked (slot._LOCK_PENDING | slot._LOCK_FROM)
             s.lock_t = now
         for n in missing:
             s = self.slots[n - 1]

@@ -19,21 +19,20 @@ class Payloads:
         outs = self.outputs
         lock_cmd = self.lock_cmd
         lock_pulse = self.lock_pulse
-        tally = self._tally
+        led = self.ledger
+        tally = 6 * self.n_slots - 1  # the ledger's run of each slot's share of the counts
         for j in range(k):
             s = ev[j]
             s.check_dispensable(now, lim)
             st = s.derive_state()
             inp = s.inp
-            io = inp.door_closed * 4 + inp.locked * 2 + s.dispensable  # booleans, one int
-            if (st != s.state or io != s.pub_io or s.charge_ma != s.pub_ma
-                    or s.faults != s.pub_faults or inp.bms.faults != s.pub_bfaults
-                    or s.reason != s.pub_reason):
+            # booleans and fault bits, one int (Slot.pub_io; the BMS's from bit 9)
+            io = (inp.door_closed * 4 + inp.locked * 2 + s.dispensable | s.faults << 3
+                  | inp.bms.faults << 9)
+            if st != s.state or io != s.pub_io or s.charge_ma != s.pub_ma or s.reason != s.pub_reason:
                 s.state = st
                 s.pub_io = io
                 s.pub_ma = s.charge_ma
-                s.pub_faults = s.faults
-                s.pub_bfaults = inp.bms.faults
                 s.pub_reason = s.reason
                 self.dirty |= 1 << s.n
             t = 0
@@ -47,16 +46,14 @@ class Payloads:
                 t |= 4
             if s.forced:
                 t |= 16
-            was = tally[s.n - 1]
+            was = led[tally + s.n]
             if t != was:
-                tally[s.n - 1] = t
+                led[tally + s.n] = t
                 d = t ^ was
                 for i in range(5):
                     if d & (1 << i):
-                        if i == 4:
-                            self.n_forced += 1 if t & 16 else -1
-                        else:
-                            c[i] += 1 if t & (1 << i) else -1
+                        c[i] += 1 if t & (1 << i) else -1
+                        if i < 4:  # counts[4] (doors forced) is not published
                             moved = True
             n = s.n - 1
             if lock_cmd[n] != s.lock_cmd or lock_pulse[n] != s.lock_pulse:
@@ -65,7 +62,7 @@ class Payloads:
                 outs |= 1 << s.n
         if moved:
             self.dirty |= 1
-        forced = self.n_forced > 0
+        forced = c[4] > 0
         cab = self.cabinet.temp_dc
         alarms = self.causes
         if self.cab_sensor:
@@ -116,7 +113,7 @@ class Payloads:
     def telemetry(self):
         """Measurements of every occupied slot as columns aligned with `slots` (one list per
         quantity: the keys are written once, not once per slot), rounded to 0.1; null while a
-        battery's BMS cannot be read. Then the cabinet's clock and its ready count; and in the
+        battery's BMS cannot be read. Then the cabinet's clock, its ready and empty counts; in the
         first after a boot and every ENERGY_EVERY-th, the energy each slot has drawn since
         commissioning and their total, in whole Wh (counters: a report needs their rise over
         hours, not a minute's; every minute they would cost the cellular budget 100 KB a day).
@@ -137,9 +134,9 @@ class Payloads:
                 amps.append(tenth(b.current_ma) if b.valid else None)
         t = {"slots": slots, "soc": soc, "temp_c": temp, "voltage_v": volt, "current_a": amps,
              "cabinet_temp_c": None if self.cab_sensor else tenth(self.cabinet.temp_dc * 100),
-             "ts": self.wall, "ready": self.counts[0]}
-        n = self._tel_n
-        self._tel_n = n + 1 if n < ENERGY_EVERY - 1 else 0
+             "ts": self.wall, "ready": self.counts[0], "empty": self.counts[1]}
+        n = self._tel & 15
+        self._tel += 1 if n < ENERGY_EVERY - 1 else -n
         if n == 0:
-            t["energy_wh"], t["energy_wh_total"] = self._energy_columns()
+            t["energy_wh"], t["energy_wh_total"] = self.energy_columns()
         return t

@@ -329,11 +329,10 @@ class SessionSteps:
         if s.serial != b.serial:
             if s.serial is not None:
                 self._emit("BatteryMissing", {"slot": s.n, "serial": s.serial})
-            self.wear[s.n - 1] = 0  # another pack: its own count begins
+            self.ledger[4 * self.n_slots + s.n - 1] = 0  # another pack: its wear begins
         s.serial = b.serial
         s.profile = self.profiles[b.profile]
         s.accepted = True
-        s.temp_hold = False
-        s.full_hold = False
+        s.holds = 0
         s.phase = sl.P_STORED
         self.jdirty |= J_INVENTORY

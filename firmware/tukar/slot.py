@@ -2,6 +2,8 @@
 # charge conditions (rules 1-3), dispensability (rule 6) and the published state it derives.
 # The cabinet core (core.py) drives the phases; this module holds what is local to one slot.
 # Nothing here allocates in steady state: all per-tick work is integer arithmetic on attributes.
+from micropython import const
+
 from tukar import config as cf
 from tukar.clock import wrap_diff
 from tukar.inputs import fault_names
@@ -49,6 +51,16 @@ FAULT_CODES = ("lock_jam", "temp_sensor_open", "temp_sensor_short", "temp_mismat
                "slot_io")
 FAULT_SEVERITY = ("error", "error", "error", "warning", "warning", "error")
 
+# Private (a const with a leading underscore takes no room in the module's dict); the core and the
+# journal name the values where they read or set them.
+_LOCK_PENDING = const(1)  # Slot.lock_pending's bits
+_LOCK_RETRIED = const(2)
+_LOCK_FROM = const(4)
+_HOLD_TEMP = const(1)  # Slot.holds' bits
+_HOLD_FULL = const(2)
+_PUB_BFAULTS = const(9)  # where a BMS's fault bits start in Slot.pub_io
+
+
 def fault_list(bits):
     out = []
     for i in range(len(FAULT_CODES)):
@@ -58,10 +70,12 @@ def fault_list(bits):
 
 
 class Slot:
-    def __init__(self, n, inputs, limit_ma):
+    # A Slot's attributes are kept to 29, the size of a MicroPython attribute table (37 would
+    # cost 64 bytes a slot): booleans that go together share an int, the charge's energy is the
+    # Core's (tukar.packs), and the slot's current limit (rule 3) is the config's.
+    def __init__(self, n, inputs):
         self.n = n  # 1-based slot number
         self.inp = inputs  # SlotInputs, filled in place by the drivers
-        self.limit_ma = limit_ma  # slot hardware current limit (rule 3)
         self.phase = P_EMPTY
         self.state: "str | None" = EMPTY  # published state
         # Battery bookkeeping (persisted as inventory).
@@ -70,23 +84,21 @@ class Slot:
         self.accepted = False
         self.quarantine: "str | None" = None  # reason while quarantined
         self.faults = 0
-        # Lock: the commanded level, when it was commanded and the retry state (rule 8).
+        # Lock: the commanded level, when it was commanded and the supervision (rule 8):
+        # lock_pending is 0 once confirmed, else _LOCK_PENDING, with _LOCK_RETRIED once the command
+        # was given again and _LOCK_FROM when the feedback said locked as it was given (did the
+        # bolt move since?). Tested for truth as "in motion".
         self.lock_cmd = True
         self.lock_pulse = 0
         self.lock_t = 0
-        self.lock_tries = 0
-        self.lock_pending = False
-        self.lock_from = True  # feedback when the command was given: did the bolt move since?
+        self.lock_pending = 0
         # Door edge detection for break-ins.
         self.door_was_closed = True
         self.forced = False
         # Charging.
         self.charge_ma = 0
-        self.temp_hold = False
-        self.full_hold = False
+        self.holds = 0  # _HOLD_TEMP: out of the window, until 3 degC inside; _HOLD_FULL: until 97 %
         self.reason: "str | None" = None  # why the charger is off while the battery waits
-        self.energy_mwh = 0
-        self.energy_acc = 0  # sub-mWh remainder in 0.1 W x ms
         self.dispensable = False
         self.fresh = False  # the BMS reading is younger than bms_fresh_ms (set by observe)
         self.hot = -1000  # highest trustworthy temperature this tick, 0.1 degC (set by observe)
@@ -97,21 +109,17 @@ class Slot:
         self.opened = False  # maintenance_open: the door has been opened since the unlock;
         # held (quarantined with its door open): the door has not shut since
         # What was last published, to publish on change only. pub_io: door closed, locked and
-        # dispensable as one int (4, 2, 1): a Slot's 37 attributes fill a table of 37, not 47.
+        # dispensable (4, 2, 1), the slot's faults (<< 3) and its BMS's (<< _PUB_BFAULTS) as one int.
         self.pub_io = -1
         self.pub_ma = -1
-        self.pub_faults = -1
-        self.pub_bfaults = -1
         self.pub_reason: "str | None" = None
 
     # -- lock supervision (rule 8) ---------------------------------------------------------
     def command_lock(self, locked, now):
         if self.lock_cmd != locked or not self.lock_pending and self.inp.locked != locked:
             self.lock_cmd = locked
-            self.lock_from = self.inp.locked
             self.lock_t = now
-            self.lock_tries = 0
-            self.lock_pending = True
+            self.lock_pending = _LOCK_PENDING | _LOCK_FROM if self.inp.locked else _LOCK_PENDING
 
     def lock_confirmed(self):
         """The lock is where it was told to be, and the feedback says so."""
@@ -121,8 +129,9 @@ class Slot:
         """Returns 1 when a jam was just declared, -1 when a jam cleared, else 0."""
         inp = self.inp
         if inp.locked == self.lock_cmd:
-            moved = self.lock_pending and self.lock_from != self.lock_cmd
-            self.lock_pending = False
+            p = self.lock_pending
+            moved = p and (p & _LOCK_FROM != 0) != self.lock_cmd
+            self.lock_pending = 0
             if moved and self.faults & LOCK_JAM:
                 self.faults &= ~LOCK_JAM  # the bolt moved on command again: the jam is gone
                 return -1
@@ -131,19 +140,17 @@ class Slot:
             if self.faults & LOCK_JAM:
                 return 0
             # Feedback drifted away from the command: supervise it like a fresh command.
-            self.lock_pending = True
-            self.lock_from = inp.locked
+            self.lock_pending = _LOCK_PENDING | _LOCK_FROM if inp.locked else _LOCK_PENDING
             self.lock_t = now
-            self.lock_tries = 0
             return 0
         if wrap_diff(now, self.lock_t) < cf.LOCK_TIMEOUT_MS:
             return 0
-        if self.lock_tries == 0:
-            self.lock_tries = 1
+        if not self.lock_pending & _LOCK_RETRIED:
+            self.lock_pending |= _LOCK_RETRIED
             self.lock_pulse += 1  # the driver re-issues the command
             self.lock_t = now
             return 0
-        self.lock_pending = False
+        self.lock_pending = 0
         self.faults |= LOCK_JAM
         return 1
 
@@ -207,13 +214,13 @@ class Slot:
         if fresh:
             t = b.temp_dc
             if t < lo or t > hi:
-                self.temp_hold = True
-            elif self.temp_hold and t >= lo + cf.HYSTERESIS_DC and t <= hi - cf.HYSTERESIS_DC:
-                self.temp_hold = False
+                self.holds |= _HOLD_TEMP
+            elif self.holds & _HOLD_TEMP and t >= lo + cf.HYSTERESIS_DC and t <= hi - cf.HYSTERESIS_DC:
+                self.holds &= ~_HOLD_TEMP
             if b.full or b.soc_pm >= cf.FULL_SOC_PM:
-                self.full_hold = True
-            elif self.full_hold and b.soc_pm < cf.RESUME_SOC_PM:
-                self.full_hold = False
+                self.holds |= _HOLD_FULL
+            elif self.holds & _HOLD_FULL and b.soc_pm < cf.RESUME_SOC_PM:
+                self.holds &= ~_HOLD_FULL
         if emergency:
             self.reason = "emergency"
         elif not inp.io_ok:
@@ -232,16 +239,16 @@ class Slot:
             self.reason = "bms_stale"
         elif b.faults:
             self.reason = "battery_fault"
-        elif self.temp_hold:
+        elif self.holds & _HOLD_TEMP:
             self.reason = "temperature"
         elif cabinet_dc is None:
             self.reason = "cabinet_sensor"
         elif cabinet_dc > lim.cabinet_max_dc:
             self.reason = "cabinet_temperature"
-        elif self.full_hold:
+        elif self.holds & _HOLD_FULL:
             self.reason = "full"
         else:
-            ma = self.limit_ma
+            ma = lim.slot_limit_ma
             if p is not None and p.max_charge_ma < ma:
                 ma = p.max_charge_ma
             if b.req_current_ma >= 0 and b.req_current_ma < ma:
@@ -251,15 +258,6 @@ class Slot:
                 return ma
             self.reason = "battery_request"
         return 0
-
-    def add_energy(self, dt_ms):
-        """Integrate charging energy from the BMS's voltage and current (integer arithmetic only)."""
-        b = self.inp.bms
-        ma = b.current_ma if b.current_ma > 0 else 0
-        dw = (b.voltage_mv // 10) * (ma // 10) // 1000  # 0.1 W
-        acc = self.energy_acc + dw * dt_ms
-        self.energy_mwh += acc // 36000  # 1 mWh = 3.6 J = 36,000 x (0.1 W x 1 ms)
-        self.energy_acc = acc % 36000
 
     # -- dispensability (rule 6) ------------------------------------------------------------
     def check_dispensable(self, now, lim):

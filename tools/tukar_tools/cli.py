@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = (
     ("sim", "tukar_tools.sim", "run simulated cabinets: unmodified firmware, embedded broker, live view"),
     ("monitor", "tukar_tools.monitor", "live view of every cabinet on a broker"),
+    ("collect", "tukar_tools.collect", "store what the fleet publishes in the fleet database (SQLite or PostgreSQL)"),
     ("cmd", "tukar_tools.cmdline", "sign and send one command, print its ack"),
     ("world", "tukar_tools.worldcmd", "act as a simulated cabinet's physical world (sim/cmd)"),
     ("state", "tukar_tools.statecmd", "print a cabinet's current state, or one field of it"),
@@ -20,6 +21,7 @@ SUBCOMMANDS = (
     ("explore", "tukar_tools.explore", "check every reachable state of a small cabinet against the safety rules"),
     ("soak", "tukar_tools.soak", "random property runs for a time budget, and a simulated month of one cabinet"),
     ("crashpoints", "tukar_tools.crashpoints", "cut the power at every flash write and output change of a swap, in MicroPython"),
+    ("report", "tukar_tools.report", "the fleet database's report for a time range: demand, availability, energy, pack health, Permen ESDM 1/2023 art. 21"),
 )
 
 

@@ -14,6 +14,10 @@ from tukar_tools.sign import KeyFormatError, command, parse_key, sign
 SIM_KEY_HEX = "73696d2d6f6e6c792d6b65792d6e6f742d666f722d636162696e657473"
 
 
+# Arguments that are always text, whatever they look like (a serial 0042 is not the number 42).
+TEXT_KEYS = ("serial", "id_token", "request_id", "reason", "session")
+
+
 def parse_value(text):
     """key=value values: integers, numbers, true/false/null and JSON stay typed; the rest is text."""
     low = text.lower()
@@ -40,14 +44,14 @@ def parse_args_list(pairs):
             raise ValueError("argument %r: use key=value" % p)
         if k in ("req_id", "ts", "cmd"):
             raise ValueError("argument %r: %s is set by tukar cmd" % (p, k))
-        args[k] = parse_value(v)
+        args[k] = v if k in TEXT_KEYS else parse_value(v)
     return args
 
 
 def add_arguments(p):
     p.add_argument("cabinet", help="cabinet id, e.g. sim-1")
     p.add_argument("cmd", help="command name: start_swap, cancel_swap, set_mode, open_slot, quarantine, "
-                               "release, reset_emergency, rebirth, set_config, reboot")
+                               "release, reset_emergency, rebirth, set_config, reboot, retire")
     p.add_argument("args", nargs="*", metavar="key=value", help="command arguments, e.g. slot=3")
     p.add_argument("--key", default=os.environ.get("TUKAR_KEY"),
                    help="the cabinet's HMAC key in hex (default: $TUKAR_KEY, else the simulator's key)")

@@ -217,7 +217,8 @@ class Month:
         inv = self.inv
         r = self.rnd
         variant = r.choice(inv.VARIANTS[:-1] + ["whole"] * 20)  # most riders do it right
-        pack = (r.randint(5, 35),) + r.choice(inv.PACKS)
+        soc = r.randint(5, 35)
+        pack = (soc,) + r.choice(inv.PACKS) + inv.WORN.get(soc, (95, 10))  # a few worn
         self.rig.tick_ms = 50
         core = self.rig.core
         if core.mode != "in_service":  # a hot pack's emergency: the operator resets it remotely
