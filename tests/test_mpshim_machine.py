@@ -280,6 +280,7 @@ def test_the_flash_fault_fails_writes_and_the_heap_probe_prints_what_mprt_reads(
         "    except OSError as e:\n"
         "        return e.args[0]\n"
         "f = %r\n"
+        "open(f, 'a').close()\n"  # there before the fault: one noted at once found no file to read
         "print('ready')\n"
         "while t(f, 'a') == 'ok':\n"
         "    time.sleep_ms(5)\n"
