@@ -13,29 +13,7 @@ import subprocess
 
 import pytest
 
-from tukar_tools import cli, report
-
-SCHEMA = (
-    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-    " applied_at DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE cabinets (cabinet TEXT PRIMARY KEY, info TEXT, online INTEGER,"
-    " first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE events (cabinet TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, ts BIGINT,"
-    " up_ms BIGINT, received_at DOUBLE PRECISION NOT NULL, slot INTEGER, serial TEXT,"
-    " session TEXT, body TEXT NOT NULL, PRIMARY KEY (cabinet, id))",
-    "CREATE INDEX events_type_ts ON events (type, ts)",
-    "CREATE TABLE slot_states (cabinet TEXT NOT NULL, slot INTEGER NOT NULL,"
-    " received_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, dispensable INTEGER NOT NULL,"
-    " serial TEXT, soc DOUBLE PRECISION, soh DOUBLE PRECISION, body TEXT NOT NULL)",
-    "CREATE TABLE cabinet_states (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
-    " mode TEXT NOT NULL, ready INTEGER NOT NULL, empty INTEGER NOT NULL,"
-    " charging INTEGER NOT NULL, faulted INTEGER NOT NULL, body TEXT NOT NULL)",
-    "CREATE TABLE telemetry (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
-    " ts BIGINT, ready INTEGER, empty INTEGER, energy_wh_total DOUBLE PRECISION,"
-    " body TEXT NOT NULL)",
-    "CREATE TABLE acks (cabinet TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,"
-    " req_id TEXT, ok INTEGER NOT NULL, error TEXT, body TEXT NOT NULL)",
-)
+from tukar_tools import cli, fleetdb, report
 
 
 def utc(text):
@@ -52,10 +30,8 @@ class FleetDB:
 
     def __init__(self, path):
         self.path = str(path)
+        fleetdb.connect(self.path).close()  # the schema as tukar collect creates it
         self.db = sqlite3.connect(self.path)
-        for sql in SCHEMA:
-            self.db.execute(sql)
-        self.db.execute("INSERT INTO schema_migrations VALUES (1, 0)")
         self.n = 0
 
     def cabinet(self, cab, slots=4, profiles=("ref48v",)):
