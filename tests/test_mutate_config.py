@@ -8,8 +8,9 @@ from tukar_tools import mutate
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = mutate.config(ROOT)
 # Where the safety rules of cabinet.md live (docs/core.md: the rule-to-code table; edge.py holds
-# the core's events and its edge to the shell, once in core.py).
-SAFETY_MODULES = {"core", "edge", "slot", "session", "commands", "journal", "gate", "sign", "outbox"}
+# the core's events and its edge to the shell, once in core.py; packs.py the retirement rule,
+# never dispensing a worn pack, and the energy counters that must survive a power cut).
+SAFETY_MODULES = {"core", "edge", "slot", "session", "commands", "journal", "gate", "sign", "outbox", "packs"}
 
 
 def test_every_module_mutated_exists_in_the_firmware():
