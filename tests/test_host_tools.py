@@ -1,6 +1,7 @@
 """`tukar cmd` and `tukar monitor` as an operator uses them, against a real broker."""
 import json
 import threading
+import time
 
 import pytest
 
@@ -92,6 +93,67 @@ def test_cmd_exits_2_when_no_ack_comes(mqtt_broker, capsys):
 def test_cmd_exits_2_when_the_broker_is_unreachable(capsys):
     assert run_cmd(broker.free_port(), "rebirth") == 2
     assert "broker" in capsys.readouterr().err
+
+
+def clocked_cabinet(port, clock_s):
+    """A stand-in with the gate's clock check: it answers `stale` as the firmware does (gate.py)."""
+    seen = []
+
+    def answer(b):
+        seen.append(b)
+        skew = b["ts"] - clock_s
+        if abs(skew) > 300:
+            return {"req_id": b["req_id"], "ok": False, "error": "stale",
+                    "detail": "ts %d s from cabinet clock, limit 300" % skew}
+        return {"req_id": b["req_id"], "ok": True, "error": None, "detail": ""}
+    return fake_cabinet(port, None, answer), seen
+
+
+def test_cmd_signs_with_a_simulated_cabinets_clock_when_asked(mqtt_broker, capsys):
+    """A sped-up simulation's clock is days ahead of the host's: refused stale, then signed with the
+    cabinet's clock (from the stale ack) under --cabinet-clock, and only then."""
+    ahead = int(time.time()) + 5 * 86400
+    cab, seen = clocked_cabinet(mqtt_broker.port, ahead)
+    try:
+        assert run_cmd(mqtt_broker.port, "rebirth") == 1
+        assert json.loads(capsys.readouterr().out)["error"] == "stale"
+        assert len(seen) == 1
+        assert run_cmd(mqtt_broker.port, "rebirth", "--cabinet-clock") == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["ok"] is True
+        assert "clock is" in captured.err
+    finally:
+        cab.close()
+    assert len(seen) == 3 and seen[1]["req_id"] == seen[2]["req_id"]
+    assert abs(seen[2]["ts"] - ahead) <= 2  # the cabinet's clock, give or take the round trip
+
+
+def test_cmd_with_cabinet_clock_does_not_retry_other_errors(mqtt_broker, capsys):
+    seen = []
+
+    def answer(b):
+        seen.append(b)
+        return {"req_id": b["req_id"], "ok": False, "error": "stale", "detail": "not the gate's words"}
+    cab = fake_cabinet(mqtt_broker.port, None, answer)
+    try:
+        assert run_cmd(mqtt_broker.port, "rebirth", "--cabinet-clock") == 1
+    finally:
+        cab.close()
+    assert len(seen) == 1
+
+
+def test_the_stale_skew_is_read_from_the_gates_own_words():
+    from tukar.gate import Gate
+    from tukar_tools.sign import command, sign
+    key = b"k" * 32
+    now = 1_800_000_000
+    for skew in (-412, 301, 86400 * 7):
+        env = sign(command("rebirth", "r-1", ts=now + skew), key)
+        body, ack = Gate(key).admit(env.encode() if isinstance(env, str) else env, False, 0, now)
+        assert body is None and cmdline.cabinet_skew(ack) == skew, ack
+    assert cmdline.cabinet_skew({"error": "stale", "detail": "ts -412 s from cabinet clock, limit 300"}) == -412
+    assert cmdline.cabinet_skew({"error": "bad_args", "detail": "ts 5 s from cabinet clock"}) is None
+    assert cmdline.cabinet_skew(None) is None
 
 
 def test_cmd_signs_with_the_cabinet_key(mqtt_broker):

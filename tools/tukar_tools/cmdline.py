@@ -1,8 +1,14 @@
 """`tukar cmd C CMD key=value ...`: sign a command with the cabinet's key, send it, wait for the
 ack and print it. Exit 0 when the cabinet says ok, 1 when it answers with an error, 2 when no ack
-arrives in time or the broker cannot be reached."""
+arrives in time or the broker cannot be reached.
+
+`--cabinet-clock` is for simulated cabinets whose clock runs away from the host's (`tukar sim
+--speed`, `--start`): a command refused `stale` is signed once more with the cabinet's clock, which
+its `stale` ack gives. Never against a real cabinet: whoever can forge that ack could have a command
+signed for a time of their choosing and replay it then."""
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -60,6 +66,21 @@ def add_arguments(p):
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack")
     p.add_argument("--req-id", help="request id (default: a fresh one)")
     p.add_argument("--field", help="print only this field of the ack (e.g. slot), for scripts")
+    p.add_argument("--cabinet-clock", action="store_true",
+                   help="simulated cabinets only: when refused stale, sign again with the cabinet's "
+                        "clock (a sped-up `tukar sim` runs away from the host's)")
+
+
+# The gate's stale ack: "ts <skew> s from cabinet clock, limit <s>" (firmware/tukar/gate.py).
+STALE_SKEW = re.compile(r"ts (-?\d+) s from cabinet clock")
+
+
+def cabinet_skew(ack):
+    """The seconds a command's ts was ahead of the cabinet's clock, from a `stale` ack, else None."""
+    if not isinstance(ack, dict) or ack.get("error") != "stale":
+        return None
+    m = STALE_SKEW.match(str(ack.get("detail") or ""))
+    return int(m.group(1)) if m else None
 
 
 def send(client, prefix, cabinet, body, key, timeout):
@@ -109,6 +130,13 @@ def run(args):
         return 2
     try:
         ack = send(client, args.prefix, args.cabinet, body, key, args.timeout)
+        skew = cabinet_skew(ack) if args.cabinet_clock else None
+        if skew is not None:
+            # A stale command is refused before the gate remembers its req_id: the same id again.
+            print("tukar cmd: the cabinet's clock is %d s from this host's; signing with it" % -skew,
+                  file=sys.stderr)
+            body = dict(body, ts=body["ts"] - skew)
+            ack = send(client, args.prefix, args.cabinet, body, key, args.timeout)
     finally:
         client.close()
     if ack is None:
