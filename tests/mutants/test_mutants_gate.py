@@ -283,3 +283,117 @@ def test_every_gate_refusal_gives_its_code_and_a_detail_naming_its_cause(name, p
 def test_a_bug_in_the_gate_costs_one_command_and_names_the_exception():
     body, ack = _Broken(KEY).admit(cmd(), False, 0, NOW)
     assert body is None and (ack["error"], ack["detail"]) == ("bad_json", "rejected: KeyError")
+
+
+# -- the req_id memory's hashes and its compact acks ------------------------------------------------
+# The gate keeps a req_id as two 22-bit hashes (`_key`) and a start_swap success as one int: what
+# a duplicate is judged by, and what the memory costs. Survivors of mutation testing showed that
+# weaker hashes, and acks kept as text when an int would do, passed every test.
+
+def _ids():
+    """20,000 distinct req_ids of the shapes back ends send: random hex (UUID-like), counters, and
+    ids that differ only in their first characters or only in their last (long shared parts)."""
+    import random
+    rnd = random.Random(20261130)
+    ids = ["%032x" % rnd.getrandbits(128) for _ in range(8000)]
+    ids += ["r-%d" % i for i in range(4000)]
+    ids += ["%04d-order-for-rider-station-42-south" % i for i in range(4000)]
+    ids += ["station-42-south-order-for-rider-%04d" % i for i in range(4000)]
+    assert len(set(ids)) == len(ids)
+    return ids
+
+
+def _keys(g, ids):
+    out = []
+    for r in ids:
+        g._key(r)
+        out.append((g._ka, g._kb))
+    return out
+
+
+def test_twenty_thousand_req_ids_get_twenty_thousand_different_keys():
+    """44 bits of hash: 20,000 ids collide with probability about 1e-5. A hash that forgets early
+    characters (an even multiplier), or one that shrinks its state (`&` for `^`), collides at once."""
+    ids = _ids()
+    keys = _keys(Gate(KEY), ids)
+    assert len(set(keys)) == len(ids)
+    assert len({a for a, _ in keys}) > len(ids) * 0.99  # each hash alone nearly collision-free too
+    assert len({b for _, b in keys}) > len(ids) * 0.99
+
+
+def test_a_req_id_whose_one_hash_matches_a_remembered_one_is_not_a_duplicate():
+    """Among 20,000 ids some pairs share one 22-bit hash; the gate must need both to call a
+    command a duplicate, or it would answer a new command with another's ack and not run it."""
+    ids = _ids()
+    g = Gate(KEY, rate_per_s=1000)
+    keys = _keys(g, ids)
+    pairs = []
+    for half in (0, 1):
+        seen = {}
+        for r, k in zip(ids, keys):
+            other = seen.setdefault(k[half], r)
+            if other != r:
+                pairs.append((other, r))
+                break
+    assert len(pairs) == 2  # an `a` match and a `b` match (the birthday bound makes both certain)
+    t = 0
+    for first, second in pairs:
+        g.remember(first, {"req_id": first, "ok": True, "error": None, "detail": ""})
+        t += 1
+        body, ack = g.admit(sign(command("rebirth", second, ts=NOW), KEY), False, t, NOW)
+        assert body is not None and ack is None, (first, second, ack)
+
+
+def _stored(g, req_id):
+    i = g._find(req_id)
+    assert i >= 0
+    return g._acks[i]
+
+
+SWAP_OK = {"req_id": "r", "ok": True, "error": None, "detail": ""}
+
+
+@pytest.mark.parametrize("session,slot", [("s-0", 0), ("s-1", 0), ("s-7", 31), ("s-16777215", 12)])
+def test_a_start_swap_success_is_kept_as_one_int_and_replayed_exactly(session, slot):
+    g = Gate(KEY)
+    ack = dict(SWAP_OK, session=session, slot=slot)
+    g.remember("r", ack)
+    assert type(_stored(g, "r")) is int
+    assert g._replay(g._find("r"), "r") == dict(ack, duplicate=True)
+
+
+@pytest.mark.parametrize("session,slot", [
+    ("s-16777216", 1), ("s-33554431", 1),  # 1 << 24 and beyond: the int has 24 bits for it
+    ("s-1", 32), ("s-1", 33), ("s-1", -1),  # 5 bits of slot
+    ("s-007", 3), ("s-", 3), ("s-x5", 3), ("s-5x", 3), ("t-5", 3), (5, 3), ("s-5", "3"),
+])
+def test_an_ack_the_int_cannot_hold_is_kept_as_text_and_replayed_exactly(session, slot):
+    g = Gate(KEY)
+    ack = dict(SWAP_OK, session=session, slot=slot)
+    g.remember("r", ack)
+    kept = _stored(g, "r")
+    assert type(kept) is str and "req_id" not in json.loads(kept)
+    assert g._replay(g._find("r"), "r") == dict(ack, duplicate=True)
+
+
+@pytest.mark.parametrize("ack", [
+    {"req_id": "r", "ok": False, "error": "busy", "detail": "", "session": "s-1", "slot": 2},
+    {"req_id": "r", "ok": True, "error": None, "detail": "x", "session": "s-1", "slot": 2},
+    {"req_id": "r", "ok": False, "error": "busy", "detail": ""},
+    {"req_id": "r", "ok": True, "error": None, "detail": "", "session": "s-1"},
+    {"req_id": "r", "ok": True, "error": None, "detail": "", "session": "s-1", "slot": 2, "x": 1},
+])
+def test_an_ack_unlike_a_start_swap_success_is_never_replayed_as_one(ack):
+    g = Gate(KEY)
+    g.remember("r", ack)
+    assert type(_stored(g, "r")) is not int
+    assert g._replay(g._find("r"), "r") == dict(ack, duplicate=True)
+
+
+def test_the_text_kept_for_an_ack_leaves_out_its_req_id():
+    # (the req_id is the key; a copy of it in the text would only cost memory: up to 64 characters
+    # times 64 acks)
+    g = Gate(KEY)
+    long_id = "q" * 64
+    g.remember(long_id, {"req_id": long_id, "ok": False, "error": "busy", "detail": "d"})
+    assert long_id not in _stored(g, long_id)
