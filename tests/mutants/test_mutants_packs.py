@@ -1,0 +1,89 @@
+"""The packs (tukar.packs) and the `retire` command where mutation testing found them unchecked:
+the command's refusal in words, a slot's new state published in the very next tick, a serial
+retired twice announced once, the journal asked for again after each 50 Wh drawn, and a pack
+retired behind the open dispense door."""
+from coreworld import Battery, insert_until_dispensing, stocked_rig
+
+from tukar.states import J_COUNTERS
+from tukar_tools import schemas
+
+
+def test_retire_without_a_usable_serial_says_what_a_serial_must_be():
+    rig = stocked_rig()
+    for bad in ({}, {"serial": ""}, {"serial": 7}, {"serial": "x" * 65}):
+        a = rig.cmd("retire", **bad)
+        assert a["detail"] == "serial: a non-empty string of at most 64 characters", a
+        schemas.validate("ack", a)
+
+
+def test_a_pack_retired_behind_a_shut_door_is_published_held_in_the_next_tick():
+    """Its lock is shut already, so nothing but the command itself brings the slot into the next
+    step: the operator's view must not wait for the pack's next BMS turn."""
+    rig = stocked_rig(full=0, half=0)
+    core = rig.core
+    rig.world.place(2, Battery("Z-2", soc=100))  # full: not charging, so not watched
+    rig.run(3000)
+    assert core.charge_ma[1] == 0 and not core.watch & 1 << 2
+    core.take_dirty()
+    assert rig.cmd("retire", serial="Z-2")["ok"]
+    rig.tick()
+    assert core.take_dirty() & 1 << 2
+    st = core.slot_state(2)
+    assert (st["state"], st["reason"]) == ("quarantined", "retired")
+
+
+def test_a_serial_retired_twice_while_away_is_announced_once():
+    rig = stocked_rig()
+    assert rig.cmd("retire", serial="X-1")["ok"]
+    a = rig.cmd("retire", serial="X-1")
+    assert a["ok"] and a["slot"] is None
+    assert [e["serial"] for e in rig.of("BatteryRetired")] == ["X-1"]
+    assert rig.core.retired.count(rig.core.retired[0]) == 1
+
+
+def _telemetry_until_energy(core):
+    """Telemetry messages until one carries the energy columns (every 10th); that one's jdirty."""
+    for _ in range(10):
+        core.jdirty = 0
+        t = core.telemetry()
+        if "energy_wh" in t:
+            return t, core.jdirty & J_COUNTERS
+    raise AssertionError("no energy columns in 10 telemetry messages")
+
+
+def test_the_journal_is_asked_for_again_after_every_50_wh_not_only_the_first():
+    rig = stocked_rig(full=0, half=2)  # two packs charging at 10 A: about 1 kW
+    core = rig.core
+    asked = []
+    drawn = []
+    for _ in range(10):
+        rig.run(90_000)  # about 12 Wh a slot, 24 for the cabinet
+        t, ask = _telemetry_until_energy(core)
+        asked.append(bool(ask))
+        drawn.append(t["energy_wh_total"])
+    # asked whenever 50 Wh or more were drawn since the last time it asked, and only then
+    last = 0
+    expect = []
+    for d in drawn:
+        expect.append(d - last >= 50)
+        if d - last >= 50:
+            last = d
+    assert asked == expect, (asked, drawn)
+    assert sum(asked) >= 3
+
+
+def test_the_pack_being_handed_out_retired_while_its_door_is_open_ends_the_swap_as_a_fault():
+    rig = stocked_rig(full=3, half=0)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    rig.run(300)
+    assert rig.world.open_door(out)  # the rider opens the door, the pack still inside
+    rig.run(100)
+    serial = rig.core.slots[out - 1].serial
+    a = rig.cmd("retire", serial=serial)
+    assert a["ok"] and a["slot"] == out, a
+    ab = rig.of("SwapAborted")
+    assert [e["reason"] for e in ab] == ["fault"], rig.types()
+    for e in rig.events:
+        schemas.validate("event", dict(e, seq=0))
+    rig.run(1000)
