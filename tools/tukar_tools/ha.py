@@ -402,9 +402,9 @@ class Bridge:
 
     def _announce(self, once):
         self._configs = {}
-        self.say("watching %s under %s/%s; discovery under %s/device/" % (
-            "cabinets" if not self.cabinets else ", ".join(self.cabinets), self.prefix,
-            "+" if not self.cabinets else "{C}", self.discovery_prefix))
+        self.say("watching %s under %s/; discovery under %s/device/" % (
+            "every cabinet" if not self.cabinets else "cabinet(s) " + ", ".join(self.cabinets),
+            self.prefix, self.discovery_prefix))
         if once:
             self._sync()
             for cab in sorted(self.seen):
