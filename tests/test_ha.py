@@ -5,6 +5,7 @@
 import contextlib
 import io
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from tukar_tools.cmdline import SIM_KEY_HEX
 from tukar_tools.scenario import Runner
 from tukar_tools.sign import parse_key
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPEED = 2.0  # the simulator's, as in test_sim_e2e.py
 SLOT_KEYS = ("state", "soc", "temperature", "occupied", "charging", "fault", "lock")
 CABINET_KEYS = ("mode", "alarms", "estop", "smoke", "temperature", "ready", "empty", "charging",
@@ -362,9 +363,10 @@ def test_soc_and_temperature_come_from_the_telemetry_column_of_their_slot(slot, 
     # slot 3: its BMS could not be read (null); slot 1: no battery (not in `slots`): unknown
     assert schemas.errors("tukar/c/telemetry", json.dumps(TELEMETRY)) == []
     cmps = ha.device_config("tukar", "c", None, 3)["cmps"]
-    assert render(cmps["slot%d_soc" % slot]["value_template"], json.dumps(TELEMETRY)) == soc
-    assert render(cmps["slot%d_temperature" % slot]["value_template"], json.dumps(TELEMETRY)) == temp
-    assert render(cmps["temperature"]["value_template"], json.dumps(TELEMETRY)) == "None"
+    payload = json.dumps(TELEMETRY)
+    assert render(cmps["slot%d_soc" % slot]["value_template"], payload) == soc
+    assert render(cmps["slot%d_temperature" % slot]["value_template"], payload) == temp
+    assert render(cmps["temperature"]["value_template"], payload) == "None"
 
 
 def test_cabinet_templates_show_mode_alarms_estop_smoke_and_counts():
@@ -374,10 +376,11 @@ def test_cabinet_templates_show_mode_alarms_estop_smoke_and_counts():
                               ready=2, faulted=1))
     for payload in (calm, alarmed):
         assert schemas.errors("tukar/c/state", payload) == []
-    assert [render(cmps[k]["value_template"], calm) for k in CABINET_KEYS if k != "temperature"] \
-        == ["in_service", "none", "OFF", "OFF", "0", "3", "0", "0"]
-    assert [render(cmps[k]["value_template"], alarmed) for k in CABINET_KEYS if k != "temperature"] \
-        == ["emergency", "smoke, estop", "ON", "ON", "2", "3", "0", "1"]
+    keys = [k for k in CABINET_KEYS if k != "temperature"]  # from telemetry: tested above
+    assert [render(cmps[k]["value_template"], calm) for k in keys] == \
+        ["in_service", "none", "OFF", "OFF", "0", "3", "0", "0"]
+    assert [render(cmps[k]["value_template"], alarmed) for k in keys] == \
+        ["emergency", "smoke, estop", "ON", "ON", "2", "3", "0", "1"]
     assert json.loads(render(cmps["alarms"]["json_attributes_template"], alarmed)) == \
         {"alarms": ["smoke", "estop"]}
 
@@ -673,6 +676,13 @@ def test_every_template_gives_the_right_value_on_the_simulators_own_payloads(sim
     assert sum(shown["slot%d_occupied" % n] == "ON" for n in range(1, 13)) == 6
     assert float(shown["temperature"]) == pytest.approx(world["temp_c"], abs=1.0)
 
+    # a battery's BMS reports a fault: the slot's fault sensor turns on
+    assert shown["slot1_fault"] == "OFF"
+    r.step({"do": "world", "action": "set_battery", "slot": 1, "faults": ["short_circuit"]})
+    r.wait_for(lambda: 1 if (r.obs.slots[1]["battery"] or {}).get("faults") else None, 10,
+               "slot 1's battery fault")
+    shown = check_all()
+    assert shown["slot1_fault"] == "ON"
     # smoke, then the e-stop: the cabinet's own alarms reach the binary sensors
     r.step({"do": "world", "action": "set_input", "name": "smoke", "value": True})
     r.step({"do": "expect_state", "match": {"mode": "emergency"}, "within_s": 10})

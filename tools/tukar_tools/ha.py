@@ -88,8 +88,10 @@ def slot_components(prefix, cabinet, n, uid):
     return dict([
         c("state", "sensor", "state", st, "{{ value_json.state }}", device_class="enum",
           options=list(SLOT_STATES), json_attributes_topic=st,
-          json_attributes_template="{{ {'door': value_json.door, 'dispensable': value_json.dispensable,"
-                                   " 'serial': value_json.battery.serial if value_json.battery else None,"
+          json_attributes_template="{{ {'door': value_json.door,"
+                                   " 'dispensable': value_json.dispensable,"
+                                   " 'serial': value_json.battery.serial"
+                                   " if value_json.battery else None,"
                                    " 'reason': value_json.get('reason')} | tojson }}"),
         c("soc", "sensor", "SoC", tel, _column("soc", n), device_class="battery",
           unit_of_measurement="%", state_class="measurement"),
