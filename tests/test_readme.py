@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tukar_tools import broker, mqttc, monitor, cmdline, statecmd, worldcmd
+from tukar_tools import broker, mqttc, monitor, cmdline, statecmd, worldcmd, ha
 from tukar_tools.scenario import Runner
 from tukar_tools.cmdline import SIM_KEY_HEX
 from tukar_tools.sign import parse_key
@@ -80,7 +80,7 @@ def test_the_readme_walkthrough_swaps_on_the_first_and_on_every_later_run(mqtt_b
     assert done2["session"] != done["session"]
 
 
-@pytest.mark.parametrize("tool", [monitor, cmdline, worldcmd, statecmd])
+@pytest.mark.parametrize("tool", [monitor, cmdline, worldcmd, statecmd, ha])
 def test_every_tool_takes_its_broker_from_tukar_broker(tool, monkeypatch):
     import argparse
     monkeypatch.setenv("TUKAR_BROKER", "192.0.2.7:1999")
