@@ -372,9 +372,39 @@ def _refusals():
     def slot_range(rig):
         return rig.cmd("open_slot", slot=13), ("slot_range", "slot 13 is outside 1..12")
 
+    def slot_not_int(rig):
+        return rig.cmd("open_slot", slot="3"), ("bad_args", "slot: an integer is required")
+
+    def slot_bool(rig):
+        return rig.cmd("quarantine", slot=True, reason="x"), ("bad_args", "slot: an integer is required")
+
+    def open_in_service(rig):
+        return rig.cmd("open_slot", slot=3), ("wrong_mode", "open_slot needs maintenance mode")
+
+    def mode_unknown(rig):
+        return (rig.cmd("set_mode", mode="emergency"),
+                ("bad_args", "mode: one of in_service, maintenance, out_of_service"))
+
+    def quarantine_no_reason(rig):
+        return (rig.cmd("quarantine", slot=2, reason=""),
+                ("bad_args", "reason: a non-empty string of at most 64 characters"))
+
+    def retire_no_serial(rig):
+        return (rig.cmd("retire", serial=""),
+                ("bad_args", "serial: a non-empty string of at most 64 characters"))
+
     return [cancel_bad, cancel_none, cancel_other, cancel_late, mode_session, mode_open_slot,
             release_mode, release_not_q, reset_not_emergency, reset_smoke, reset_both, reset_estop,
-            reboot_session, slot_range]
+            reboot_session, slot_range, slot_not_int, slot_bool, open_in_service, mode_unknown,
+            quarantine_no_reason, retire_no_serial]
+
+
+def test_set_mode_acks_the_mode_whether_it_changes_or_already_holds():
+    rig = stocked_rig()
+    for mode in ("maintenance", "maintenance", "out_of_service", "in_service", "in_service"):
+        a = rig.cmd("set_mode", mode=mode)
+        assert a == dict(a, ok=True, mode=mode), a
+        schemas.validate("ack", a)
 
 
 @pytest.mark.parametrize("case", _refusals(), ids=lambda f: f.__name__)

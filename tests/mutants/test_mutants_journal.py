@@ -409,3 +409,37 @@ def test_a_battery_given_back_and_taken_back_during_a_power_cut_is_not_missing(a
     assert st["state"] == "empty" and st["battery"] is None
     assert rig.core.lock_cmd == [True] * 4
     assert rig.core.journal()["inventory"][n - 1][0] is None
+
+
+def test_the_energy_handed_over_is_reported_for_a_swap_completed_after_a_power_cut():
+    """SwapCompleted.energy_wh needs the rider's battery as it was taken in: the journal's, since
+    the slot now names the cabinet's pack, not the rider's reading."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    insert_until_dispensing(rig, Battery("R-1", soc=12, soh=90))
+    expect_out = rig.core.session.battery_out
+    reboot(rig)
+    rig.run(300)
+    take(rig, rig.core.session.slot_out)
+    rig.run(300)
+    done = rig.of("SwapCompleted")[-1]
+    expect = (expect_out["soc"] / 100 * expect_out["soh"] / 100 - 0.12 * 0.90) * 30 * 48.3
+    assert done["energy_wh"] is not None and abs(done["energy_wh"] - expect) <= 0.06, done
+
+
+@pytest.mark.parametrize("slot_in", [99, 0, -1])
+def test_a_restored_session_with_no_valid_rider_slot_moves_no_slot(slot_in):
+    """A damaged journal's session names no slot of this cabinet: it ends power_loss, and no door
+    (slot 1's least of all) is unlocked or given a phase by it."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.cmd("start_swap", id_token="t")
+    rig.run(300)
+    j = saved(rig)
+    j["session"]["slot_in"] = slot_in
+    j["session"]["in_recorded"] = False
+    reboot(rig, j)
+    rig.run(1000)
+    ab = rig.of("SwapAborted")[-1]
+    assert ab["reason"] == "power_loss"
+    assert all(rig.core.lock_cmd) and rig.core.session is None
+    assert rig.core.slot_state(1)["state"] in ("ready", "charging"), rig.core.slot_state(1)

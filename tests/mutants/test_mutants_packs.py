@@ -37,7 +37,9 @@ def test_a_serial_retired_twice_while_away_is_announced_once():
     assert rig.cmd("retire", serial="X-1")["ok"]
     a = rig.cmd("retire", serial="X-1")
     assert a["ok"] and a["slot"] is None
-    assert [e["serial"] for e in rig.of("BatteryRetired")] == ["X-1"]
+    ev = rig.of("BatteryRetired")
+    assert [(e["serial"], e["reason"], e["slot"], e["battery"]) for e in ev] == [("X-1", "command", None, None)]
+    schemas.validate("event", dict(ev[0], seq=0))
     assert rig.core.retired.count(rig.core.retired[0]) == 1
 
 
@@ -87,3 +89,15 @@ def test_the_pack_being_handed_out_retired_while_its_door_is_open_ends_the_swap_
     for e in rig.events:
         schemas.validate("event", dict(e, seq=0))
     rig.run(1000)
+
+
+def test_the_energy_columns_ride_on_the_first_telemetry_and_then_exactly_every_tenth():
+    """Across the journal being asked for (past 50 Wh), the count of messages is kept: the
+    columns never come early, late or twice."""
+    rig = stocked_rig(full=0, half=2)
+    core = rig.core
+    carried = []
+    for i in range(45):
+        rig.run(6_000)  # about 1.7 Wh for the cabinet between two messages: 50 Wh every 30
+        carried.append("energy_wh" in core.telemetry())
+    assert [i for i, c in enumerate(carried) if c] == [0, 10, 20, 30, 40]
