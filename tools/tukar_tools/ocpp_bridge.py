@@ -196,7 +196,7 @@ class Cabinet:
         self.broker_up = False
         self.mode = None
         self.slots = {}  # slot number -> slot state
-        self.snapshot_due = False  # every EVSE's status is owed (the CSMS accepted a boot)
+        self.owed = set()  # EVSEs whose status is owed to the CSMS whatever it is (after a boot)
         self.lock = threading.RLock()
 
     def evses(self):
@@ -237,19 +237,23 @@ class Cabinet:
             self.wake()
 
     def report_statuses(self, force_unknown=False, again=False):
-        """Queue a StatusNotification for every EVSE whose status changed (all of them with
-        `again`). Nothing before the cabinet's status is known, unless the broker is lost."""
+        """Queue a StatusNotification for every EVSE whose status changed, and for every EVSE once
+        after `again` (the CSMS accepted a boot). Nothing before the cabinet's status is known and,
+        while it is online, nothing for a slot not heard of yet, unless the broker is lost."""
+        if again:
+            self.owed = set(self.evses())
         if self.status is None and not force_unknown:
-            self.snapshot_due = self.snapshot_due or again
             return
-        again, self.snapshot_due = again or self.snapshot_due, False
         online = self.broker_up and self.status == "online"
         known = self.queue.connectors(self.id)
         for evse in self.evses():
+            if online and evse not in self.slots:
+                continue  # its retained state is on its way: no Unavailable in between
             st = ocpp_map.connector_status(online, self.mode, self.slots.get(evse))
-            if again or known.get(evse) != st:
+            if evse in self.owed or known.get(evse) != st:
                 self.put("status-" + uuid.uuid4().hex, "StatusNotification",
                          ocpp_map.status_notification(evse, st), connector=(evse, st))
+                self.owed.discard(evse)
 
     def on_event(self, ev):
         kind, session = ev.get("type"), ev.get("session")
@@ -564,7 +568,11 @@ class Station:
             await asyncio.gather(*tasks, *link.tasks, return_exceptions=True)
 
     async def boot(self, link):
-        """BootNotification once per process, until the CSMS accepts it."""
+        """BootNotification once per process, until the CSMS accepts it; with the cabinet's info
+        (model, firmware) once it came from the broker, unless that takes too long."""
+        end = time.monotonic() + BROKER_GRACE_S
+        while self.cabinet.info is None and time.monotonic() < end:
+            await asyncio.sleep(0.1)
         while not self.booted:
             info = self.cabinet.info
             reason = ((info or {}).get("boot") or {}).get("reason")
