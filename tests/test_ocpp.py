@@ -587,6 +587,26 @@ def test_an_offline_cabinet_is_unavailable(fake, csms, bridges, tmp_path):
     wait_until(lambda: set(csms.statuses().values()) == {"Unavailable"}, 10, "all Unavailable")
 
 
+def test_an_idle_station_sends_heartbeats(fake, csms, bridges, tmp_path):
+    bridges(tmp_path, csms.url, fake.client.mqtt._port, fake.prefix, ("cab-1",), "--heartbeat", "1")
+    booted(csms)
+    wait_until(lambda: len(csms.calls("Heartbeat")) >= 2, 10, "two Heartbeats")
+
+
+@pytest.mark.parametrize("argv", [["--csms", "http://127.0.0.1:1/ocpp"],
+                                  ["--csms", "ws://127.0.0.1:1/ocpp", "--cert", "c.pem"],
+                                  ["--csms", "ws://127.0.0.1:1/ocpp", "--key", "not-hex"]])
+def test_bad_arguments_exit_2_before_connecting(argv, capsys):
+    import argparse
+
+    from tukar_tools import ocpp_bridge
+
+    p = argparse.ArgumentParser()
+    ocpp_bridge.add_arguments(p)
+    assert ocpp_bridge.run(p.parse_args(argv + ["--cabinet", "cab-1"])) == 2
+    assert "ocpp: " in capsys.readouterr().err
+
+
 def test_one_bridge_serves_several_cabinets_each_as_its_own_station(fake, csms, bridges, tmp_path):
     other = FakeCabinet(fake.client.mqtt._port, fake.prefix, cid="cab-2", slots=2)
     try:

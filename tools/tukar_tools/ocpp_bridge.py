@@ -29,11 +29,11 @@ import uuid
 from tukar_tools import mqttc, ocpp_map
 from tukar_tools.sign import KeyFormatError, command, parse_key, sign
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_USAGE, EXIT_QUEUE = 0, 2, 3
 SUBPROTOCOL = "ocpp2.1"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
 ACK_TIMEOUT_S = 10.0  # well inside a CSMS's usual 30 s response timeout
-RESPONSE_TIMEOUT_S = 30.0
+RESPONSE_TIMEOUT_S = 30
 BROKER_GRACE_S = 5.0  # no broker this long after start: the stations are reported unavailable
 DELIVERED_KEEP = 10000  # keys of answered messages kept per cabinet, for de-duplication
 HEARTBEAT_DEFAULT_S = 300
@@ -111,11 +111,6 @@ class Queue:
                             "ORDER BY n LIMIT 1", (cabinet,))
         return None if row is None else (row[0], row[1], row[2], json.loads(row[3]), row[4])
 
-    def pending(self, cabinet):
-        with self.lock:
-            return [(r[0], json.loads(r[1])) for r in self.db.execute(
-                "SELECT action, payload FROM outbox WHERE cabinet=? ORDER BY n", (cabinet,))]
-
     def done(self, cabinet, n, key):
         """The CSMS answered: remove the message, remember its key."""
         with self.lock:
@@ -125,12 +120,6 @@ class Queue:
             self.db.execute("DELETE FROM delivered WHERE cabinet=? AND n < ?",
                             (cabinet, n - DELIVERED_KEEP))
             self.db.execute("COMMIT")
-
-    def connector(self, cabinet, evse):
-        with self.lock:
-            row = self._one("SELECT status FROM connectors WHERE cabinet=? AND evse=?",
-                            (cabinet, evse))
-        return row[0] if row else None
 
     def connectors(self, cabinet):
         with self.lock:
@@ -287,13 +276,14 @@ class Mqtt:
     def __init__(self, host, port, prefix, cabinets, client_id, on_ack, tls_ca=None, user=None,
                  password=None):
         import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.host, self.port, self.prefix = host, port, prefix
         self.cabinets = cabinets  # id -> Cabinet
         self.on_ack = on_ack
         self.stopping = False
         self.up = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=paho.MQTTv311, clean_session=False)
         if user is not None:
             self.client.username_pw_set(user, password)
@@ -362,8 +352,15 @@ class Mqtt:
             return
         try:
             cab.on_message(kind, slot, data)
-        except (KeyError, TypeError, ocpp_map.SchemaError) as e:
+        except (KeyError, TypeError, ValueError) as e:  # ocpp_map.SchemaError is a ValueError
             say("%s: cannot map %s: %s" % (msg.topic, msg.payload[:200], e))
+        except sqlite3.Error as e:
+            # The queue cannot take it: end now, before paho acknowledges the message, so the
+            # broker delivers it again to the bridge that a supervisor restarts.
+            say("%s: the queue %s failed: %s; stopping" % (msg.topic, cab.queue.path, e))
+            os._exit(EXIT_QUEUE)
+        except Exception as e:  # paho's thread must live on (a bug here is logged, not fatal)
+            say("%s: %s: %s" % (msg.topic, type(e).__name__, e))
 
     def publish(self, topic, payload):
         return self.client.publish(topic, payload, qos=1)
@@ -454,7 +451,6 @@ class Station:
         self.pending = {}  # req_id -> future of the ack
         self.booted = False  # BootNotification accepted since this process started
         self.heartbeat = bridge.heartbeat
-        self.connected = asyncio.Event()
 
     # The CSMS's requests
 
@@ -551,7 +547,6 @@ class Station:
                 say("%s: CSMS connection: %s: %s; trying again in %.0f s"
                     % (self.cabinet.id, type(e).__name__, str(e).splitlines()[0] if str(e) else "",
                        delay))
-            self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -598,7 +593,6 @@ class Station:
         from ocpp.exceptions import OCPPError
 
         await self.boot(link)
-        self.connected.set()
         last = time.monotonic()
         while True:
             head = self.bridge.queue.head(self.cabinet.id)
@@ -725,6 +719,10 @@ def add_arguments(p):
                    help="SQLite file of the messages waiting for the CSMS (default %(default)s)")
     p.add_argument("--heartbeat", type=float,
                    help="seconds between Heartbeats (default: the CSMS's BootNotification interval)")
+    p.add_argument("--user", help="broker user name")
+    p.add_argument("--password", default=os.environ.get("TUKAR_BROKER_PASSWORD"),
+                   help="broker password (default $TUKAR_BROKER_PASSWORD)")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate of the broker: MQTT over TLS")
     p.add_argument("--client-id", help="MQTT client id (default: derived from prefix and cabinets; "
                                        "keep it stable, the broker keeps its session)")
 
@@ -760,7 +758,8 @@ def run(args):
             "in clear")
     bridge = Bridge(args.csms, host, port, args.prefix, cabinets, keys, passwords, args.queue,
                     heartbeat=args.heartbeat, ca=args.ca, cert=args.cert, key_pem=args.key_pem,
-                    client_id=args.client_id)
+                    client_id=args.client_id, broker_ca=args.tls_ca, broker_user=args.user,
+                    broker_password=args.password)
     say("bridging %s to %s (queue %s)" % (", ".join(cabinets), args.csms, args.queue))
 
     async def main():

@@ -14,6 +14,7 @@ import pathlib
 import re
 
 import jsonschema
+from jsonschema import validators
 import ocpp.v21
 
 SCHEMAS = pathlib.Path(ocpp.v21.__file__).parent / "schemas"
@@ -63,7 +64,7 @@ def validator(action: str, kind: str = "Request"):
     (draft-06), with date-time checked."""
     path = SCHEMAS / ("%s%s.json" % (action, kind))
     schema = json.loads(path.read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
+    cls = validators.validator_for(schema)
     return cls(schema, format_checker=FORMATS)
 
 
