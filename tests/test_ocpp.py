@@ -304,6 +304,7 @@ class FakeCabinet:
         self.id, self.slots, self.key = cid, slots, key
         self.commands = []
         self.refuse = {}  # cmd -> error code
+        self.noise = False  # an anonymous bad_signature ack (another sender's) before each ack
         self.n = 0
         self.client = mqttc.Client("127.0.0.1", port, name="fake-" + cid,
                                    subscriptions=[self.base + "cmd"])
@@ -336,6 +337,9 @@ class FakeCabinet:
             self.commands.append(body)
             err = self.refuse.get(body["cmd"])
             ack = {"req_id": body["req_id"], "ok": err is None, "error": err, "detail": ""}
+        if self.noise:
+            self.pub("ack", {"req_id": None, "ok": False, "error": "bad_signature", "detail": ""},
+                     wait=0)
         self.pub("ack", ack, wait=0)  # on paho's thread: do not wait for ourselves
 
     def event(self, type, **fields):
@@ -480,6 +484,15 @@ def test_a_request_signed_with_the_wrong_key_is_rejected(fake, csms, bridges, tm
     r = csms.request("cab-1", call.RequestBatterySwap(
         id_token={"id_token": "rider-1", "type": "Central"}, request_id=7))
     assert r.status == "Rejected" and r.status_info["reason_code"] == "bad_signature"
+
+
+def test_another_senders_bad_signature_does_not_answer_our_request(fake, csms, bridges, tmp_path):
+    bridges(tmp_path, csms.url, fake.client.mqtt._port, fake.prefix)
+    booted(csms)
+    fake.noise = True
+    r = csms.request("cab-1", call.RequestBatterySwap(
+        id_token={"id_token": "rider-1", "type": "Central"}, request_id=9))
+    assert r.status == "Accepted"
 
 
 def test_a_swap_request_the_cabinet_refuses_is_rejected_with_its_error(fake, csms, bridges,

@@ -33,6 +33,7 @@ EXIT_OK, EXIT_USAGE, EXIT_QUEUE = 0, 2, 3
 SUBPROTOCOL = "ocpp2.1"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
 ACK_TIMEOUT_S = 10.0  # well inside a CSMS's usual 30 s response timeout
+ANONYMOUS_ACK_WAIT_S = 1.0
 RESPONSE_TIMEOUT_S = 30
 BROKER_GRACE_S = 5.0  # no broker this long after start: the stations are reported unavailable
 DELIVERED_KEEP = 10000  # keys of answered messages kept per cabinet, for de-duplication
@@ -110,6 +111,13 @@ class Queue:
             row = self._one("SELECT n, key, action, payload, msg_id FROM outbox WHERE cabinet=? "
                             "ORDER BY n LIMIT 1", (cabinet,))
         return None if row is None else (row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+    def seen(self, cabinet, key):
+        """The key is queued, or was answered recently."""
+        with self.lock:
+            return bool(self._one("SELECT 1 FROM outbox WHERE cabinet=? AND key=? UNION ALL "
+                                  "SELECT 1 FROM delivered WHERE cabinet=? AND key=?",
+                                  (cabinet, key, cabinet, key)))
 
     def done(self, cabinet, n, key):
         """The CSMS answered: remove the message, remember its key."""
@@ -246,6 +254,8 @@ class Cabinet:
 
     def on_event(self, ev):
         kind, session = ev.get("type"), ev.get("session")
+        if self.queue.seen(self.id, ev.get("id")):
+            return  # a repeat of an event already queued or answered: no state changes either
         if kind == "Boot":
             self.put(ev["id"], "BootNotification",
                      ocpp_map.boot_notification(self.id, self.info, ev.get("reason")))
@@ -474,12 +484,15 @@ class Station:
 
     def ack(self, ack):
         """An ack from the cabinet (on the loop): the one we wait for, or one the cabinet could not
-        tie to a request (bad signature or JSON), which answers every command it waits for."""
+        tie to a request (bad signature or JSON). That may answer another sender's command, so it
+        answers ours only if ours gets no ack of its own within a second (as `tukar cmd` does)."""
         rid = ack.get("req_id")
         if rid is None:
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_result(ack)
+            def fallback(futures=list(self.pending.values())):
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(ack)
+            asyncio.get_running_loop().call_later(ANONYMOUS_ACK_WAIT_S, fallback)
         elif rid in self.pending and not self.pending[rid].done():
             self.pending[rid].set_result(ack)
 
