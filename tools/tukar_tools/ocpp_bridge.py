@@ -533,7 +533,7 @@ class Station:
             cred = base64.b64encode(("%s:%s" % (self.cabinet.id, self.password)).encode()).decode()
             headers["Authorization"] = "Basic " + cred
         kw = {"subprotocols": [SUBPROTOCOL], "additional_headers": headers, "open_timeout": 10,
-              "ping_interval": 20, "ping_timeout": 20}
+              "ping_interval": 20, "ping_timeout": 20, "close_timeout": 2}
         if b.csms.startswith("wss://"):
             ctx = ssl.create_default_context(cafile=b.ca) if b.ca else ssl.create_default_context()
             if b.cert:
@@ -679,7 +679,8 @@ class Bridge:
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # a stop is prompt: WebSockets get 2 s to close cleanly, the whole 5 s
+            await asyncio.wait(tasks, timeout=5)
             await asyncio.get_running_loop().run_in_executor(None, self.mqtt.stop)
             self.queue.close()
 
