@@ -12,6 +12,7 @@ SUBCOMMANDS = (
     ("monitor", "tukar_tools.monitor", "live view of every cabinet on a broker"),
     ("collect", "tukar_tools.collect", "store what the fleet publishes in the fleet database (SQLite or PostgreSQL)"),
     ("ha", "tukar_tools.ha", "announce every cabinet to Home Assistant (MQTT discovery), or --remove them"),
+    ("ocpp", "tukar_tools.ocpp_bridge", "bridge cabinets to a CSMS as OCPP 2.1 charging stations (WebSocket)"),
     ("cmd", "tukar_tools.cmdline", "sign and send one command, print its ack"),
     ("world", "tukar_tools.worldcmd", "act as a simulated cabinet's physical world (sim/cmd)"),
     ("state", "tukar_tools.statecmd", "print a cabinet's current state, or one field of it"),
