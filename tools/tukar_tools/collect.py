@@ -114,16 +114,7 @@ class Collector:
         kw = {} if v5 else {"clean_session": False}
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=paho.MQTTv5 if v5 else paho.MQTTv311, manual_ack=True, **kw)
-        if self.user is not None:
-            client.username_pw_set(self.user, self.password)
-        if self.tls_ca:
-            client.tls_set(ca_certs=self.tls_ca)
-        client.reconnect_delay_set(min_delay=1, max_delay=int(BACKOFF_MAX_S))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
+        return mqttc.wire(client, self, self.user, self.password, self.tls_ca, BACKOFF_MAX_S)
 
     def _connect_args(self):
         if self.protocol != "5":

@@ -104,3 +104,18 @@ class Client:
             self.mqtt.disconnect()
         finally:
             self.mqtt.loop_stop()
+
+
+def wire(client, owner, user=None, password=None, tls_ca=None, backoff_max_s=30.0):
+    """A long-running subscriber's paho client (collect, ha): its credentials, its TLS, its
+    reconnect backoff, and owner's _on_connect, _on_disconnect, _on_subscribe and _on_message."""
+    if user is not None:
+        client.username_pw_set(user, password)
+    if tls_ca:
+        client.tls_set(ca_certs=tls_ca)
+    client.reconnect_delay_set(min_delay=1, max_delay=int(backoff_max_s))
+    client.on_connect = owner._on_connect
+    client.on_disconnect = owner._on_disconnect
+    client.on_subscribe = owner._on_subscribe
+    client.on_message = owner._on_message
+    return client
