@@ -106,3 +106,23 @@ def test_the_boards_cabinet_ntc_shorted_is_not_taken_for_a_fire():
     assert c.core.mode == "in_service"
     assert [e["code"] for e in c.events_of("Fault")] == ["temp_sensor_short"]
     assert not c.charger_on(3)
+
+
+@pytest.mark.parametrize("status", [SENSOR_OPEN, SENSOR_SHORT])
+def test_the_cabinet_state_is_published_again_in_the_tick_the_sensor_breaks_and_mends(status):
+    """An idle cabinet (no charger to stop, no slot that changes): only the cabinet's own state
+    says the sensor broke, and it must go out in that tick, and again when it is mended."""
+    rig = stocked_rig(full=0, half=0)
+    core = rig.core
+    rig.run(500)
+    core.take_dirty()
+    rig.world.cab_sensor = status
+    rig.tick()
+    assert core.take_dirty() & 1
+    assert "cabinet_sensor" in core.cabinet_state()["alarms"]
+    rig.run(500)
+    core.take_dirty()
+    rig.world.cab_sensor = SENSOR_OK
+    rig.tick()
+    assert core.take_dirty() & 1
+    assert "cabinet_sensor" not in core.cabinet_state()["alarms"]

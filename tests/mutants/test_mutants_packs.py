@@ -101,3 +101,38 @@ def test_the_energy_columns_ride_on_the_first_telemetry_and_then_exactly_every_t
         rig.run(6_000)  # about 1.7 Wh for the cabinet between two messages: 50 Wh every 30
         carried.append("energy_wh" in core.telemetry())
     assert [i for i, c in enumerate(carried) if c] == [0, 10, 20, 30, 40]
+
+
+def test_a_stricter_policy_retires_the_pack_being_handed_out_behind_its_open_door_as_a_fault():
+    rig = stocked_rig(full=0, half=0)
+    for n in (1, 2, 3):
+        rig.world.place(n, Battery("F-%d" % n, soc=95, soh=80))
+    rig.run(3000)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    rig.run(300)
+    assert rig.world.open_door(out)
+    rig.run(100)
+    a = rig.cmd("set_config", retire_soh_min=85)
+    assert a["ok"], a
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["fault"], rig.types()
+    assert out in [e["slot"] for e in rig.of("BatteryRetired")]
+    for e in rig.events:
+        schemas.validate("event", dict(e, seq=0))
+
+
+def test_a_stricter_policy_leaves_a_quarantined_pack_to_its_release():
+    """A pack an operator holds is judged when it is released (identified again), not while held:
+    its quarantine reason stays the operator's."""
+    rig = stocked_rig(full=0, half=0, config={"retire_soh_min": 60})
+    rig.world.place(3, Battery("W-3", soc=90, soh=65))
+    rig.run(3000)
+    assert rig.cmd("quarantine", slot=3, reason="inspection")["ok"]
+    rig.run(200)
+    assert rig.cmd("set_config", retire_soh_min=70)["ok"]
+    rig.run(200)
+    assert rig.core.slot_state(3)["reason"] == "inspection" and not rig.of("BatteryRetired")
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("release", slot=3)["ok"]
+    rig.run(3000)
+    assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(3, "soh")]
