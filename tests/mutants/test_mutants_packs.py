@@ -2,7 +2,7 @@
 the command's refusal in words, a slot's new state published in the very next tick, a serial
 retired twice announced once, the journal asked for again after each 50 Wh drawn, and a pack
 retired behind the open dispense door."""
-from coreworld import Battery, insert_until_dispensing, stocked_rig
+from coreworld import Battery, insert_until_dispensing, rider_inserts, stocked_rig
 
 from tukar.states import J_COUNTERS
 from tukar_tools import schemas
@@ -136,3 +136,65 @@ def test_a_stricter_policy_leaves_a_quarantined_pack_to_its_release():
     assert rig.cmd("release", slot=3)["ok"]
     rig.run(3000)
     assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(3, "soh")]
+
+
+def test_the_third_bms_fault_of_a_full_pack_retires_it_at_once():
+    """No charge to stop (the pack is full), so nothing else looks at the policy: the fault
+    count itself must."""
+    rig = stocked_rig(full=0, half=0)
+    rig.world.place(2, Battery("F-2", soc=100))
+    rig.run(3000)
+    assert rig.core.charge_ma[1] == 0
+    b = rig.world.slots[1].battery
+    for _ in range(3):
+        b.faults = 1
+        rig.run(300)
+        b.faults = 0
+        rig.run(300)
+    assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(2, "bms_faults")]
+
+
+def test_a_rider_s_refused_pack_whose_bms_faults_come_and_go_is_given_back_never_retired():
+    """Faults count against packs the cabinet holds, not against a rider's pack it refused."""
+    rig = stocked_rig(full=3, half=0, config={"retire_bms_faults": 1})
+    rig.cmd("start_swap", id_token="t")
+    n = rider_inserts(rig, Battery("R-9", soc=10, temp=-15), wait_ms=4000)  # too cold
+    assert rig.of("BatteryRejected"), rig.types()
+    b = rig.world.slots[n - 1].battery
+    for _ in range(3):
+        b.faults = 1
+        rig.run(300)
+        b.faults = 0
+        rig.run(300)
+    assert rig.world.open_door(n)
+    rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(1000)
+    assert not rig.of("BatteryRetired") and not rig.core.is_retired("R-9")
+
+
+def test_a_rider_s_pack_given_back_after_battery_in_whose_bms_faults_come_and_go_is_never_retired():
+    """After BatteryIn the pack was the cabinet's; given back (nothing left to hand out) it is the
+    rider's again, and faults on it while they come for it count against nothing."""
+    rig = stocked_rig(slots=4, full=1, half=0, config={"retire_bms_faults": 1})
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    while not rig.of("BatteryIn"):
+        rig.tick()
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    rig.tick()
+    assert rig.core.session.phase == "rejected"
+    b = rig.world.slots[n - 1].battery
+    b.faults = 1
+    rig.run(300)
+    b.faults = 0
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.take(n).serial == "R-1"
+    rig.world.close_door(n)
+    rig.run(300)
+    assert not rig.of("BatteryRetired") and not rig.core.is_retired("R-1")
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
