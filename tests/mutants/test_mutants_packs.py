@@ -198,3 +198,74 @@ def test_a_rider_s_pack_given_back_after_battery_in_whose_bms_faults_come_and_go
     rig.run(300)
     assert not rig.of("BatteryRetired") and not rig.core.is_retired("R-1")
     assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
+
+
+# -- what the journal keeps of the packs, and a damaged journal ----------------------------------
+def _reboot(rig, journal):
+    from tukar.core import Core
+    for ws in rig.world.slots:
+        ws.locked = True
+        ws.lock_target = True
+    core = Core(rig.core.id, rig.core.n_slots, journal=journal, boot_reason="power_loss")
+    core.now = rig.now
+    rig.core = core
+    rig.world.core = core
+    rig.run(1000)
+    return core
+
+
+def _saved(rig):
+    import json
+    return json.loads(json.dumps(rig.core.journal()))
+
+
+def test_a_pack_s_fault_count_survives_a_power_cut_and_the_count_goes_on_from_it():
+    rig = stocked_rig(full=0, half=0)
+    rig.world.place(2, Battery("F-2", soc=100))
+    rig.run(3000)
+    b = rig.world.slots[1].battery
+    for _ in range(2):
+        b.faults = 1
+        rig.run(300)
+        b.faults = 0
+        rig.run(300)
+    assert not rig.of("BatteryRetired")
+    _reboot(rig, _saved(rig))
+    rig.events.clear()
+    b.faults = 1
+    rig.run(300)
+    assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(2, "bms_faults")]
+
+
+def test_damaged_energy_and_wear_entries_are_skipped_and_the_good_ones_kept():
+    rig = stocked_rig(full=0, half=0)
+    j = _saved(rig)
+    j["energy_wh"] = [5, -3, "x", True, None, 7.5, 9, 0, 1, 2, 3, 4, 99]  # one more than 12 slots
+    j["wear"] = [1, "2", -1, False, 258]
+    core = _reboot(rig, j)
+    assert [core.drawn_wh(i) for i in range(12)][:12] >= [5, 0, 0, 0, 0, 0, 9, 0, 1, 2, 3, 4]
+    assert core.drawn_wh(1) == 0 and core.drawn_wh(2) == 0 and core.drawn_wh(5) == 0
+    n = core.n_slots
+    assert core.ledger[4 * n:4 * n + 5] == [1, 0, 0, 0, 258]
+
+
+def test_a_damaged_retired_list_keeps_only_distinct_hashes_and_at_most_the_last_64():
+    rig = stocked_rig(full=0, half=0)
+    j = _saved(rig)
+    j["retired"] = list(range(1000, 1070)) + [1069, True, "x", None, 2.5]
+    core = _reboot(rig, j)
+    assert core.retired == list(range(1011, 1070))  # the last 64 entries, the bad and the repeated left out
+    j["retired"] = [7, 7, True, "x", 8]
+    core = _reboot(rig, j)
+    assert core.retired == [7, 8]
+
+
+def test_the_energy_handed_over_treats_an_unknown_or_impossible_soh_as_100_and_a_real_one_as_is():
+    core = stocked_rig(full=0, half=0).core
+    base = {"profile": "ref48v", "soc": 50}
+    full = core._handed_over(dict(base, soc=100), dict(base, soc=0))
+    assert full == round(30 * 48.3, 1)  # 30 Ah x 48.3 V
+    for soh in (None, "90", 0, -5, 101, True and "x"):
+        assert core._handed_over(dict(base, soc=100, soh=soh), dict(base, soc=0)) == full, soh
+    assert core._handed_over(dict(base, soc=100, soh=1), dict(base, soc=0)) == round(full / 100, 1)
+    assert core._handed_over(dict(base, soc=100, soh=50), dict(base, soc=0)) == round(full / 2, 1)
