@@ -269,3 +269,63 @@ def test_the_energy_handed_over_treats_an_unknown_or_impossible_soh_as_100_and_a
         assert core._handed_over(dict(base, soc=100, soh=soh), dict(base, soc=0)) == full, soh
     assert core._handed_over(dict(base, soc=100, soh=1), dict(base, soc=0)) == round(full / 100, 1)
     assert core._handed_over(dict(base, soc=100, soh=50), dict(base, soc=0)) == round(full / 2, 1)
+
+
+def test_bms_faults_on_a_pack_an_operator_holds_are_counted_and_judged_at_its_release():
+    rig = stocked_rig(full=0, half=0, config={"retire_bms_faults": 1})
+    rig.world.place(3, Battery("W-3", soc=100))
+    rig.run(3000)
+    assert rig.cmd("quarantine", slot=3, reason="inspection")["ok"]
+    rig.run(200)
+    b = rig.world.slots[2].battery
+    b.faults = 1
+    rig.run(300)
+    b.faults = 0
+    rig.run(300)
+    assert rig.core.slot_state(3)["reason"] == "inspection" and not rig.of("BatteryRetired")
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("release", slot=3)["ok"]
+    rig.run(3000)
+    assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(3, "bms_faults")]
+
+
+def test_a_bms_fault_that_retires_the_pack_being_handed_out_behind_its_open_door_ends_the_swap():
+    rig = stocked_rig(full=0, half=0, config={"retire_bms_faults": 1})
+    for n in (1, 2, 3):
+        rig.world.place(n, Battery("F-%d" % n, soc=95))
+    rig.run(3000)
+    rig.cmd("start_swap", id_token="t")
+    out = insert_until_dispensing(rig, Battery("R-1", soc=10))
+    rig.run(300)
+    assert rig.world.open_door(out)
+    rig.run(100)
+    rig.world.slots[out - 1].battery.faults = 1
+    rig.run(300)
+    assert out in [e["slot"] for e in rig.of("BatteryRetired")], rig.types()
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["fault"], rig.types()
+    for e in rig.events:
+        schemas.validate("event", dict(e, seq=0))
+
+
+def test_retiring_the_serial_of_a_rider_s_pack_not_yet_taken_in_refuses_it_and_gives_it_back():
+    rig = stocked_rig(full=3, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-5", soc=10))
+    rig.world.close_door(n)
+    for _ in range(200):
+        rig.tick()
+        s = rig.core.slots[n - 1]
+        if s.serial == "R-5" or rig.of("BatteryIn"):
+            break
+        a = rig.cmd("retire", serial="R-5")
+        assert a["ok"] and a["slot"] is None, a
+    rig.run(2000)
+    assert not rig.of("BatteryIn")
+    assert [e["reason"] for e in rig.of("BatteryRejected")] == ["retired"], rig.types()
+    assert rig.world.open_door(n) and rig.world.take(n).serial == "R-5"
+    rig.world.close_door(n)
+    rig.run(500)
+    assert rig.core.session is None and not rig.of("Quarantined")
