@@ -54,6 +54,7 @@ def _report(db, out):
 
 
 @pytest.mark.flaky(reruns=1)  # real time: a sped-up simulation on a loaded machine
+@pytest.mark.timeout(REAL_S + 600)  # the run, the collectors' drain and the two reports
 def test_a_sped_up_morning_peak_is_collected_into_both_databases_and_reported_as_simulated(
         mqtt_broker, postgres_url, tmp_path):  # noqa: F811
     prefix = "fleet%d" % (os.getpid() % 100000)
