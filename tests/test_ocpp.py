@@ -3,13 +3,13 @@ WebSocket, with real Mosquitto: the bridge in its own process, the cabinet eithe
 scripted cabinet on MQTT (it signs nothing, it checks the signatures and acks as the gate does).
 Every frame that crosses the WebSocket, both ways, is validated against the OCPP 2.1 JSON schema
 files with jsonschema here, independently of the package's and the bridge's own checks."""
-import os
 import asyncio
 import base64
 import datetime
 import hmac
 import http
 import json
+import os
 import pathlib
 import re
 import shutil
