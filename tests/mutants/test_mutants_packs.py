@@ -329,3 +329,118 @@ def test_retiring_the_serial_of_a_rider_s_pack_not_yet_taken_in_refuses_it_and_g
     rig.world.close_door(n)
     rig.run(500)
     assert rig.core.session is None and not rig.of("Quarantined")
+
+
+# -- the energy ledger, slot by slot and charge after charge --------------------------------------
+def _charge_to_full(rig, n, serial, soc=98):
+    """A pack placed in slot n charges until full; its ChargeStopped, and the in-progress mWh
+    the ledger held in the tick before it."""
+    before = len(rig.of("ChargeStopped"))
+    rig.world.place(n, Battery(serial, soc=soc))
+    last = 0
+    for _ in range(40_000):
+        rig.tick()
+        stops = [e for e in rig.of("ChargeStopped")[before:] if e["slot"] == n]
+        if stops:
+            return stops[-1], last
+        last = rig.core.ledger[n - 1]
+    raise AssertionError("no ChargeStopped in slot %d" % n)
+
+
+def test_each_slot_s_energy_adds_up_charge_after_charge_to_the_milliwatt_hour():
+    rig = stocked_rig(full=0, half=0)
+    core = rig.core
+    totals = {}
+    for n, soc in ((3, 97), (7, 96), (3, 95), (12, 97)):
+        if n in totals:  # the pack before has gone: a new one in the same slot
+            rig.world.take(n)
+            rig.run(1000)
+        stop, last = _charge_to_full(rig, n, "E-%d-%d" % (n, soc), soc)
+        assert stop["reason"] == "full"
+        mwh = round(stop["energy_wh"] * 1000)
+        # the charge's energy as the ledger counted it: the tick before, and that tick's share
+        assert last <= mwh <= last + 10, (stop, last)
+        totals[n] = totals.get(n, 0) + mwh
+        assert core.ledger[n - 1] == 0  # no charge in progress
+    for n in range(1, 13):
+        assert core.drawn_wh(n - 1) == totals.get(n, 0) // 1000, (n, totals)
+    assert core.telemetry()["energy_wh_total"] == sum(core.drawn_wh(i) for i in range(12))
+
+
+def test_a_slot_s_energy_counts_the_charge_in_progress_with_what_came_before():
+    rig = stocked_rig(full=0, half=0)
+    core = rig.core
+    stop, _ = _charge_to_full(rig, 5, "A-5", 97)
+    first = round(stop["energy_wh"] * 1000)
+    rig.world.take(5)
+    rig.run(1000)
+    rig.world.place(5, Battery("B-5", soc=60))
+    rig.run(120_000)
+    now = core.ledger[4]
+    assert now > 0
+    assert core.drawn_wh(4) == (first + now) // 1000
+
+
+def test_a_new_pack_in_a_slot_starts_with_no_faults_of_the_pack_before_it():
+    rig = stocked_rig(full=0, half=0)
+    for n in (1, 2, 3):
+        rig.world.place(n, Battery("O-%d" % n, soc=100))
+    rig.run(3000)
+    for n in (1, 2, 3):  # two faults each: one short of the default three
+        b = rig.world.slots[n - 1].battery
+        for _ in range(2):
+            b.faults = 1
+            rig.run(300)
+            b.faults = 0
+            rig.run(300)
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    for n in (1, 2, 3):
+        assert rig.cmd("open_slot", slot=n)["ok"]
+    rig.run(400)
+    for n in (1, 2, 3):
+        assert rig.world.open_door(n)
+    rig.run(200)
+    for n in (1, 2, 3):
+        rig.world.take(n)
+        rig.world.insert(n, Battery("N-%d" % n, soc=100))
+        rig.world.close_door(n)
+    rig.run(3000)
+    a = rig.cmd("set_mode", mode="in_service")
+    assert a["ok"], (a, [rig.core.slot_state(n)["state"] for n in (1, 2, 3)])
+    for n in (1, 2, 3):  # two faults of their own: still one short
+        b = rig.world.slots[n - 1].battery
+        for _ in range(2):
+            b.faults = 1
+            rig.run(300)
+            b.faults = 0
+            rig.run(300)
+    assert not rig.of("BatteryRetired"), [e for e in rig.of("BatteryRetired")]
+
+
+def test_a_pack_leaving_one_slot_leaves_the_fault_count_of_every_other_pack_alone():
+    rig = stocked_rig(full=0, half=0)
+    for n in (1, 2, 3, 4, 5):
+        rig.world.place(n, Battery("K-%d" % n, soc=100))
+    rig.run(3000)
+    for n in (2, 3, 4, 5):  # two faults each, one short of the default three
+        b = rig.world.slots[n - 1].battery
+        for _ in range(2):
+            b.faults = 1
+            rig.run(300)
+            b.faults = 0
+            rig.run(300)
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("open_slot", slot=3)["ok"]
+    rig.run(400)
+    assert rig.world.open_door(3)
+    rig.run(200)
+    rig.world.take(3)
+    rig.world.close_door(3)
+    rig.run(1000)
+    for n in (2, 4, 5):  # the third fault of each pack that stayed retires it
+        b = rig.world.slots[n - 1].battery
+        b.faults = 1
+        rig.run(300)
+        b.faults = 0
+        rig.run(300)
+    assert sorted(e["slot"] for e in rig.of("BatteryRetired")) == [2, 4, 5]
