@@ -444,3 +444,32 @@ def test_a_pack_leaving_one_slot_leaves_the_fault_count_of_every_other_pack_alon
         b.faults = 0
         rig.run(300)
     assert sorted(e["slot"] for e in rig.of("BatteryRetired")) == [2, 4, 5]
+
+
+def test_a_rider_s_pack_given_back_before_battery_in_is_not_held_when_its_serial_is_retired():
+    """Good, but nothing left to hand out: the rider's pack goes back with no BatteryIn, its slot
+    naming it meanwhile. Retiring that serial then must not keep the rider's pack: it is
+    remembered (refused if it ever comes back), and the rider still takes it home."""
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    rig.world.open_door(n)
+    rig.world.insert(n, Battery("R-7", soc=20))
+    rig.world.close_door(n)
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
+    for _ in range(100):
+        rig.tick()
+        if rig.core.session is None or rig.core.session.phase == "rejected":
+            break
+    assert rig.core.session.phase == "rejected" and not rig.of("BatteryIn"), rig.types()
+    assert rig.core.slots[n - 1].serial == "R-7"
+    a = rig.cmd("retire", serial="R-7")
+    assert a["ok"] and a["slot"] is None, a
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.take(n).serial == "R-7"
+    rig.world.close_door(n)
+    rig.run(300)
+    assert rig.core.session is None and rig.core.is_retired("R-7")
+    assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
+    assert not [e for e in rig.of("Quarantined") if e["slot"] == n]
