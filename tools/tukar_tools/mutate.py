@@ -13,7 +13,8 @@ runs every test its function's coverage lists (minutes for a core function). `--
 instead runs just the given tests against each survivor (and each mutant mutmut found no test for
 or has not run yet: one these tests do not kill stays undecided, not survived),
 the way mutmut does (the tests imported once, then one fork per mutant), and keeps what it finds
-in build/mutate/retest.json: the report counts a survivor those tests kill as killed, and says so.
+in build/mutate/retest.json, after each verdict (an interrupted retest keeps what it found): the
+report counts a survivor those tests kill as killed, and says so.
 The results name the mutated tree they were found on; a new `make mutate` run supersedes them.
 
 Usage: python -m tukar_tools.mutate [--max-children N] [--fresh] [--survivors] [mutant names...]
@@ -166,19 +167,30 @@ def retest(cfg, tests, max_children=2, only=()):
     env.pop("PYTHONPATH", None)
     args = json.dumps(cfg["pytest_add_cli_args"] + ["-q", "-x", "-p", "no:randomly"] + list(tests))
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", _FORKER, args, str(max_children)],
-                         input="\n".join(names), capture_output=True, text=True, cwd=ROOT, env=env)
+    before = _retested()
     killed = {}
-    for line in out.stdout.splitlines():
-        verdict, _, name = line.partition(" ")
+
+    def keep():  # after every verdict: an interrupted retest keeps what it found
+        RETEST.write_text(json.dumps({"tree_mtime": tree.stat().st_mtime,
+                                      "killed": dict(before, **killed)}, indent=1))
+
+    err = open(STAGE / "retest.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", _FORKER, args, str(max_children)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                            cwd=ROOT, env=env)
+    proc.stdin.write("\n".join(names))
+    proc.stdin.close()
+    for line in proc.stdout:
+        verdict, _, name = line.strip().partition(" ")
         if verdict in ("KILLED", "SURVIVED"):
             killed[name] = verdict == "KILLED"
-    if out.returncode != 0 or len(killed) != len(names):
-        sys.stderr.write(out.stderr[-2000:])
+            keep()
+            print("%s %s (%d of %d)" % (verdict, name, len(killed), len(names)), flush=True)
+    rc = proc.wait()
+    err.close()
+    if rc != 0 or len(killed) != len(names):
+        sys.stderr.write((STAGE / "retest.log").read_text()[-2000:])
         raise SystemExit("tukar mutate --retest: the tests did not run cleanly without a mutant")
-    before = _retested()
-    before.update(killed)
-    RETEST.write_text(json.dumps({"tree_mtime": tree.stat().st_mtime, "killed": before}, indent=1))
     print("retested %d mutants against %s in %.0f s: %d killed"
           % (len(names), " ".join(tests), time.monotonic() - t0, sum(killed.values())))
 
