@@ -8,6 +8,16 @@ from tukar.states import J_COUNTERS
 from tukar_tools import schemas
 
 
+def flicker_faults(rig, n, times=1):
+    """The BMS of the pack in slot n raises a fault flag and drops it again, `times` times."""
+    b = rig.world.slots[n - 1].battery
+    for _ in range(times):
+        b.faults = 1
+        rig.run(300)
+        b.faults = 0
+        rig.run(300)
+
+
 def test_retire_without_a_usable_serial_says_what_a_serial_must_be():
     rig = stocked_rig()
     for bad in ({}, {"serial": ""}, {"serial": 7}, {"serial": "x" * 65}):
@@ -145,12 +155,7 @@ def test_the_third_bms_fault_of_a_full_pack_retires_it_at_once():
     rig.world.place(2, Battery("F-2", soc=100))
     rig.run(3000)
     assert rig.core.charge_ma[1] == 0
-    b = rig.world.slots[1].battery
-    for _ in range(3):
-        b.faults = 1
-        rig.run(300)
-        b.faults = 0
-        rig.run(300)
+    flicker_faults(rig, 2, 3)
     assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(2, "bms_faults")]
 
 
@@ -160,12 +165,7 @@ def test_a_rider_s_refused_pack_whose_bms_faults_come_and_go_is_given_back_never
     rig.cmd("start_swap", id_token="t")
     n = rider_inserts(rig, Battery("R-9", soc=10, temp=-15), wait_ms=4000)  # too cold
     assert rig.of("BatteryRejected"), rig.types()
-    b = rig.world.slots[n - 1].battery
-    for _ in range(3):
-        b.faults = 1
-        rig.run(300)
-        b.faults = 0
-        rig.run(300)
+    flicker_faults(rig, n, 3)
     assert rig.world.open_door(n)
     rig.world.take(n)
     rig.world.close_door(n)
@@ -188,11 +188,7 @@ def test_a_rider_s_pack_given_back_after_battery_in_whose_bms_faults_come_and_go
     assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]  # the only full pack
     rig.tick()
     assert rig.core.session.phase == "rejected"
-    b = rig.world.slots[n - 1].battery
-    b.faults = 1
-    rig.run(300)
-    b.faults = 0
-    rig.run(300)
+    flicker_faults(rig, n)
     assert rig.world.open_door(n) and rig.world.take(n).serial == "R-1"
     rig.world.close_door(n)
     rig.run(300)
@@ -223,16 +219,11 @@ def test_a_pack_s_fault_count_survives_a_power_cut_and_the_count_goes_on_from_it
     rig = stocked_rig(full=0, half=0)
     rig.world.place(2, Battery("F-2", soc=100))
     rig.run(3000)
-    b = rig.world.slots[1].battery
-    for _ in range(2):
-        b.faults = 1
-        rig.run(300)
-        b.faults = 0
-        rig.run(300)
+    flicker_faults(rig, 2, 2)
     assert not rig.of("BatteryRetired")
     _reboot(rig, _saved(rig))
     rig.events.clear()
-    b.faults = 1
+    rig.world.slots[1].battery.faults = 1
     rig.run(300)
     assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(2, "bms_faults")]
 
@@ -277,11 +268,7 @@ def test_bms_faults_on_a_pack_an_operator_holds_are_counted_and_judged_at_its_re
     rig.run(3000)
     assert rig.cmd("quarantine", slot=3, reason="inspection")["ok"]
     rig.run(200)
-    b = rig.world.slots[2].battery
-    b.faults = 1
-    rig.run(300)
-    b.faults = 0
-    rig.run(300)
+    flicker_faults(rig, 3)
     assert rig.core.slot_state(3)["reason"] == "inspection" and not rig.of("BatteryRetired")
     assert rig.cmd("set_mode", mode="maintenance")["ok"]
     assert rig.cmd("release", slot=3)["ok"]
@@ -387,12 +374,7 @@ def test_a_new_pack_in_a_slot_starts_with_no_faults_of_the_pack_before_it():
         rig.world.place(n, Battery("O-%d" % n, soc=100))
     rig.run(3000)
     for n in (1, 2, 3):  # two faults each: one short of the default three
-        b = rig.world.slots[n - 1].battery
-        for _ in range(2):
-            b.faults = 1
-            rig.run(300)
-            b.faults = 0
-            rig.run(300)
+        flicker_faults(rig, n, 2)
     assert rig.cmd("set_mode", mode="maintenance")["ok"]
     for n in (1, 2, 3):
         assert rig.cmd("open_slot", slot=n)["ok"]
@@ -408,12 +390,7 @@ def test_a_new_pack_in_a_slot_starts_with_no_faults_of_the_pack_before_it():
     a = rig.cmd("set_mode", mode="in_service")
     assert a["ok"], (a, [rig.core.slot_state(n)["state"] for n in (1, 2, 3)])
     for n in (1, 2, 3):  # two faults of their own: still one short
-        b = rig.world.slots[n - 1].battery
-        for _ in range(2):
-            b.faults = 1
-            rig.run(300)
-            b.faults = 0
-            rig.run(300)
+        flicker_faults(rig, n, 2)
     assert not rig.of("BatteryRetired"), [e for e in rig.of("BatteryRetired")]
 
 
@@ -423,12 +400,7 @@ def test_a_pack_leaving_one_slot_leaves_the_fault_count_of_every_other_pack_alon
         rig.world.place(n, Battery("K-%d" % n, soc=100))
     rig.run(3000)
     for n in (2, 3, 4, 5):  # two faults each, one short of the default three
-        b = rig.world.slots[n - 1].battery
-        for _ in range(2):
-            b.faults = 1
-            rig.run(300)
-            b.faults = 0
-            rig.run(300)
+        flicker_faults(rig, n, 2)
     assert rig.cmd("set_mode", mode="maintenance")["ok"]
     assert rig.cmd("open_slot", slot=3)["ok"]
     rig.run(400)
@@ -438,11 +410,7 @@ def test_a_pack_leaving_one_slot_leaves_the_fault_count_of_every_other_pack_alon
     rig.world.close_door(3)
     rig.run(1000)
     for n in (2, 4, 5):  # the third fault of each pack that stayed retires it
-        b = rig.world.slots[n - 1].battery
-        b.faults = 1
-        rig.run(300)
-        b.faults = 0
-        rig.run(300)
+        flicker_faults(rig, n)
     assert sorted(e["slot"] for e in rig.of("BatteryRetired")) == [2, 4, 5]
 
 
