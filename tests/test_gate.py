@@ -40,8 +40,12 @@ def error_of(result):
 
 # --- acks -----------------------------------------------------------------------------
 
-def test_error_codes_are_exactly_the_fourteen_of_the_contract():
-    assert set(errors.ALL) == SPEC_CODES and len(errors.ALL) == 14
+# The `ota` command's refusals, added to the contract's list (docs/ota.md, docs/mqtt.md).
+OTA_CODES = {"wrong_target", "image_too_large", "not_newer"}
+
+
+def test_error_codes_are_exactly_the_fourteen_of_the_contract_and_the_three_of_ota():
+    assert set(errors.ALL) == SPEC_CODES | OTA_CODES and len(errors.ALL) == 17
 
 
 def test_make_ack_has_exactly_the_contract_keys():

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import sys
 
-from tukar import FW_VERSION
+import tukar
 from tukar.clock import asleep_ms, ticks_ms, wait_for_ms, wrap_add, wrap_diff
 from tukar.core import Core
 from tukar.gate import Gate
@@ -38,13 +38,15 @@ def print_trace(name, e):
 
 class App:
     def __init__(self, cfg, board, cycle_class, client_class, store_root, key, profiles,
-                 boot_reason="power_on", wall=None, wdt=None, board_name="", info_extra=None):
+                 boot_reason="power_on", wall=None, wdt=None, board_name="", info_extra=None,
+                 esp32=None):
         # Rule 9: outputs safe before anything else, then the journal, then buses, then network.
         self.board = board
         board.safe_outputs()
         self.store = Store(store_root)
         saved = self.store.load("state") or {}
         journal = saved.get("journal") if isinstance(saved, dict) else None
+        self.journal_ok = self.store.errors == 0  # a state file that did not parse: not ok
         self.core = Core(cfg["id"], cfg["slots"], profiles=profiles, config=cfg.get("core"),
                          journal=journal if isinstance(journal, dict) else None,
                          boot_reason=boot_reason)
@@ -80,10 +82,17 @@ class App:
         self.lag_hist = [0] * len(LAG_BUCKETS_MS)  # ticks late by less than each bound (the last: more)
         self.ticks = 0
         self.can_ghosts = 0  # CAN interrupts whose INT line was not low: ghost edges, ignored
+        # Firmware updates (tukar.ota, imported only while one runs or reports): the `esp32`
+        # module (None: a build without OTA partitions) and the update or self-test running.
+        self.esp32 = esp32
+        self.ota = None
+        if "ota.json" in self.store.names():  # an update's record: it reports how it ended
+            from tukar.ota import after_boot
+            self.ota = after_boot(self, self.store.load("ota"))
 
     # -- what the link publishes at every connect ----------------------------------------
     def info(self):
-        d = {"id": self.core.id, "fw": FW_VERSION, "board": "",
+        d = {"id": self.core.id, "fw": tukar.FW_VERSION, "board": "",
              "slots": self.core.n_slots, "profiles": sorted(self.core.profiles),
              "boot": {"reason": self.core.boot_reason, "count": self.core.boot},
              "time_synced": self._wall() is not None}
@@ -103,7 +112,7 @@ class App:
         for payload, retained in link.take_commands():
             body, ack = self.gate.admit(payload, retained, now, self._wall())
             if body is not None:
-                ack = core.command(body)
+                ack = self._command(body)
                 self.gate.remember(body.get("req_id"), ack)
             if ack is not None:
                 if acks is None:
@@ -111,6 +120,8 @@ class App:
                 acks.append(ack)
         self.cycle.step(now, self._wall())
         self.ticks += 1
+        if self.ota is not None:
+            self.ota.tick(self, now)
         if acks is not None:
             # An ack tells the back end the command took effect (a session it names, a mode): what
             # the command changed goes to flash before the ack can be published, or a power cut in
@@ -131,7 +142,8 @@ class App:
             core.take_events(self.outbox.add_event)
         # Swap events are never dropped; rather than let the outbox grow without end, no new
         # swap starts while it is full (a long broker outage).
-        core.hold("event outbox full (broker unreachable)" if self.outbox.saturated else None)
+        core.hold("event outbox full (broker unreachable)" if self.outbox.saturated else
+                  "firmware update running" if self.ota is not None and self.ota.busy else None)
         if core.take_rebirth():
             link.request_rebirth()
         core.connected(link.bdseq)  # a new connection: bdseq persisted, every state published afresh
@@ -157,6 +169,18 @@ class App:
             self.persist_now.set()
         if core.reboot and self.stopping is None:
             self.stopping = "command"
+
+    def _command(self, body):
+        """The core executes a command, except `ota` and, while an update runs, what would open a
+        door or start swaps: tukar.ota answers those."""
+        name = body.get("cmd")
+        u = self.ota
+        if name == "ota" or u is not None and u.busy and (
+                name in ("start_swap", "open_slot") or name == "set_mode"
+                and body.get("mode") == "in_service"):
+            from tukar.ota import shell_command
+            return shell_command(self, body)
+        return self.core.command(body)
 
     async def control(self):
         period = self.core.cfg["tick_ms"]
@@ -293,6 +317,8 @@ class App:
                 if n == seen.get(name, -1):
                     alive = False
                 seen[name] = n
+            if self.ota is not None and self.ota.starve:
+                alive = False  # a new image that failed its self-test: the reset rolls it back
             if alive and self.wdt is not None:
                 self.wdt.feed()  # only on evidence that every critical task moved
             if not self.link.running and self.stopping is None:

@@ -25,6 +25,8 @@ FIXED = {
     "bms_fresh_ms": (200, 2000, 2000),
     "bms_lost_ms": (1000, 30000, 5000),
     "cabinet_charge_max_c": (30, 55, 55),
+    # A new firmware image must pass its self-test within this time, or it is rolled back.
+    "ota_selftest_s": (30, 900, 120),
 }
 
 # Numbers fixed by the safety rules (cabinet.md), not configurable.

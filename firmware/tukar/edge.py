@@ -71,6 +71,10 @@ class Edge:
         self.jdirty = 0
         return j
 
+    def report(self, etype, fields):
+        """An event the shell has to tell (a firmware update's): emitted as the core's own are."""
+        return self._emit(etype, fields)
+
     def report_fault(self, code, severity, cleared=False):
         """A cabinet-level fault found by the shell (a task that crashed, flash that fails)."""
         self._emit("FaultCleared" if cleared else "Fault",

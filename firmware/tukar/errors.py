@@ -13,11 +13,15 @@ SLOT_RANGE = "slot_range"
 EMERGENCY = "emergency"
 RATE_LIMITED = "rate_limited"
 NOT_ALLOWED = "not_allowed"
+# Refusals of the `ota` command (docs/ota.md), additions to the contract's list.
+WRONG_TARGET = "wrong_target"
+IMAGE_TOO_LARGE = "image_too_large"
+NOT_NEWER = "not_newer"
 
 ALL = (
     BAD_JSON, BAD_SIGNATURE, STALE, UNKNOWN_CMD, BAD_ARGS, BUSY, WRONG_MODE,
     NOT_IN_SERVICE, NO_BATTERY_AVAILABLE, NO_EMPTY_SLOT, SLOT_RANGE, EMERGENCY,
-    RATE_LIMITED, NOT_ALLOWED,
+    RATE_LIMITED, NOT_ALLOWED, WRONG_TARGET, IMAGE_TOO_LARGE, NOT_NEWER,
 )
 
 

@@ -4,6 +4,7 @@
 # the boot runs it: tukar.device unloads it once the application is built.
 import json
 import os
+import sys
 
 from tukar.device import (CRASH_FILE, CRASH_MAX, ESCAPE_FILE, RESET_FILE, STATE_DIR, Cabinet, Setup,
                           _say)
@@ -24,7 +25,7 @@ GC_EVERY = 4096
 
 # machine.reset_cause() -> the Boot event's reason. The ESP32 port reports a brown-out and the EN
 # button as PWRON_RESET, and both machine.reset() and a panic as HARD_RESET: the note the firmware
-# writes before it resets tells them apart ("reboot" or "crash"; no note: "panic").
+# writes before it resets tells them apart ("reboot", "update" or "crash"; no note: "panic").
 # BROWNOUT_RESET exists on other ports only.
 _CAUSES = (("PWRON_RESET", "power_on"), ("WDT_RESET", "watchdog"), ("SOFT_RESET", "soft"),
            ("BROWNOUT_RESET", "brownout"), ("DEEPSLEEP_RESET", "deep_sleep"))
@@ -42,7 +43,7 @@ def boot_reason(machine, root=""):
     if getattr(machine, "HARD_RESET", None) == cause:
         if note is None:
             return "panic"  # nobody in Python asked for it: a fatal error below the interpreter
-        return "reboot" if note == "command" else "crash"
+        return "reboot" if note == "command" else "update" if note == "ota" else "crash"
     for name, reason in _CAUSES:
         if getattr(machine, name, None) == cause:
             return reason
@@ -153,7 +154,7 @@ def last_crash(root=""):
 
 
 def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_class=None,
-         client_class=None, net_class=None):
+         client_class=None, net_class=None, esp32=None):
     """Everything up to the running application, in rule 9's order, the watchdog armed last.
     Returns a Cabinet, or the reason to stay in the REPL: "no_board", "escape" or "no_setup".
     A construction that raised is in Cabinet.app (finish() records it and resets)."""
@@ -194,13 +195,18 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
             from umqtt.simple import MQTTClient as client_class  # type: ignore[no-redef]
         if net_class is None:
             from tukar.net import Net as net_class  # type: ignore[no-redef]
+        if esp32 is None and sys.implementation.name == "micropython":
+            try:
+                import esp32  # type: ignore[no-redef]  (the OTA partitions; absent off the ESP32)
+            except ImportError:
+                esp32 = None
         ntp = setup.ntp
         net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
                         report=report, ntp_host=ntp.get("host"), resync_s=ntp.get("resync_s", 21600),
                         hostname=setup.app_cfg["id"])
         app = app_class(setup.app_cfg, board, cycle_class, client_class, root + STATE_DIR, setup.key,
                         profiles, boot_reason=reason, wall=net.wall, wdt=None, board_name=board.name,
-                        info_extra=report)
+                        info_extra=report, esp32=esp32)
     except Exception as e:
         return Cabinet(board, setup, None, None, e)  # finish() records it and resets
     # Armed only now: construction (imports, the journal, the board) may take longer than the

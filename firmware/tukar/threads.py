@@ -10,6 +10,7 @@ from micropython import const
 LINK_STACK = const(8192)  # umqtt over plain TCP: connect, publish, and the JSON of a birth
 LINK_STACK_TLS = const(16384)  # the TLS handshake's frames on top of that
 NTP_STACK = const(4096)  # one DNS lookup and one UDP exchange
+OTA_STACK = const(8192)  # a firmware download: DNS, HTTP over a socket, hashing, flash writes
 
 
 def spawn(fn, stack):

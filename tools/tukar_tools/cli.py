@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     ("ha", "tukar_tools.ha", "announce every cabinet to Home Assistant (MQTT discovery), or --remove them"),
     ("ocpp", "tukar_tools.ocpp_bridge", "bridge cabinets to a CSMS as OCPP 2.1 charging stations (WebSocket)"),
     ("cmd", "tukar_tools.cmdline", "sign and send one command, print its ack"),
+    ("ota", "tukar_tools.ota", "update a cabinet's firmware over the air: serve the image, send the signed command, follow it"),
     ("world", "tukar_tools.worldcmd", "act as a simulated cabinet's physical world (sim/cmd)"),
     ("state", "tukar_tools.statecmd", "print a cabinet's current state, or one field of it"),
     ("flash", "tukar_tools.flash", "write a MicroPython image to an ESP32 (esptool)"),

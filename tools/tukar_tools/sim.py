@@ -23,9 +23,11 @@ from tukar_tools.sign import parse_key
 
 import hosttime  # noqa: E402  (the shim's clock; rig put the shim on sys.path)
 import machine  # noqa: E402
+import tukar  # noqa: E402
 from tukar import device  # noqa: E402
 from tukar.app import App  # noqa: E402
 from tukar.net import Net  # noqa: E402
+from tukar_tools.shim import esp32 as shim_esp32  # noqa: E402
 from tukar_tools.shim import hw as shim_hw  # noqa: E402
 from umqtt.simple import MQTTClient  # noqa: E402  (the shim's)
 
@@ -40,6 +42,9 @@ DEFAULT_STATE_DIR = ".tukar-sim"
 RUNTIMES = ("cpython", "micropython")
 WORLD_FILE = "world.json"
 BOOT_HANG_S = 30  # a MicroPython cabinet that has not armed its watchdog by then is reported hung
+# The firmware in this process is the version the cabinet was flashed with (ota_0's image); after
+# an update the simulator runs the same code as the version the booted image's header names.
+FACTORY_VERSION = tukar.FW_VERSION
 
 
 def board_for(slots):
@@ -64,13 +69,14 @@ class NetworkFault:
 
     def __init__(self):
         self.down = False
+        self.image_fault = False  # the running image cannot reach the broker (a bad image's test)
 
     def client_class(self):
         net = self
 
         class Client(MQTTClient):
             def connect(self, *a, **k):
-                if net.down:
+                if net.down or net.image_fault:
                     raise OSError(113, "EHOSTUNREACH (simulated network fault)")
                 return super().connect(*a, **k)
         return Client
@@ -106,6 +112,8 @@ class CPythonFirmware:
         self.net = NetworkFault()
         self.network = _load_module("network")
         self.ntptime = _load_module("ntptime")
+        self.esp32 = shim_esp32.Module(cab.flash + os.sep)
+        self.image = None  # the header of the image the bootloader model booted last
 
     def _app(self, *a, **k):
         app = self.app = App(*a, **k)
@@ -120,6 +128,15 @@ class CPythonFirmware:
 
     def boot(self, cause):
         self.cab.phys.hw.reset_cause = cause
+        root = self.cab.flash + os.sep
+        shim_esp32.install_factory(root, FACTORY_VERSION, self.cab.board_name,
+                                   self.cab.phys.cfg["chip"])
+        self.image = shim_esp32.boot(root)
+        if self.image is None:
+            self.cab.report("no bootable image in ota_0 or ota_1: the chip does not start")
+            return
+        tukar.FW_VERSION = self.image["version"]
+        self.net.image_fault = self.image.get("fault") == "no_broker"
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self):
@@ -129,7 +146,7 @@ class CPythonFirmware:
         try:
             why = await device.main(machine, root=cab.flash + os.sep, network=self.network,
                                     ntptime=self.ntptime, client_class=self.net.client_class(),
-                                    app_class=self._app, net_class=self._net)
+                                    app_class=self._app, net_class=self._net, esp32=self.esp32)
         except machine.ResetRequested:
             if not cab.stopped:  # a reboot command or crashing tasks: the chip resets
                 cab.phys.power_loss()
