@@ -3,9 +3,9 @@
 # firmware in: v1.28.0, 32-bit (object sizes as on the ESP32), with a GIL (as on the ESP32), SSL,
 # FFI and btree off, freezing tools/tukar_tools/mpshim/manifest.py: exactly firmware/manifest.py (what
 # the production image freezes) plus the host's stand-ins for the ESP32's built-in modules (machine,
-# network, ntptime), which on the device take no heap for their code either; and with the user C
-# module tools/tukar_tools/mpshim/c/tukarhw built in, the `machine` the frozen machine.py names: C,
-# as on the device, so that its module, pins and buses take no heap.
+# network, ntptime, esp32), which on the device take no heap for their code either; and with the
+# user C module tools/tukar_tools/mpshim/c/tukarhw built in, the `machine` the frozen machine.py
+# names: C, as on the device, so that its module, pins and buses take no heap.
 #
 #   tools/build/micropython.sh OUT      -> OUT/micropython
 #
@@ -69,7 +69,7 @@ make -s -C "$src/ports/unix" -j"$jobs" VARIANT=standard BUILD=build-32 MICROPY_F
 cp "$src/ports/unix/build-32/micropython" "$out/micropython.new"
 mv "$out/micropython.new" "$out/micropython"
 # _tukarhw, without a host to connect to, raises OSError: an ImportError would mean it is not built in.
-TUKAR_HW=127.0.0.1:0 "$out/micropython" -c "import sys, tukar, network, ntptime
+TUKAR_HW=127.0.0.1:0 "$out/micropython" -c "import sys, tukar, network, ntptime, esp32
 assert sys.implementation._thread == 'GIL' and sys.maxsize == 2**31 - 1
 try:
     import _tukarhw
