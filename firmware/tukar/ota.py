@@ -23,6 +23,7 @@ ATTEMPTS = const(6)  # connections per download; each one resumes where the last
 RETRY_MS = const(2000)  # the first wait before a new connection, doubled after each failure
 TIMEOUT_S = const(10)  # a socket operation longer than this ends the connection
 PROGRESS_MS = const(2000)  # OtaProgress: at each 10 %, at most once in this time
+ACK_WAIT_MS = const(3000)  # a verified image waits at most this for the ota ack to be published
 SELFTEST_TICKS = const(20)  # the new image's control loop has run a second
 SELFTEST_MS = 120000  # default time the new image has to prove itself (config ota_selftest_s)
 KEY = "ota"
@@ -173,6 +174,7 @@ class Update:
         self.connects = 0
         self._pct = 0
         self._t = ticks_ms()
+        self._ack_wait = None  # when a verified image began to wait for the ack to leave
 
     def record(self, phase):
         return {"phase": phase, "version": self.version, "from": self.running,
@@ -190,6 +192,14 @@ class Update:
         r = self.result
         if r is None:
             return
+        if r is True and app.link.connected and app.link._acks:
+            # Acks are not kept across a reset: a download faster than the link (a small image on
+            # a fast network) would reset with the ota command's ack unpublished, and the operator
+            # would see no answer. Connected, the link publishes it within a tick or two.
+            if self._ack_wait is None:
+                self._ack_wait = now
+            if wrap_diff(now, self._ack_wait) < ACK_WAIT_MS:
+                return
         if r is True and (core.mode not in ALLOWED_MODES or core.session is not None):
             r = "mode changed to %s" % core.mode  # never reset into a swap or an emergency
         if r is True:
