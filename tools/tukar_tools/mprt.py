@@ -346,6 +346,7 @@ class Relay:
     def __init__(self, host, port):
         self.target = (host, port)
         self.down = False
+        self.refuse = False  # new connections are closed at once, open ones kept (a bad image's)
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -362,7 +363,7 @@ class Relay:
                 c, _ = self.listener.accept()
             except OSError:
                 return
-            if self.down:
+            if self.down or self.refuse:
                 c.close()  # the network is cut: the connection goes nowhere
                 continue
             try:
@@ -446,9 +447,11 @@ class FirmwareProcess:
         self._log = None
         self.starts = 0
         self.started_at = None  # time.monotonic() of the last start
+        self.env = {}  # more environment for the process (the simulator's TUKAR_FW_VERSION)
 
     def start(self):
         env = dict(os.environ)
+        env.update(self.env)
         env["TUKAR_HW"] = "127.0.0.1:%d" % self.hw_port
         # The frozen stand-ins first (make micropython freezes them, and builds `machine` in C);
         # their source stays on the path for a binary built without them (`machine` needs the C

@@ -100,6 +100,18 @@ def write_flash(flash, cfg, cid, host, port, prefix, key):
             json.dump(value, f)
 
 
+def bootloader(cab):
+    """The ESP32's bootloader at a reset of cabinet `cab` (tukar_tools.shim.esp32): a fresh cabinet
+    is given its factory image in ota_0, a pending image is confirmed or rolled back, and the header
+    of the image to run is returned; None (reported) when no image boots."""
+    root = cab.flash + os.sep
+    shim_esp32.install_factory(root, FACTORY_VERSION, cab.board_name, cab.phys.cfg["chip"])
+    image = shim_esp32.boot(root)
+    if image is None:
+        cab.report("no bootable image in ota_0 or ota_1: the chip does not start")
+    return image
+
+
 class CPythonFirmware:
     """The firmware in this process: `tukar.device.main` as a task on the simulator's loop, over
     the `machine` shim. machine.reset() (ResetRequested) reboots it, as the chip would."""
@@ -128,12 +140,8 @@ class CPythonFirmware:
 
     def boot(self, cause):
         self.cab.phys.hw.reset_cause = cause
-        root = self.cab.flash + os.sep
-        shim_esp32.install_factory(root, FACTORY_VERSION, self.cab.board_name,
-                                   self.cab.phys.cfg["chip"])
-        self.image = shim_esp32.boot(root)
+        self.image = bootloader(self.cab)
         if self.image is None:
-            self.cab.report("no bootable image in ota_0 or ota_1: the chip does not start")
             return
         tukar.FW_VERSION = self.image["version"]
         self.net.image_fault = self.image.get("fault") == "no_broker"
@@ -215,6 +223,7 @@ class MicroPythonFirmware:
         self.proc = mprt.FirmwareProcess(cab.flash, self.server.port, heap or mprt.DEFAULT_HEAP,
                                          binary, name=cab.id, report=cab.report)
         self._reset_pending = False
+        self.image = None  # the header of the image the bootloader model booted last
         self._started_at = None
         self._hang_reported = False
 
@@ -235,6 +244,13 @@ class MicroPythonFirmware:
 
     def boot(self, cause):
         self.cab.phys.hw.reset_cause = cause
+        self.image = bootloader(self.cab)
+        if self.image is None:
+            return
+        # The same frozen firmware whatever the image: it runs as the version the image names
+        # (mpshim/esp32.py), and an image made to fail its self-test cannot reach the broker.
+        self.proc.env["TUKAR_FW_VERSION"] = self.image["version"]
+        self.relay.refuse = self.image.get("fault") == "no_broker"
         self._started_at = time.monotonic()
         self._hang_reported = False
         self.proc.start()

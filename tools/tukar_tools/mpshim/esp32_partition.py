@@ -58,17 +58,20 @@ def _file(label):
     return "partitions/" + label + ".bin"
 
 
-def _header_ok(label):
-    """The simulated image's header reads (set_boot's check, the shim's `header`)."""
+def _header_error(label):
+    """Why the simulated image's header does not read (set_boot's check, the shim's `header`), or
+    None when it does."""
     try:
         with open(_file(label), "rb") as f:
             head = f.read(10)
             if len(head) < 10 or head[:8] != SIM_MAGIC:
-                return False
+                return "no image header: %r" % (bytes(head),)
             h = json.loads(f.read(head[8] | head[9] << 8))
-    except (OSError, ValueError, UnicodeError):
-        return False
-    return isinstance(h, dict) and isinstance(h.get("version"), str)
+    except (OSError, ValueError, UnicodeError) as e:
+        return repr(e)
+    if isinstance(h, dict) and isinstance(h.get("version"), str):
+        return None
+    return "no version in the header"
 
 
 class Partition:
@@ -150,7 +153,9 @@ class Partition:
         return None
 
     def set_boot(self):
-        if not _header_ok(self.label):  # esp_ota_set_boot_partition verifies the image
+        why = _header_error(self.label)
+        if why is not None:  # esp_ota_set_boot_partition verifies the image
+            print("esp32 (simulator): set_boot(%s): %s" % (self.label, why))  # in console.log
             raise OSError(-5379)  # ESP_ERR_OTA_VALIDATE_FAILED
         d = _load()
         d["boot"] = self.label
