@@ -1,13 +1,16 @@
-"""A whole over-the-air update through `tukar sim` (the CPython runtime) and `tukar ota`, each in
-its own process on a real broker: the image served over HTTP from the host, the signed command,
-the progress events, the reset into the new image and its self-test; and an image whose self-test
-fails (it never reaches the broker), rolled back by the bootloader and reported by the old image."""
+"""A whole over-the-air update through `tukar sim` and `tukar ota`, each in its own process on a
+real broker: the image served over HTTP from the host, the signed command, the progress events,
+the reset into the new image and its self-test; and an image whose self-test fails (it never
+reaches the broker), rolled back by the bootloader and reported by the old image. Both in both
+runtimes: the firmware in CPython (sped up), and frozen in the 32-bit MicroPython unix port (real
+time), where `esp32.Partition` is the frozen stand-in over the same partition files."""
 import json
 import subprocess
 import sys
 
+import pytest
 from brokers import mqtt_broker  # noqa: F401 (a fixture)
-from test_sim_e2e import KEY, ROOT, start_sim, stop_sim
+from test_sim_e2e import KEY, ROOT, RUNTIMES, speed_of, start_sim, stop_sim
 
 from tukar_tools import schemas
 from tukar_tools.cmdline import SIM_KEY_HEX
@@ -22,8 +25,11 @@ def tukar_ota(port, prefix, image, version, timeout=120):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
 
 
-def boot_sim(port, tmp_path, prefix, speed):
-    proc = start_sim(port, tmp_path, "--prefix", prefix, "--fill", "6", "--speed", str(speed))
+def boot_sim(port, tmp_path, prefix, speed, runtime):
+    if runtime != "cpython":
+        speed = speed_of(runtime)  # MicroPython runs on its own clock
+    proc = start_sim(port, tmp_path, "--prefix", prefix, "--fill", "6", "--speed", str(speed),
+                     runtime=runtime)
     r = Runner("127.0.0.1", port, prefix, "sim-1", KEY, speed, out=lambda line: None)
     r.step({"do": "expect_status", "value": "online", "within_s": 30})
     r.step({"do": "cmd", "cmd": "set_mode", "args": {"mode": "maintenance"}})
@@ -42,12 +48,14 @@ def events(r, kind):
     return [e for e in r.obs.events if e["type"] == kind]
 
 
-def test_a_whole_update_in_tukar_sim(mqtt_broker, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_whole_update_in_tukar_sim(mqtt_broker, tmp_path, runtime):
     image = tmp_path / "fw-0.2.0.bin"
     image.write_bytes(shim_esp32.make_image("0.2.0", size=200 * 1024))
-    proc, r = boot_sim(mqtt_broker.port, tmp_path / "flash", "ota1", 2.0)
+    prefix = "ota1" + runtime[0]
+    proc, r = boot_sim(mqtt_broker.port, tmp_path / "flash", prefix, 2.0, runtime)
     try:
-        res = tukar_ota(mqtt_broker.port, "ota1", image, "0.2.0")
+        res = tukar_ota(mqtt_broker.port, prefix, image, "0.2.0")
         assert res.returncode == 0, res.stderr
         assert "runs 0.2.0" in res.stderr and "100%" in res.stderr
         r.wait_for(lambda: info_fw(r) == "0.2.0" or None, 30, "info with fw 0.2.0")
@@ -57,20 +65,29 @@ def test_a_whole_update_in_tukar_sim(mqtt_broker, tmp_path):
             if topic.endswith("/event") or topic.endswith("/ack"):
                 assert schemas.errors(topic, payload) == [], payload
         # the same version again is refused, with the cabinet's reason, and a non-zero exit
-        res = tukar_ota(mqtt_broker.port, "ota1", image, "0.2.0", timeout=20)
+        res = tukar_ota(mqtt_broker.port, prefix, image, "0.2.0", timeout=20)
         assert res.returncode == 1 and "not_newer" in res.stderr, res.stderr
     finally:
         r.obs.close()
         err = stop_sim(proc)
     assert "Traceback" not in err, err
+    flash = str(tmp_path / "flash" / "sim-1") + "/"
+    assert shim_esp32.state(flash) == {"boot": "ota_1", "running": "ota_1",
+                                       "states": {"ota_0": "valid", "ota_1": "valid"}}
+    assert shim_esp32.read(flash, "ota_1", 0, len(image.read_bytes())) == image.read_bytes()
 
 
-def test_an_image_that_fails_its_self_test_is_rolled_back_and_reported(mqtt_broker, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_an_image_that_fails_its_self_test_is_rolled_back_and_reported(mqtt_broker, tmp_path,
+                                                                        runtime):
     image = tmp_path / "fw-0.3.0.bin"
     image.write_bytes(shim_esp32.make_image("0.3.0", size=64 * 1024, fault="no_broker"))
-    proc, r = boot_sim(mqtt_broker.port, tmp_path / "flash", "ota2", 10.0)
+    prefix = "ota2" + runtime[0]
+    proc, r = boot_sim(mqtt_broker.port, tmp_path / "flash", prefix, 10.0, runtime)
     try:
-        res = tukar_ota(mqtt_broker.port, "ota2", image, "0.3.0", timeout=120)
+        # In real time (MicroPython) the self-test's 120 s, the watchdog's 5 and two boots.
+        res = tukar_ota(mqtt_broker.port, prefix, image, "0.3.0",
+                        timeout=120 if runtime == "cpython" else 240)
         assert res.returncode == 1, res.stderr
         assert "rolled back" in res.stderr, res.stderr
         back = events(r, "OtaRolledBack")
