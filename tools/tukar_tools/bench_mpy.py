@@ -1,8 +1,9 @@
 """`make bench`, MicroPython section: the firmware frozen in the 32-bit unix port (the production
 freeze), one 12-slot cabinet (`tukar sim --runtime micropython`) on a loopback Mosquitto.
 
-For each phase, boot, a swap, and a broker outage with the outbox at its cap followed by the
-reconnection and the drain, it reports the GC heap's high-water mark and the smallest largest free
+For each phase, boot, a swap, a broker outage with the outbox at its cap followed by the
+reconnection and the drain, and a firmware update (a small image downloaded over HTTP into the next
+OTA partition, the reset into it and its self-test, until OtaApplied), it reports the GC heap's high-water mark and the smallest largest free
 block. A probe runs every PROBE_S in the firmware process: gc.collect(), then gc.mem_alloc() (live
 data) and micropython.mem_info()'s largest free block. Then, by bisection, the smallest
 `-X heapsize` with which each phase completes: its expectations met, no MemoryError printed, no
@@ -34,10 +35,12 @@ from tukar_tools.scenario import Runner, ScenarioFailed
 from tukar_tools.sign import parse_key
 
 PROBE_S = 0.5
-PHASES = ("boot", "swap", "outage")
+PHASES = ("boot", "swap", "outage", "ota")
 FILL = 11  # every slot but one holds a pack: a swap has its empty slot
 CHARGING = FILL - 1  # all but the last charge; the last, full, is the one a swap hands out
 CAP = 64  # the outbox's capacity_events: saturated at this many waiting events
+OTA_IMAGE = 65536  # bytes of the simulated image the ota phase downloads (the heap does not grow
+# with it: one 1 KB buffer whatever the size)
 HEAP_RANGE_K = (32, 512)
 HEAP_STEP_K = 8
 HEAP_BUDGET_K = 64  # issue 10: boot, a swap, a 10-minute outage at the cap and the drain, in 64 KB
@@ -186,9 +189,40 @@ def phases(s, upto, outage_s, prober=None, out=lambda line: None):
         r.wait_for(drained, 120, "every event queued in the outage")
         took["outage"] = time.monotonic() - t0
         took["outage_events"] = queued
+        if upto == "outage":
+            return took
+        t0 = time.monotonic()
+        if prober:
+            prober.phase = "ota"
+        update(r, cab)
+        took["ota"] = time.monotonic() - t0
         return took
     finally:
         r.obs.close()
+
+
+def update(r, cab):
+    """The ota phase: maintenance mode, then a whole update of a small image served from here, the
+    reset into it and its self-test (tukar ota's path: docs/ota.md)."""
+    import os
+    import tukar
+    from tukar_tools import ota
+    from tukar_tools.shim import esp32 as shim_esp32
+    version = tukar.FW_VERSION + ".1"  # newer than the factory image the cabinet runs
+    with tempfile.TemporaryDirectory(prefix="tukar-bench-ota-") as d:
+        path = os.path.join(d, "fw.bin")
+        with open(path, "wb") as f:
+            f.write(shim_esp32.make_image(version, cab.board_name, cab.phys.cfg["chip"],
+                                          size=OTA_IMAGE))
+        server = ota.ImageServer(path, host="127.0.0.1")
+        try:
+            r.step({"do": "cmd", "cmd": "set_mode", "args": {"mode": "maintenance"}})
+            r.step({"do": "cmd", "cmd": "ota", "args": ota.manifest(
+                path, version, cab.board_name, cab.phys.cfg["chip"], server.url("127.0.0.1"))})
+            r.step({"do": "expect_event", "type": "OtaApplied", "match": {"version": version},
+                    "within_s": 90})
+        finally:
+            server.close()
 
 
 SWAP = (
@@ -275,7 +309,7 @@ def measure(outage_s=600.0, bisect_outage_s=20.0, heap="512K", bisect=True, micr
             out=None):
     b = broker.Mosquitto().start() if broker.mosquitto_path() else broker.start()
     try:
-        ok, why, probes, took = attempt(b.port, heap, "outage", outage_s, probe=True,
+        ok, why, probes, took = attempt(b.port, heap, PHASES[-1], outage_s, probe=True,
                                         micropython=micropython)
         res = {"heap": heap, "completed": ok, "why": why, "phases": probes or {},
                "seconds": took or {}, "outage_s": outage_s, "smallest_heap_k": {},
@@ -320,7 +354,16 @@ gc.collect()
 b = gc.mem_alloc()
 import machine
 gc.collect()
-print(b - a, gc.mem_alloc() - b)
+c = gc.mem_alloc()
+import tukar
+gc.collect()
+d = gc.mem_alloc()
+import esp32
+gc.collect()
+e = gc.mem_alloc()
+esp32.Partition
+gc.collect()
+print(b - a, c - b, e - d, gc.mem_alloc() - e)
 """
 
 
@@ -351,7 +394,9 @@ def shim_heap(micropython=None):
     """Heap that the host's stand-ins for the ESP32's built-ins take in the firmware process
     (included in every figure above), as imported from the binary make micropython builds:
     `network` and `ntptime` frozen Python; `machine` the C module _tukarhw, whose import leaves
-    the module object machine.py is imported as and builtins.open's override (the flash fault)."""
+    the module object machine.py is imported as and builtins.open's override (the flash fault);
+    `esp32` as the boot imports it (its lookup function), and its partition model, which only an
+    update imports."""
     import socket
     import subprocess
     from tukar_tools import mprt
@@ -367,10 +412,10 @@ def shim_heap(micropython=None):
     finally:
         listener.close()
     try:
-        net, mach = (int(x) for x in r.stdout.split())
+        net, mach, esp, part = (int(x) for x in r.stdout.split())
     except ValueError:
         return {}
-    return {"network_ntptime": net, "machine": mach}
+    return {"network_ntptime": net, "machine": mach, "esp32": esp, "esp32_partition": part}
 
 
 # The boot's parts one at a time, as tukar.startup.boot builds them, with gc.mem_alloc() after
@@ -384,8 +429,8 @@ def step(name, _l=[0]):
     print("tukar-step %d %s" % (a - _l[0], name))
     _l[0] = a
 step("the interpreter and main.py")
-import machine, network, ntptime
-step("the host's stand-ins: machine (C), network and ntptime (frozen)")
+import machine, network, ntptime, esp32
+step("the host's stand-ins: machine (C), network, ntptime and esp32 (frozen)")
 import asyncio
 from umqtt.simple import MQTTClient
 step("asyncio and umqtt.simple, frozen")
@@ -476,7 +521,8 @@ def print_report(r, out=sys.stdout):
     p("  %-44s %12s %18s %8s" % ("phase", "high water", "min largest free", "probes"))
     labels = {"boot": "boot, %d packs identified" % FILL,
               "swap": "a swap",
-              "outage": "%.0f s broker outage, outbox at its cap, drain" % r["outage_s"]}
+              "outage": "%.0f s broker outage, outbox at its cap, drain" % r["outage_s"],
+              "ota": "an update of %d KB, its reset and self-test" % (OTA_IMAGE // 1024)}
     for ph in PHASES:
         s = r["phases"].get(ph)
         if s:
@@ -498,7 +544,9 @@ def print_report(r, out=sys.stdout):
             p("    %-8s %s" % (ph, "%d K" % k if k else "none up to %d K" % HEAP_RANGE_K[1]))
     sh = r.get("shim_heap") or {}
     p("  included above, the host's stand-ins for the ESP32's built-ins (as imported): machine (C)"
-      " %s B, network and ntptime (frozen) %s B" % (sh.get("machine"), sh.get("network_ntptime")))
+      " %s B, network and ntptime (frozen) %s B, esp32 (frozen) %s B at boot and %s B more while"
+      " an update runs" % (sh.get("machine"), sh.get("network_ntptime"), sh.get("esp32"),
+                           sh.get("esp32_partition")))
     if r.get("gates"):
         p("  budget: every phase completes with -X heapsize=%dK" % HEAP_BUDGET_K)
         for g in r["gates"]:
