@@ -3,9 +3,10 @@ freeze), one 12-slot cabinet (`tukar sim --runtime micropython`) on a loopback M
 
 For each phase, boot, a swap, a broker outage with the outbox at its cap followed by the
 reconnection and the drain, and a firmware update (a small image downloaded over HTTP into the next
-OTA partition, the reset into it and its self-test, until OtaApplied), it reports the GC heap's high-water mark and the smallest largest free
-block. A probe runs every PROBE_S in the firmware process: gc.collect(), then gc.mem_alloc() (live
-data) and micropython.mem_info()'s largest free block. Then, by bisection, the smallest
+OTA partition, the reset into it and its self-test, until OtaApplied), it reports the GC heap's
+high-water mark and the smallest largest free block. A probe runs every PROBE_S in the firmware
+process: gc.collect(), then gc.mem_alloc() (live data) and micropython.mem_info()'s largest free
+block. Then, by bisection, the smallest
 `-X heapsize` with which each phase completes: its expectations met, no MemoryError printed, no
 crash or watchdog reset.
 

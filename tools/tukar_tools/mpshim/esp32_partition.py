@@ -1,8 +1,8 @@
-# `esp32.Partition` for the firmware in the MicroPython unix port (esp32.py imports it the first time
-# the firmware asks for it): the partition table of tools/tukar_tools/shim/esp32.py, over the same
-# files, so that the host's bootloader model reads what this process wrote. The process runs in the
-# cabinet's flash directory: `partitions/ota_0.bin` and `partitions/ota_1.bin` (1.5 MB each,
-# MicroPython's 4 MB OTA table; a file shorter than that reads 0xFF past its end), and
+# `esp32.Partition` for the firmware in the MicroPython unix port (esp32.py imports it the first
+# time the firmware asks for it): the partition table of tools/tukar_tools/shim/esp32.py, over the
+# same files, so that the host's bootloader model reads what this process wrote. The process runs
+# in the cabinet's flash directory: `partitions/ota_0.bin` and `partitions/ota_1.bin` (1.5 MB
+# each, MicroPython's 4 MB OTA table; a file shorter than that reads 0xFF past its end), and
 # `partitions/otadata.json` ({"boot", "running", "states": {label: ESP-IDF's image state}}).
 # NOR flash as there: an erase (ioctl 6) sets a 4096-byte block to 0xFF, a write only clears bits.
 #
