@@ -4,7 +4,6 @@
 # the boot runs it: tukar.device unloads it once the application is built.
 import json
 import os
-import sys
 
 from tukar.device import (CRASH_FILE, CRASH_MAX, ESCAPE_FILE, RESET_FILE, STATE_DIR, Cabinet, Setup,
                           _say)
@@ -195,11 +194,6 @@ def boot(machine, root="", network=None, ntptime=None, app_class=None, cycle_cla
             from umqtt.simple import MQTTClient as client_class  # type: ignore[no-redef]
         if net_class is None:
             from tukar.net import Net as net_class  # type: ignore[no-redef]
-        if esp32 is None and sys.implementation.name == "micropython":
-            try:
-                import esp32  # type: ignore[no-redef]  (the OTA partitions; absent off the ESP32)
-            except ImportError:
-                esp32 = None
         ntp = setup.ntp
         net = net_class(setup.wifi_ssid, setup.wifi_password, network=network, ntptime=ntptime,
                         report=report, ntp_host=ntp.get("host"), resync_s=ntp.get("resync_s", 21600),
