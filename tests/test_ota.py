@@ -29,7 +29,7 @@ from umqtt.simple import MQTTClient
 KEY = bytes(range(32))
 SPEED = 20.0
 FACTORY = tukar.FW_VERSION
-SIZE = 16384  # 16 writes of 1 KB, in 4 blocks
+SIZE = 16384  # 32 writes of CHUNK (512 B), in 4 blocks
 
 
 class OfflineClient:
@@ -394,6 +394,41 @@ def test_an_update_is_refused_during_a_swap(cabinet):
     asyncio.run(go())
 
 
+def test_no_memory_for_the_update_code_is_refused_busy_and_the_cabinet_goes_on(cabinet, monkeypatch):
+    """At 64 K after a long outage the download's code may not fit: the import's MemoryError is a
+    refusal, not a crashed control task."""
+    import builtins
+    import sys
+    real = builtins.__import__
+
+    def no_room(name, *a, **k):
+        if name == "tukar.ota":
+            raise MemoryError("memory allocation failed, allocating 2160 bytes")
+        return real(name, *a, **k)
+
+    async def go():
+        cab = cabinet
+        cab.boot()
+        await cab.run(1500)
+        maintenance(cab)
+        await cab.run(200)
+        monkeypatch.setattr(builtins, "__import__", no_room)
+        monkeypatch.delitem(sys.modules, "tukar.ota")
+        a = await refused(cab, command("ota", "nm-1", ts=1, **cab.manifest()))
+        monkeypatch.setattr(builtins, "__import__", real)
+        assert a["error"] == "busy" and "memory" in a["detail"], a
+        assert schemas.errors("ack", a) == [], a
+        assert cab.app.ota is None and not cab.app.tasks["control"].done()
+        assert "ota.json" not in cab.app.store.names()
+        assert shim_esp32.state(cab.root)["states"]["ota_1"] == "undefined"
+        assert all(cab.app.core.lock_cmd)
+        cab.send(command("set_mode", "nm-2", ts=1, mode="in_service"))  # the cabinet still obeys
+        await cab.run(300)
+        assert ack_of(cab, "nm-2")["ok"] and cab.app.core.mode == "in_service"
+        await cab.stop()
+    asyncio.run(go())
+
+
 def test_a_wrong_sha256_never_switches_the_boot_partition(cabinet):
     async def go():
         cab = cabinet
@@ -473,7 +508,7 @@ def test_a_broker_outage_mid_download_does_not_stop_it(cabinet):
 
 # -- power cuts -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k", range(1, SIZE // 1024 + 1))
+@pytest.mark.parametrize("k", range(1, SIZE // fw_ota.CHUNK + 1))
 def test_a_power_cut_at_every_block_write_boots_the_old_image_and_keeps_the_journal(cabinet, k):
     async def go():
         cab = cabinet

@@ -82,12 +82,13 @@ class App:
         self.lag_hist = [0] * len(LAG_BUCKETS_MS)  # ticks late by less than each bound (the last: more)
         self.ticks = 0
         self.can_ghosts = 0  # CAN interrupts whose INT line was not low: ghost edges, ignored
-        # Firmware updates (tukar.ota, imported only while one runs or reports): the `esp32`
-        # module (None: a build without OTA partitions) and the update or self-test running.
+        # Firmware updates (tukar.ota and tukar.otaboot, imported only while one runs or reports): the `esp32`
+        # module if the caller gives one (None: tukar.ota imports it when it needs it), and the
+        # update or self-test running.
         self.esp32 = esp32
         self.ota = None
         if "ota.json" in self.store.names():  # an update's record: it reports how it ended
-            from tukar.ota import after_boot
+            from tukar.otaboot import after_boot
             self.ota = after_boot(self, self.store.load("ota"))
 
     # -- what the link publishes at every connect ----------------------------------------
@@ -178,7 +179,15 @@ class App:
         if name == "ota" or u is not None and u.busy and (
                 name in ("start_swap", "open_slot") or name == "set_mode"
                 and body.get("mode") == "in_service"):
-            from tukar.ota import shell_command
+            try:
+                from tukar.ota import shell_command
+            except MemoryError:  # the download's code does not fit now: refused, nothing moved
+                from tukar.device import unload
+                from tukar.errors import BUSY, make_ack
+                unload(("ota", "otaboot"))
+                gc.collect()
+                return make_ack(body.get("req_id"), BUSY, "not enough free memory for a firmware "
+                                "update now; reboot the cabinet and send it again")
             return shell_command(self, body)
         return self.core.command(body)
 

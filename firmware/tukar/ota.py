@@ -1,7 +1,8 @@
 # Over-the-air update (docs/ota.md): the `ota` command's checks, the download into the next OTA
-# partition on a thread of its own, the switch of the boot partition, and after the reset the new
-# image's self-test, or the old image's report of a rollback. Imported only when an update runs or
-# an update's record is found at boot: a cabinet that is not updating keeps none of it in its heap.
+# partition on a thread of its own and the switch of the boot partition; after the reset,
+# tukar.otaboot runs the new image's self-test or the old image's report of a rollback. Imported
+# only when an `ota` command comes, and let go when the update fails: a cabinet that is not
+# updating keeps none of it in its heap.
 #
 # The record (store key "ota") carries what must outlive the reset: the version expected, the
 # version it replaces, the partition written and the phase: "download" (a power cut then ends the
@@ -15,18 +16,17 @@ from micropython import const
 import tukar
 from tukar import errors as E
 from tukar.clock import sleep_ms, ticks_ms, wrap_diff
+from tukar.device import unload
+from tukar.otaboot import KEY, partitions
 from tukar.states import MAINTENANCE, OUT_OF_SERVICE
 
-CHUNK = const(1024)  # bytes received and written at a time: the only buffer of the download
+CHUNK = const(512)  # bytes received and written at a time: the only buffer of the download
 BLOCK = const(4096)  # the flash's erase block
 ATTEMPTS = const(6)  # connections per download; each one resumes where the last stopped
 RETRY_MS = const(2000)  # the first wait before a new connection, doubled after each failure
 TIMEOUT_S = const(10)  # a socket operation longer than this ends the connection
 PROGRESS_MS = const(2000)  # OtaProgress: at each 10 %, at most once in this time
 ACK_WAIT_MS = const(3000)  # a verified image waits at most this for the ota ack to be published
-SELFTEST_TICKS = const(20)  # the new image's control loop has run a second
-SELFTEST_MS = 120000  # default time the new image has to prove itself (config ota_selftest_s)
-KEY = "ota"
 
 ALLOWED_MODES = (MAINTENANCE, OUT_OF_SERVICE)
 
@@ -124,7 +124,8 @@ def shell_command(app, body):
 def command(app, body, running):
     """The `ota` command: the result of its ack; raises Refused."""
     core = app.core
-    if app.esp32 is None:
+    P = partitions(app)
+    if P is None:
         raise Refused(E.NOT_ALLOWED, "this build has no OTA partitions")
     if app.ota is not None:
         raise Refused(E.BUSY, "an update is already running")
@@ -135,7 +136,6 @@ def command(app, body, running):
     for s in core.slots:
         if not s.lock_cmd:
             raise Refused(E.BUSY, "slot %d is unlocked" % s.n)
-    P = app.esp32.Partition
     part = P(P.RUNNING).get_next_update()
     info = part.info()
     url = check(body, running, app.board.name, app.board.chip, info[3])
@@ -220,6 +220,7 @@ class Update:
         app.store.remove(KEY)
         app.ota = None
         core.report("OtaFailed", {"version": self.version, "reason": str(r)[:120]})
+        unload(("ota", "otaboot"))  # their heap back to a cabinet that goes on as it was
 
     # -- the download thread -----------------------------------------------------------------
     def run(self):
@@ -332,58 +333,3 @@ class Update:
             part.writeblocks(off // BLOCK, mv[:got], off % BLOCK)
             h.update(mv[:got])
             self.done = off + got
-
-
-class SelfTest:
-    """The first boot of a new image: it keeps its rollback pending until the control loop has
-    ticked, the buses scanned, the journal loaded and the broker connected; then it marks itself
-    valid. Past its time it stops feeding the watchdog: the reset that follows rolls it back."""
-
-    busy = True
-    starve = False
-
-    def __init__(self, rec, now, limit_ms):
-        self.rec = rec
-        self.t0 = now
-        self.limit_ms = limit_ms
-        self.why = None
-
-    def tick(self, app, now):
-        ok = (app.ticks >= SELFTEST_TICKS and app.cycle.escaped[0] == 0 and app.journal_ok
-              and app.link.connected)
-        if ok:
-            app.esp32.Partition.mark_app_valid_cancel_rollback()
-            app.store.remove(KEY)
-            app.ota = None
-            rec = self.rec
-            app.core.report("OtaApplied", {"version": rec.get("version"), "from": rec.get("from"),
-                                           "partition": rec.get("target")})
-            return
-        if not self.starve and wrap_diff(now, self.t0) > self.limit_ms:
-            self.starve = True
-            self.why = "ticks %d, scan errors %d, journal %s, broker %s" % (
-                app.ticks, app.cycle.escaped[0], app.journal_ok, app.link.connected)
-            print("tukar: self-test of %s failed (%s): the watchdog resets, the bootloader rolls "
-                  "back" % (self.rec.get("version"), self.why))
-
-
-def after_boot(app, rec):
-    """The record an update left, read at boot: the new image's SelfTest, or None once the old
-    image has reported how the update ended."""
-    rec = rec if isinstance(rec, dict) else {}
-    core = app.core
-    label = None
-    if app.esp32 is not None:
-        P = app.esp32.Partition
-        label = P(P.RUNNING).info()[4]
-    if rec.get("phase") == "boot" and label is not None and label == rec.get("target"):
-        limit = core.cfg.get("ota_selftest_s")
-        return SelfTest(rec, ticks_ms(), limit * 1000 if limit else SELFTEST_MS)
-    app.store.remove(KEY)
-    if rec.get("phase") == "boot":
-        core.report("OtaRolledBack", {"version": rec.get("version"), "running": tukar.FW_VERSION,
-                                      "partition": label})
-    else:
-        core.report("OtaFailed", {"version": rec.get("version"),
-                                  "reason": "power_loss during the download"})
-    return None
