@@ -2,7 +2,8 @@
 production freeze, a 12-slot cabinet boots, does a swap, and lives through a broker outage with its
 outbox filled past its cap, then reconnects and drains it, all in the heap make test holds it to
 (bench_mpy.HEAP_HELD_K): its expectations met, no MemoryError printed, no crash or reset. A change
-that needs more heap fails here at once; make bench's gate is the budget, HEAP_BUDGET_K (64 K)."""
+that needs more heap fails here at once; make bench's gate is the budget, HEAP_BUDGET_K (64 K).
+After them a firmware update, held to HEAP_OTA_HELD_K (its budget: HEAP_OTA_BUDGET_K, 68 K)."""
 import pytest
 
 from tukar_tools import bench_mpy, broker
@@ -35,3 +36,11 @@ def test_an_outage_with_the_outbox_past_its_cap_reconnection_and_drain_complete_
     ok, why, _, took = bench_mpy.attempt(mosquitto.port, HEAP, "outage", 0)  # no wait past the queueing
     assert ok, why
     assert took["outage_events"] >= bench_mpy.CAP  # the outbox saturates at 64 events
+
+
+@pytest.mark.flaky(reruns=2)
+def test_an_update_after_the_outage_downloads_resets_and_passes_its_self_test_in_its_held_heap(
+        mosquitto):
+    ok, why, _, took = bench_mpy.attempt(mosquitto.port, "%dK" % bench_mpy.HEAP_OTA_HELD_K, "ota", 0)
+    assert ok, why
+    assert took["ota"] > 0

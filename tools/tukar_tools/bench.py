@@ -222,7 +222,7 @@ def _exit(cpu, mpy=None):
     MicroPython run does not complete in the heap budget."""
     from tukar_tools import bench_mpy
     bad = [g["name"] for g in cpu["gates"] if not g["ok"]] if cpu is not None else []
-    bad += ["heap %d K: %s" % (bench_mpy.HEAP_BUDGET_K, name) for name in bench_mpy.failed_gates(mpy)]
+    bad += ["heap: %s" % name for name in bench_mpy.failed_gates(mpy)]
     if bad:
         print("bench: budget exceeded: %s" % "; ".join(bad), file=sys.stderr)
         return 1

@@ -10,12 +10,13 @@ block. Then, by bisection, the smallest
 `-X heapsize` with which each phase completes: its expectations met, no MemoryError printed, no
 crash or watchdog reset.
 
-The budget (issue 10): every phase completes with `-X heapsize=64K` (HEAP_BUDGET_K). A phase
-whose smallest heap is above it fails the gate, and `make bench` (and this module alone) exits 1.
-Without bisection, each phase is attempted at the budget instead; either way, when the phases fit
-with the short outage of the bisection, the whole run is attempted once more at the budget with
-the full outage. `make test` holds every phase to HEAP_HELD_K, what the firmware fits now, so a
-regression fails there at once (tests/test_heap_budget.py).
+The budget (issue 10): every phase completes with `-X heapsize=64K` (HEAP_BUDGET_K), the update
+with 68K (HEAP_OTA_BUDGET_K). A phase whose smallest heap is above its budget fails the gate, and
+`make bench` (and this module alone) exits 1. Without bisection, each phase is attempted at its
+budget instead; either way, when the phases fit with the short outage of the bisection, the whole
+run up to the outage is attempted once more at 64K with the full outage. `make test` holds every
+phase to HEAP_HELD_K (the update to HEAP_OTA_HELD_K), what the firmware fits now, so a regression
+fails there at once (tests/test_heap_budget.py).
 
     python -m tukar_tools.bench_mpy [--outage-s 600] [--bisect-outage-s 20] [--json]
     python -m tukar_tools.bench_mpy --boot-steps   # where the heap goes, part by part
@@ -41,15 +42,28 @@ FILL = 11  # every slot but one holds a pack: a swap has its empty slot
 CHARGING = FILL - 1  # all but the last charge; the last, full, is the one a swap hands out
 CAP = 64  # the outbox's capacity_events: saturated at this many waiting events
 OTA_IMAGE = 65536  # bytes of the simulated image the ota phase downloads (the heap does not grow
-# with it: one 1 KB buffer whatever the size)
+# with it: one buffer of tukar.ota.CHUNK whatever the size)
 HEAP_RANGE_K = (32, 512)
 HEAP_STEP_K = 8
 HEAP_BUDGET_K = 64  # issue 10: boot, a swap, a 10-minute outage at the cap and the drain, in 64 KB
+# A firmware update (issue 14) is budgeted apart: run after the outage, at the cabinet's highest
+# steady heap, its code (tukar.ota, some 2 KB once imported) and the download's buffer and socket
+# do not fit the 64 K the other phases keep to; it completes at 68 K. Below that the `ota` command
+# is refused (busy, "not enough free memory") or the update ends in OtaFailed: never a crash. The
+# ESP32's heap grows past 64 K by itself (docs/micropython.md), so this is the margin an update
+# spends, not a wall (docs/ota.md, "Heap").
+HEAP_OTA_BUDGET_K = 68
 # What make test holds every phase to: the firmware completes them in 64 K (the budget; bench_mpy.attempt,
 # the 600 s outage included), with some 2.4 K free at its high water; where the link's thread
 # allocates relative to the control loop varies run to run, so 4 K above keeps the test about the
-# firmware.
+# firmware. The update, likewise, 4 K above its own budget.
 HEAP_HELD_K = 68
+HEAP_OTA_HELD_K = 72
+
+
+def budget_k(phase):
+    """The heap, in K, in which `phase` must complete."""
+    return HEAP_OTA_BUDGET_K if phase == "ota" else HEAP_BUDGET_K
 
 
 def run_sim(s, script, timeout=60):
@@ -328,19 +342,19 @@ def measure(outage_s=600.0, bisect_outage_s=20.0, heap="512K", bisect=True, micr
 def gates(port, res, outage_s, bisect_outage_s, micropython=None, out=None):
     """[{"name", "heap_k", "ok", "why"}]: each phase at HEAP_BUDGET_K (from the bisection when it
     ran, else attempted there), then, when they all fit, the whole run with the full outage."""
-    budget = "%dK" % HEAP_BUDGET_K
     rows = []
     for phase in PHASES:
         if res["smallest_heap_k"]:
             k = res["smallest_heap_k"].get(phase)
-            ok = k is not None and k <= HEAP_BUDGET_K
+            ok = k is not None and k <= budget_k(phase)
             why = "" if ok else "needs %s" % ("%d K" % k if k else "more than %d K" % HEAP_RANGE_K[1])
         else:
-            ok, why = _attempt(port, budget, phase, bisect_outage_s, micropython, out)
+            ok, why = _attempt(port, "%dK" % budget_k(phase), phase, bisect_outage_s, micropython,
+                               out)
         rows.append({"name": "%s (%.0f s outage)" % (phase, bisect_outage_s) if phase == "outage"
-                     else phase, "heap_k": HEAP_BUDGET_K, "ok": ok, "why": why})
+                     else phase, "heap_k": budget_k(phase), "ok": ok, "why": why})
     if all(r["ok"] for r in rows):
-        ok, why = _attempt(port, budget, "outage", outage_s, micropython, out)
+        ok, why = _attempt(port, "%dK" % HEAP_BUDGET_K, "outage", outage_s, micropython, out)
         rows.append({"name": "outage (%.0f s outage)" % outage_s, "heap_k": HEAP_BUDGET_K,
                      "ok": ok, "why": why})
     return rows
@@ -396,8 +410,7 @@ def shim_heap(micropython=None):
     (included in every figure above), as imported from the binary make micropython builds:
     `network` and `ntptime` frozen Python; `machine` the C module _tukarhw, whose import leaves
     the module object machine.py is imported as and builtins.open's override (the flash fault);
-    `esp32` as the boot imports it (its lookup function), and its partition model, which only an
-    update imports."""
+    `esp32` (its lookup function) and its partition model, which only an update imports."""
     import socket
     import subprocess
     from tukar_tools import mprt
@@ -430,8 +443,8 @@ def step(name, _l=[0]):
     print("tukar-step %d %s" % (a - _l[0], name))
     _l[0] = a
 step("the interpreter and main.py")
-import machine, network, ntptime, esp32
-step("the host's stand-ins: machine (C), network, ntptime and esp32 (frozen)")
+import machine, network, ntptime
+step("the host's stand-ins: machine (C), network and ntptime (frozen)")
 import asyncio
 from umqtt.simple import MQTTClient
 step("asyncio and umqtt.simple, frozen")
@@ -545,18 +558,21 @@ def print_report(r, out=sys.stdout):
             p("    %-8s %s" % (ph, "%d K" % k if k else "none up to %d K" % HEAP_RANGE_K[1]))
     sh = r.get("shim_heap") or {}
     p("  included above, the host's stand-ins for the ESP32's built-ins (as imported): machine (C)"
-      " %s B, network and ntptime (frozen) %s B, esp32 (frozen) %s B at boot and %s B more while"
-      " an update runs" % (sh.get("machine"), sh.get("network_ntptime"), sh.get("esp32"),
-                           sh.get("esp32_partition")))
+      " %s B, network and ntptime (frozen) %s B; while an update runs, esp32 (frozen) %s B and its"
+      " partition model %s B" % (sh.get("machine"), sh.get("network_ntptime"), sh.get("esp32"),
+                                 sh.get("esp32_partition")))
     if r.get("gates"):
-        p("  budget: every phase completes with -X heapsize=%dK" % HEAP_BUDGET_K)
+        p("  budget: every phase completes with -X heapsize=%dK, the update with %dK" % (
+            HEAP_BUDGET_K, HEAP_OTA_BUDGET_K))
         for g in r["gates"]:
-            p("    %-32s %s" % (g["name"], "ok" if g["ok"] else "EXCEEDED (%s)" % g["why"]))
+            p("    %-32s %3d K  %s" % (g["name"], g["heap_k"],
+                                      "ok" if g["ok"] else "EXCEEDED (%s)" % g["why"]))
 
 
 def failed_gates(r):
     """The names of the budget's gates that failed (empty: within budget)."""
-    return [g["name"] for g in (r or {}).get("gates") or () if not g["ok"]]
+    return ["%s at %d K" % (g["name"], g["heap_k"]) for g in (r or {}).get("gates") or ()
+            if not g["ok"]]
 
 
 def main(argv=None):
@@ -581,8 +597,7 @@ def main(argv=None):
     print(json.dumps(r, indent=2)) if a.json else print_report(r)
     bad = failed_gates(r)
     if bad:
-        print("bench_mpy: heap budget (%d K) exceeded: %s" % (HEAP_BUDGET_K, "; ".join(bad)),
-              file=sys.stderr)
+        print("bench_mpy: heap budget exceeded: %s" % "; ".join(bad), file=sys.stderr)
         return 1
     return 0
 
