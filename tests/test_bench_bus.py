@@ -43,6 +43,29 @@ def test_the_gates_fail_when_a_budget_is_exceeded():
     assert bad == ["swap tick, worst"]
 
 
+def test_a_tick_during_an_update_is_held_to_the_swap_ticks_budget():
+    from tukar_tools import bench_cpu
+    r = {"quiet": {"fuel_max": 170_000, "bus_mean_us": 1000, "bus_max_us": 2000},
+         "swap": {"fuel_max": 800_000, "bus_mean_us": 1500, "bus_max_us": 4000},
+         "busy": {"fuel_mean": 200_000, "bus_mean_us": 1200, "bus_max_us": 5000},
+         "ota": {"chunk_bytes": 512, "chunk_fuel": 100_000, "tick_fuel": 9_000}}
+    row = [g for g in bench_cpu.gates(r) if g["name"] == "tick in an update, worst"]
+    assert row and row[0]["value"] == 279_000 and row[0]["ok"]
+    r["ota"]["chunk_fuel"] = 900_000 - 179_000 + 1
+    assert [g["name"] for g in bench_cpu.gates(r) if not g["ok"]] == ["tick in an update, worst"]
+
+
+@pytest.mark.mpy
+def test_an_update_costs_fuel_per_chunk_of_its_download_and_per_control_tick():
+    """tukar.ota's own code in the VM: a 512-byte chunk read, hashed and written, and the control
+    step's side of a running update."""
+    from tukar_tools import bench_cpu
+    o = bench_cpu.ota_costs(chunks=8, ticks=50)
+    assert o["chunk_bytes"] == 512
+    assert 10_000 < o["chunk_fuel"] < 900_000  # SHA-256 of 512 bytes alone is thousands
+    assert 0 < o["tick_fuel"] < o["chunk_fuel"]
+
+
 @pytest.mark.mpy
 def test_the_tape_plays_the_same_ticks_back_in_the_micropython_vm():
     """The firmware in the VM makes the calls the rig recorded, in order (the playback checks
