@@ -6,7 +6,7 @@ import pytest
 from coreworld import Battery, rider_inserts, stocked_rig
 
 from tukar.core import Core
-from tukar.states import J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE
+from tukar.states import J_CONFIG, J_COUNTERS, J_INVENTORY, J_MODE, J_SESSION
 from tukar_tools import schemas
 
 
@@ -393,10 +393,48 @@ def _refusals():
         return (rig.cmd("retire", serial=""),
                 ("bad_args", "serial: a non-empty string of at most 64 characters"))
 
+    def start_request_id(rig):
+        return (rig.cmd("start_swap", id_token="t", request_id="q" * 65),
+                ("bad_args", "request_id: a string of at most 64 characters"))
+
+    def start_emergency(rig):
+        rig.world.smoke = True
+        rig.run(100)
+        return rig.cmd("start_swap", id_token="t"), ("emergency", "the cabinet is in emergency")
+
+    def start_not_in_service(rig):
+        rig.cmd("set_mode", mode="maintenance")
+        return rig.cmd("start_swap", id_token="t"), ("not_in_service", "mode is maintenance")
+
+    def start_session_open(rig):
+        sid = rig.cmd("start_swap", id_token="t")["session"]
+        return rig.cmd("start_swap", id_token="u"), ("busy", "session %s is open" % sid)
+
+    def start_slot_unlocked(rig):
+        rig.core.slots[6].command_lock(False, rig.now)  # however it came to be unlocked
+        return rig.cmd("start_swap", id_token="t"), ("busy", "slot 7 is unlocked")
+
+    def start_nothing_to_dispense(rig):
+        for n in range(1, 7):  # every pack held by the operator
+            rig.cmd("quarantine", slot=n, reason="inspection")
+        return rig.cmd("start_swap", id_token="t"), ("no_battery_available", "no dispensable battery")
+
+    def start_no_empty_slot(rig):
+        for n in range(7, 13):
+            rig.cmd("quarantine", slot=n, reason="inspection")  # an empty slot taken out of use
+        return rig.cmd("start_swap", id_token="t"), ("no_empty_slot", "no empty slot")
+
+    def not_an_object(rig):
+        a = rig.core.command(["start_swap"])
+        rig.acks.append(a)
+        return a, ("bad_args", "command body must be an object")
+
     return [cancel_bad, cancel_none, cancel_other, cancel_late, mode_session, mode_open_slot,
             release_mode, release_not_q, reset_not_emergency, reset_smoke, reset_both, reset_estop,
             reboot_session, slot_range, slot_not_int, slot_bool, open_in_service, mode_unknown,
-            quarantine_no_reason, retire_no_serial]
+            quarantine_no_reason, retire_no_serial, start_request_id, start_emergency,
+            start_not_in_service, start_session_open, start_slot_unlocked,
+            start_nothing_to_dispense, start_no_empty_slot, not_an_object]
 
 
 def test_set_mode_acks_the_mode_whether_it_changes_or_already_holds():
@@ -570,3 +608,31 @@ def test_reset_emergency_keeps_what_was_already_to_be_persisted():
     assert rig.cmd("reset_emergency")["ok"] is True
     j = rig.core.take_journal()
     assert j & J_MODE and j & J_CONFIG
+
+
+# -- start_swap's session -------------------------------------------------------------------------
+def test_sessions_are_numbered_from_s_1_and_the_count_outlives_a_power_cut():
+    rig = stocked_rig()
+    first = rig.cmd("start_swap", id_token="t")
+    assert first["session"] == "s-1" and rig.core.session.id == "s-1"
+    assert rig.of("SwapStarted")[-1]["session"] == "s-1"
+    rig.cmd("cancel_swap")
+    rig.run(500)
+    assert rig.cmd("start_swap", id_token="t")["session"] == "s-2"
+    after = stocked_rig(journal=rig.core.journal())  # a power cut with s-2 open: it ends
+    assert after.core.counters["session"] == 2
+    assert after.cmd("start_swap", id_token="t")["session"] == "s-3"
+
+
+def test_start_swap_persists_the_count_and_the_session_and_publishes_the_cabinet():
+    rig = stocked_rig()
+    rig.core.take_journal()
+    rig.core.take_dirty()
+    rig.core.jdirty = J_MODE  # already owed to flash: still owed after
+    rig.core.dirty = 1 << 5  # slot 5's state already owed to the broker: still owed after
+    a = rig.cmd("start_swap", id_token="t")
+    j = rig.core.take_journal()
+    assert j & J_COUNTERS and j & J_SESSION and j & J_MODE, j
+    d = rig.core.take_dirty()
+    assert d & 1 and d & 1 << 5, bin(d)  # the cabinet state names the new session
+    assert a["slot"] == rig.core.session.slot_in
