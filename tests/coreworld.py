@@ -17,6 +17,7 @@ class Battery:
         self.capacity_mah = capacity_mah
         self.req_ma = req_ma
         self.acc = 0  # mA x ms not yet counted as SoC
+        self.says_full = None  # the BMS's "fully charged" flag: None, as its SoC reaches 100 %
 
     def voltage_mv(self):
         return 42000 + (54600 - 42000) * self.soc_pm // 1000
@@ -157,7 +158,7 @@ class World:
         bms.cycles = b.cycles
         bms.faults = b.faults
         bms.req_current_ma = b.req_ma
-        bms.full = b.soc_pm >= 1000
+        bms.full = b.soc_pm >= 1000 if b.says_full is None else b.says_full
 
 
 class Rig:

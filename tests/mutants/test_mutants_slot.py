@@ -79,3 +79,81 @@ def test_after_a_reboot_a_battery_read_before_its_serial_arrives_shows_the_inven
     rig.run(500)
     v = rig.core.slot_state(1)["battery"]
     assert (v["serial"], v["profile"], v["soc"]) == ("F-01", "ref48v", 95.0)
+
+
+# -- rule 1's window and rule 2's hysteresis, to the tenth of a degree -------------------------------
+def _charging_rig(profile, soc=60, temp=25):
+    import pathlib
+
+    from tukar.profile import load_dir
+    shipped = load_dir(str(pathlib.Path(__file__).resolve().parents[2] / "firmware" / "profiles"))
+    rig = Rig(Core("cab-1", 4, profiles=shipped))
+    rig.world.place(1, Battery("W-1", soc=soc, temp=temp, profile=profile))
+    rig.run(1000)
+    return rig, rig.world.slots[0].battery
+
+
+def _at(rig, b, temp_dc=None, soc_pm=None):
+    if temp_dc is not None:
+        b.temp_dc = temp_dc
+    if soc_pm is not None:
+        b.soc_pm = soc_pm
+    rig.run(300)  # fresh readings at the BMS period
+    return rig.core.charge_ma[0]
+
+
+@pytest.mark.parametrize("profile, lo, hi", [("ref48v", 0, 450), ("pack72v", 50, 400)])
+def test_charging_holds_outside_the_window_and_resumes_3_degc_inside_it(profile, lo, hi):
+    """The window is the config's 0..45 degC narrowed by the profile (pack72v: 5..40 degC); its
+    edges charge; a tenth of a degree past one holds until 3.0 degC back inside (rule 2)."""
+    rig, b = _charging_rig(profile)
+    assert rig.core.charge_ma[0] > 0
+    assert _at(rig, b, temp_dc=hi) > 0  # the edge itself charges
+    assert _at(rig, b, temp_dc=hi + 1) == 0
+    assert rig.core.slots[0].reason == "temperature"
+    assert _at(rig, b, temp_dc=hi - 29) == 0  # 2.9 degC inside: still held
+    assert _at(rig, b, temp_dc=hi - 30) > 0
+    assert _at(rig, b, temp_dc=lo) > 0
+    assert _at(rig, b, temp_dc=lo - 1) == 0
+    assert _at(rig, b, temp_dc=lo + 29) == 0
+    assert _at(rig, b, temp_dc=lo + 30) > 0
+
+
+def test_a_full_battery_stops_at_100_percent_and_tops_up_below_97():
+    rig, b = _charging_rig("ref48v", soc=99)
+    assert _at(rig, b, soc_pm=999) > 0
+    assert _at(rig, b, soc_pm=1000) == 0
+    assert rig.core.slots[0].reason == "full"
+    assert _at(rig, b, soc_pm=970) == 0  # 97.0 %: not below it
+    assert _at(rig, b, soc_pm=969) > 0
+
+
+def test_the_full_flag_or_100_percent_each_stop_the_charge_alone():
+    rig, b = _charging_rig("ref48v", soc=99)
+    b.says_full = True  # the BMS calls it full at 99.5 %
+    assert _at(rig, b, soc_pm=995) == 0 and rig.core.slots[0].reason == "full"
+    b.says_full = False  # a BMS that never raises the flag
+    assert _at(rig, b, soc_pm=960) > 0
+    assert _at(rig, b, soc_pm=1000) == 0 and rig.core.slots[0].reason == "full"
+
+
+def test_a_temperature_hold_and_a_full_hold_each_keep_their_own_end():
+    # Full, then too hot: cooled back inside, it stays held until below 97 %.
+    rig, b = _charging_rig("ref48v", soc=99)
+    assert _at(rig, b, soc_pm=1000) == 0
+    assert _at(rig, b, soc_pm=980) == 0
+    assert _at(rig, b, temp_dc=451) == 0 and rig.core.slots[0].reason == "temperature"
+    assert _at(rig, b, temp_dc=400) == 0 and rig.core.slots[0].reason == "full"
+    assert _at(rig, b, soc_pm=969) > 0
+    # Too hot, then full: below 97 % again, it stays held until 3 degC inside the window.
+    assert _at(rig, b, temp_dc=451) == 0
+    assert _at(rig, b, temp_dc=430, soc_pm=1000) == 0
+    assert _at(rig, b, soc_pm=960) == 0 and rig.core.slots[0].reason == "temperature"
+    assert _at(rig, b, temp_dc=420) > 0
+
+
+def test_a_temperature_hold_ending_does_not_make_a_97_percent_battery_full():
+    rig, b = _charging_rig("ref48v", soc=97)
+    assert _at(rig, b, soc_pm=975) > 0  # never full: it charges
+    assert _at(rig, b, temp_dc=451) == 0
+    assert _at(rig, b, temp_dc=400) > 0
