@@ -62,6 +62,49 @@ def test_a_lock_that_drifts_open_is_retried_then_jammed(start):
     assert rig.core.lock_cmd[1] is True and rig.core.charge_ma[1] == 0
 
 
+def test_a_jam_is_reported_once_and_cleared_once_the_bolt_moves_on_a_new_command():
+    rig = settled(0, full=1, half=0)
+    ws = rig.world.slots[1]
+    ws.locked = False  # the bolt of an empty slot slides back and sticks there
+    ws.jammed = True
+    rig.run(3000)  # retried, jammed, and stuck open well past it
+    faults = [e for e in rig.events if e["type"] in ("Fault", "FaultCleared")]
+    assert [(e["type"], e["code"]) for e in faults] == [("Fault", "lock_jam")]
+    ws.jammed = False
+    rig.run(1000)  # the bolt follows the lock command again, but nothing commanded it anew
+    assert rig.core.slot_state(2)["faults"] == ["lock_jam"]
+    rig.cmd("set_mode", mode="maintenance")
+    rig.cmd("open_slot", slot=2)  # a new command: the bolt moves on it
+    rig.run(500)
+    faults = [e for e in rig.events if e["type"] in ("Fault", "FaultCleared")]
+    assert [(e["type"], e["code"]) for e in faults] == [("Fault", "lock_jam"), ("FaultCleared", "lock_jam")]
+    assert rig.core.slot_state(2)["faults"] == []
+    assert rig.core.slot_state(2)["lock"] == "unlocked"
+
+
+def test_every_retry_of_a_drifting_lock_pulses_the_driver_anew():
+    rig = settled(0, full=1, half=0)
+    ws = rig.world.slots[1]
+    pulses = [rig.core.lock_pulse[1]]
+    for _ in range(3):  # the bolt slides back and sticks until the retry, three times over
+        ws.locked = False
+        ws.jammed = True
+        assert ms_until(rig, lambda: rig.core.lock_pulse[1] != pulses[-1], 2000) is not None
+        pulses.append(rig.core.lock_pulse[1])
+        ws.jammed = False
+        rig.run(500)
+    assert pulses == [pulses[0] + k for k in range(4)]
+    assert not rig.of("Fault") and rig.core.slot_state(2)["lock"] == "locked"
+
+
+def test_locks_that_move_as_commanded_raise_and_clear_no_fault():
+    rig = settled(0)
+    rig.cmd("start_swap", id_token="t")
+    rider_inserts(rig, Battery("R-1", soc=20), wait_ms=3000)
+    assert rig.core.session is not None and rig.core.session.phase == "dispensing"
+    assert not [e for e in rig.events if e["type"] in ("Fault", "FaultCleared")]
+
+
 # -- rule 5: a sensor 10 degC away from the BMS for 1 s, in both directions -------------------------
 @pytest.mark.parametrize("start", NEAR_WRAP)
 @pytest.mark.parametrize("sensor_dc", [351, 149])  # battery at 25.0 degC: 10.1 above, 10.1 below
