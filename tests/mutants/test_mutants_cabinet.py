@@ -3,6 +3,7 @@ FaultCleared of severity `error`, each a valid event, and the cabinet state publ
 from coreworld import stocked_rig
 
 from tukar.inputs import SENSOR_OK, SENSOR_OPEN
+from tukar.states import J_CONFIG, J_MODE
 from tukar_tools import schemas
 
 
@@ -31,3 +32,42 @@ def test_the_cabinet_state_is_published_in_the_tick_the_sensor_fails():
     rig.tick()
     assert rig.core.take_dirty() & 1
     assert rig.core.cabinet_state()["temp_c"] is None
+
+
+# -- rule 4's causes --------------------------------------------------------------------------------
+def test_the_cabinets_own_70_degc_latches_the_emergency_with_every_slot_cool():
+    rig = stocked_rig()
+    for ws in rig.world.slots:
+        ws.slot_temp_dc = 300  # every slot's sensor reads 30 degC, empty or not
+    rig.world.cab_temp_dc = 700
+    rig.run(200)
+    assert rig.core.mode == "emergency"
+    assert [e["cause"] for e in rig.of("Emergency")] == ["overtemp"]
+
+
+def test_causes_that_start_in_one_tick_each_latch_and_each_is_announced():
+    rig = stocked_rig()
+    rig.core.take_journal()
+    rig.core.jdirty = J_CONFIG  # already owed to flash: still owed after
+    rig.world.smoke = True
+    rig.world.estop = True
+    rig.world.cab_temp_dc = 700
+    rig.tick()
+    assert sorted(e["cause"] for e in rig.of("Emergency")) == ["estop", "overtemp", "smoke"]
+    assert rig.core.take_journal() & (J_MODE | J_CONFIG) == J_MODE | J_CONFIG
+    a = rig.cmd("reset_emergency")
+    assert a["error"] == "emergency" and a["detail"] == "causes still present: smoke,estop,overtemp"
+
+
+def test_causes_that_start_one_after_another_all_stay_latched_until_reset():
+    rig = stocked_rig()
+    rig.world.smoke = True
+    rig.run(100)
+    rig.world.smoke = False
+    rig.world.estop = True
+    rig.run(100)
+    rig.world.estop = False
+    rig.run(100)
+    assert [e["cause"] for e in rig.of("Emergency")] == ["smoke", "estop"]
+    assert rig.cmd("reset_emergency")["ok"]
+    assert sorted(e["cause"] for e in rig.of("EmergencyCleared")) == ["estop", "smoke"]
