@@ -455,3 +455,28 @@ def test_a_hold_lets_an_open_swap_finish():
     rig.world.close_door(out)
     rig.run(300)
     assert rig.of("SwapCompleted")
+
+
+# -- the clocks an event carries ------------------------------------------------------------------
+def test_uptime_counts_every_whole_second_at_its_end_and_never_drifts():
+    rig = Rig(Core("cab-1", 4))
+    rig.run(950)
+    assert (rig.core.up_s, rig.core.up_ms()) == (0, 950)
+    rig.tick()  # 1000 ms exactly
+    assert (rig.core.up_s, rig.core.up_ms()) == (1, 1000)
+    rig.run(99_000)
+    assert (rig.core.up_s, rig.core.up_ms()) == (100, 100_000)
+
+
+def test_events_carry_the_wall_time_of_the_tick_that_made_them_or_null():
+    rig = stocked_rig()
+    wall = 1_764_547_200
+    rig.now += 50
+    rig.world.step(rig.now)
+    rig.core.tick(rig.now, wall)
+    a = rig.cmd("start_swap", id_token="t")
+    assert a["ok"] and rig.core.events == [] and rig.of("SwapStarted")[-1]["ts"] == wall
+    assert rig.core.telemetry()["ts"] == wall
+    rig.tick()  # a tick without the wall clock (not synced): events say so
+    rig.cmd("cancel_swap")
+    assert rig.of("SwapAborted")[-1]["ts"] is None
