@@ -480,3 +480,44 @@ def test_events_carry_the_wall_time_of_the_tick_that_made_them_or_null():
     rig.tick()  # a tick without the wall clock (not synced): events say so
     rig.cmd("cancel_swap")
     assert rig.of("SwapAborted")[-1]["ts"] is None
+
+
+# -- a slot's switches unreadable, then readable again ---------------------------------------------
+def _faults(rig):
+    return [(e["type"], e["code"]) for e in rig.events if e["type"] in ("Fault", "FaultCleared")]
+
+
+def test_a_glitch_of_the_switches_shorter_than_500_ms_raises_and_clears_nothing():
+    rig = settled(0)
+    rig.world.slots[3].io_fault = True
+    rig.run(400)
+    rig.world.slots[3].io_fault = False
+    rig.run(500)
+    assert _faults(rig) == []
+
+
+def test_unreadable_switches_neither_hide_nor_clear_a_latched_jam():
+    rig = settled(0, full=1, half=0)
+    ws = rig.world.slots[1]
+    ws.locked = False
+    ws.jammed = True
+    rig.run(3000)
+    ws.io_fault = True
+    rig.run(1000)
+    assert rig.core.slot_state(2)["faults"] == ["lock_jam", "slot_io"]
+    ws.io_fault = False
+    rig.run(500)
+    assert _faults(rig) == [("Fault", "lock_jam"), ("Fault", "slot_io"), ("FaultCleared", "slot_io")]
+    assert rig.core.slot_state(2)["faults"] == ["lock_jam"]
+
+
+def test_a_door_forced_in_the_tick_after_the_switches_come_back_is_a_break_in():
+    rig = settled(0)
+    ws = rig.world.slots[0]
+    ws.io_fault = True
+    rig.run(1000)
+    ws.io_fault = False
+    rig.tick()  # readable again: the door reads shut and locked
+    assert rig.world.open_door(1, force=True)
+    rig.tick()
+    assert [e["slot"] for e in rig.of("DoorForced")] == [1]
