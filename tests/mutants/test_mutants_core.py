@@ -521,3 +521,15 @@ def test_a_door_forced_in_the_tick_after_the_switches_come_back_is_a_break_in():
     assert rig.world.open_door(1, force=True)
     rig.tick()
     assert [e["slot"] for e in rig.of("DoorForced")] == [1]
+
+
+def test_a_pack_gone_silent_keeps_its_slots_sensor_fault_beside_the_link_fault():
+    rig = settled(0, full=0, half=1)
+    ws = rig.world.slots[0]
+    ws.sensor = 1  # the slot's thermistor opens
+    rig.run(200)
+    assert rig.core.slot_state(1)["faults"] == ["temp_sensor_open"]
+    ws.bms_dead = True
+    rig.run(6000)  # past bms_lost_ms
+    assert rig.core.slot_state(1)["faults"] == ["temp_sensor_open", "bms_link"]
+    assert _faults(rig) == [("Fault", "temp_sensor_open"), ("Fault", "bms_link")]
