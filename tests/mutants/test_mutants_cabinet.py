@@ -71,3 +71,14 @@ def test_causes_that_start_one_after_another_all_stay_latched_until_reset():
     assert [e["cause"] for e in rig.of("Emergency")] == ["smoke", "estop"]
     assert rig.cmd("reset_emergency")["ok"]
     assert sorted(e["cause"] for e in rig.of("EmergencyCleared")) == ["estop", "smoke"]
+
+
+def test_chargers_stop_above_the_cabinets_charge_limit_not_at_it():
+    rig = stocked_rig(full=0, half=2)
+    assert rig.core.charge_ma[0] > 0
+    rig.world.cab_temp_dc = 550  # cabinet_charge_max_c: 55 degC, the edge itself
+    rig.run(200)
+    assert rig.core.charge_ma[0] > 0 and rig.core.charge_ma[1] > 0
+    rig.world.cab_temp_dc = 551
+    rig.run(200)
+    assert rig.core.charge_ma[0] == 0 and rig.core.charge_ma[1] == 0
