@@ -7,6 +7,7 @@ import pytest
 from coreworld import Battery, Rig, rider_inserts, stocked_rig
 
 from tukar.clock import TICKS_PERIOD, wrap_diff
+from tukar import slot as sl
 from tukar.core import Core
 
 TICK = 50
@@ -533,3 +534,22 @@ def test_a_pack_gone_silent_keeps_its_slots_sensor_fault_beside_the_link_fault()
     rig.run(6000)  # past bms_lost_ms
     assert rig.core.slot_state(1)["faults"] == ["temp_sensor_open", "bms_link"]
     assert _faults(rig) == [("Fault", "temp_sensor_open"), ("Fault", "bms_link")]
+
+
+@pytest.mark.parametrize("phase", ["P_AWAITING", "P_DISPENSING", "P_REJECTED"])
+def test_a_slot_left_in_a_session_phase_with_no_session_is_locked_and_looked_at_again(phase):
+    """State that cannot arise normally (a journal from another version, a bug elsewhere): the
+    slot is made safe at its next evaluation, its lock commanded shut and its contents identified
+    afresh."""
+    rig = settled(0, full=1, half=1)
+    for n in (2, 5):  # one holding a pack, one empty
+        s = rig.core.slots[n - 1]
+        s.phase = getattr(sl, phase)
+        s.command_lock(False, rig.now)
+        rig.world.slots[n - 1].locked = False  # its bolt drawn back: it has to travel shut
+    rig.run(1000)
+    assert rig.core.session is None
+    assert rig.core.slot_state(2)["state"] in ("identifying", "charging", "ready")
+    assert rig.core.slot_state(2)["lock"] == "locked"
+    assert rig.core.slot_state(5)["state"] == "empty" and rig.core.slot_state(5)["lock"] == "locked"
+    assert rig.core.lock_cmd[1] and rig.core.lock_cmd[4]
