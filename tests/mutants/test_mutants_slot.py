@@ -157,3 +157,49 @@ def test_a_temperature_hold_ending_does_not_make_a_97_percent_battery_full():
     assert _at(rig, b, soc_pm=975) > 0  # never full: it charges
     assert _at(rig, b, temp_dc=451) == 0
     assert _at(rig, b, temp_dc=400) > 0
+
+
+# -- why a charger stops, as ChargeStopped and the paused slot's state say -------------------------
+def _smoke(rig, n):
+    rig.world.smoke = True
+
+
+def _switches_unreadable(rig, n):
+    rig.world.slots[n - 1].io_fault = True
+
+
+def _quarantined(rig, n):
+    rig.cmd("quarantine", slot=n, reason="inspection")
+
+
+def _opened_for_maintenance(rig, n):
+    rig.cmd("set_mode", mode="maintenance")
+    rig.cmd("open_slot", slot=n)
+
+
+def _door_forced_open(rig, n):
+    assert rig.world.open_door(n, force=True)  # the pack still inside
+
+
+def _taken_by_force(rig, n):
+    assert rig.world.open_door(n, force=True)
+    rig.world.take(n)
+
+
+@pytest.mark.parametrize("cause, reason, state, state_reason", [
+    (_smoke, "emergency", "charge_paused", "emergency"),
+    (_switches_unreadable, "slot_io", "charge_paused", "slot_io"),
+    (_quarantined, "quarantine", "quarantined", "inspection"),
+    (_opened_for_maintenance, "door", "maintenance_open", None),
+    (_door_forced_open, "door", "charge_paused", "door"),
+    (_taken_by_force, "no_battery", "empty", None),
+], ids=lambda x: getattr(x, "__name__", None) if callable(x) else None)
+def test_a_charge_stopped_names_why(cause, reason, state, state_reason):
+    rig = stocked_rig()
+    n = 4
+    assert rig.core.charge_ma[n - 1] > 0
+    cause(rig, n)
+    rig.run(500)
+    assert [e["reason"] for e in rig.of("ChargeStopped") if e["slot"] == n] == [reason]
+    st = rig.core.slot_state(n)
+    assert (st["state"], st["reason"]) == (state, state_reason)
