@@ -10,6 +10,7 @@ import threading
 
 import pytest
 from brokers import mqtt_broker  # noqa: F401 (a fixture)
+from test_app import FakeWDT, OfflineClient  # an offline broker and a watchdog that keeps its feeds
 
 import hosttime
 import machine
@@ -30,28 +31,6 @@ KEY = bytes(range(32))
 SPEED = 20.0
 FACTORY = tukar.FW_VERSION
 SIZE = 16384  # 32 writes of CHUNK (512 B), in 4 blocks
-
-
-class OfflineClient:
-    def __init__(self, *a, **k):
-        self.sock = None
-
-    def set_callback(self, f):
-        pass
-
-    def set_last_will(self, *a, **k):
-        pass
-
-    def connect(self, *a, **k):
-        raise OSError(111, "ECONNREFUSED")
-
-
-class FakeWDT:
-    def __init__(self):
-        self.feeds = []
-
-    def feed(self):
-        self.feeds.append(hosttime.ticks_ms())
 
 
 class PowerCut(SystemExit):
@@ -304,14 +283,21 @@ def test_set_boot_refuses_an_image_that_does_not_read(tmp_path):
 
 # -- a whole update, in process -------------------------------------------------------------------
 
+async def send_update(cab, settle_ms=500, **over):
+    """Boot, settle, maintenance mode, then the signed ota command; what the settling run returned
+    (None: the application still running)."""
+    cab.boot()
+    settled = await cab.run(settle_ms)
+    maintenance(cab)
+    await cab.run(200)
+    cab.send(command("ota", "u-1", ts=1, **cab.manifest(**over)))
+    return settled
+
+
 def test_an_update_downloads_switches_boots_self_tests_and_is_applied(cabinet):
     async def go():
         cab = cabinet
-        cab.boot()
-        assert await cab.run(500) is None
-        maintenance(cab)
-        await cab.run(200)
-        cab.send(command("ota", "u-1", ts=1, **cab.manifest()))
+        assert await send_update(cab) is None
         why = await cab.run(30000, until=lambda: cab.app.stopping is not None)
         assert why == "ota" or cab.app.stopping == "ota", cab.types()
         await cab.stop()
@@ -432,11 +418,7 @@ def test_no_memory_for_the_update_code_is_refused_busy_and_the_cabinet_goes_on(c
 def test_a_wrong_sha256_never_switches_the_boot_partition(cabinet):
     async def go():
         cab = cabinet
-        cab.boot()
-        await cab.run(500)
-        maintenance(cab)
-        await cab.run(200)
-        cab.send(command("ota", "u-1", ts=1, **cab.manifest(sha256="00" * 32)))
+        await send_update(cab, sha256="00" * 32)
         await cab.run(20000, until=lambda: "OtaFailed" in cab.types())
         await cab.stop()
         failed = [e for e in cab.events if e["type"] == "OtaFailed"]
@@ -451,11 +433,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(cabinet):
     async def go():
         cab = cabinet
         cab.server.drop_after = 5000
-        cab.boot()
-        await cab.run(500)
-        maintenance(cab)
-        await cab.run(200)
-        cab.send(command("ota", "u-1", ts=1, **cab.manifest()))
+        await send_update(cab)
         await cab.run(30000, until=lambda: cab.app.stopping is not None
                       or "OtaFailed" in cab.types())
         await cab.stop()
@@ -469,11 +447,7 @@ def test_a_server_that_ignores_range_makes_the_download_start_again(cabinet):
         cab = cabinet
         cab.server.drop_after = 5000
         cab.server.no_range = True
-        cab.boot()
-        await cab.run(500)
-        maintenance(cab)
-        await cab.run(200)
-        cab.send(command("ota", "u-1", ts=1, **cab.manifest()))
+        await send_update(cab)
         await cab.run(30000, until=lambda: cab.app.stopping is not None
                       or "OtaFailed" in cab.types())
         await cab.stop()
@@ -546,11 +520,7 @@ def test_a_power_cut_at_every_block_write_boots_the_old_image_and_keeps_the_jour
 
 
 async def update_until_set_boot(cab):
-    cab.boot()
-    await cab.run(1500)
-    maintenance(cab)
-    await cab.run(200)
-    cab.send(command("ota", "u-1", ts=1, **cab.manifest()))
+    await send_update(cab, 1500)
     await cab.run(30000, until=lambda: cab.app.stopping is not None)
     assert cab.app.stopping == "ota"
     await cab.stop()
