@@ -294,7 +294,11 @@ class Update:
             while data:
                 n = s.send(data)
                 data = data[n:]
-            f = s.makefile("rb")
+            # MicroPython's socket is itself a stream (readline, readinto). Its unix port's
+            # makefile() wraps the same fd in a second object whose finaliser closes that fd again
+            # when collected, long after s.close(): by then the number may be a file's (seen as
+            # EBADF on the partition's header). CPython's socket needs makefile().
+            f = s if hasattr(s, "readline") else s.makefile("rb")
             line = f.readline()
             parts = line.split()
             code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
