@@ -636,3 +636,61 @@ def test_start_swap_persists_the_count_and_the_session_and_publishes_the_cabinet
     d = rig.core.take_dirty()
     assert d & 1 and d & 1 << 5, bin(d)  # the cabinet state names the new session
     assert a["slot"] == rig.core.session.slot_in
+
+
+# -- the command dispatcher's own answers --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["nope", ["start_swap"], {"cmd": "set_mode"}, 7, None])
+def test_a_command_nobody_knows_is_unknown_cmd_with_its_name_in_words(name):
+    # A name that is not text (a list or an object cannot even be looked up) is unknown as well,
+    # not an internal error.
+    rig = stocked_rig(slots=2, full=1, half=0)
+    a = rig.cmd(name)
+    assert a == {"req_id": "r-1", "ok": False, "error": "unknown_cmd",
+                 "detail": "unknown command %r" % (name,)}
+    valid(rig)
+
+
+def test_an_accepted_commands_ack_carries_its_req_id_and_no_detail():
+    rig = stocked_rig(slots=2, full=1, half=0)
+    a = rig.cmd("set_mode", mode="maintenance")
+    assert (a["req_id"], a["ok"], a["error"], a["detail"]) == ("r-1", True, None, "")
+
+
+def test_a_refused_commands_ack_carries_its_req_id():
+    rig = stocked_rig(slots=2, full=1, half=0)
+    a = rig.cmd("start_swap")
+    assert (a["req_id"], a["ok"], a["error"]) == ("r-1", False, "bad_args")
+
+
+def test_a_handler_that_fails_is_answered_not_allowed_in_words_and_the_cabinet_goes_on(monkeypatch):
+    # The last line of defence: a bug in one handler is an ack, never an exception in the control
+    # task, and the next command is served.
+    from tukar import commands
+
+    def broken(self, body):
+        raise ZeroDivisionError("x")
+
+    rig = stocked_rig(slots=2, full=1, half=0)
+    monkeypatch.setitem(commands._HANDLERS, "rebirth", broken)
+    a = rig.cmd("rebirth")
+    assert a == {"req_id": "r-1", "ok": False, "error": "not_allowed",
+                 "detail": "internal error: ZeroDivisionError('x')"}
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    rig.run(200)
+    assert rig.core.cabinet_state()["mode"] == "maintenance"
+    valid(rig)
+
+
+def test_an_event_the_shell_reports_is_emitted_as_the_cores_own_are():
+    # An update's events (tukar.ota) go out through the core: numbered in its sequence, with the
+    # tick's wall time and uptime, and what persists the event counter marked.
+    rig = stocked_rig(slots=2, full=1, half=0)
+    rig.core.take_journal()
+    before = rig.core.event_n
+    fields = {"version": "1.2.0", "bytes": 512, "size": 1024, "percent": 50}
+    ev = rig.core.report("OtaProgress", fields)
+    assert rig.core.events == [ev]
+    assert ev == {"id": "cab-1-%d-%d" % (rig.core.boot, before + 1), "type": "OtaProgress",
+                  "ts": rig.core.wall, "up_ms": rig.core.up_ms(), **fields}
+    schemas.validate("event", dict(ev, seq=1))
+    assert rig.core.take_journal() & J_COUNTERS

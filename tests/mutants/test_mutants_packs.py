@@ -441,3 +441,25 @@ def test_a_rider_s_pack_given_back_before_battery_in_is_not_held_when_its_serial
     assert rig.core.session is None and rig.core.is_retired("R-7")
     assert [e["reason"] for e in rig.of("SwapAborted")] == ["no_battery_available"]
     assert not [e for e in rig.of("Quarantined") if e["slot"] == n]
+
+
+# -- the retired serials' hash: part of the journal's format -------------------------------------------
+def test_the_retired_serials_hash_is_the_one_journals_on_flash_hold():
+    # The journal keeps retired packs as these 30-bit numbers (tukar.packs.serial_hash): a firmware
+    # whose hash differs, by a start value or a multiplier, no longer knows the packs an earlier
+    # image retired, and hands them out again after an update.
+    from tukar.packs import serial_hash
+    assert [serial_hash(s) for s in ("F-01", "B-0042", "TKR24A0001234", "\u00e9-1", "x")] == [
+        103603585, 1053730896, 1016774519, 892213248, 323471849]
+
+
+def test_the_retired_serials_hash_spreads_a_fleets_serials_over_its_30_bits():
+    # 30,000 serials of two common shapes: about 0.4 pairs are expected to share a 30-bit hash; a
+    # hash whose second half adds fewer bits (its low byte stuck) gives about a hundred.
+    from tukar.packs import serial_hash
+    serials = ["TKR-%02d-%06d" % (y, n) for y in (24, 25) for n in range(10000)]
+    serials += ["SN%08X" % (n * 7919) for n in range(10000)]
+    hashes = [serial_hash(s) for s in serials]
+    assert all(0 <= h < 1 << 30 for h in hashes)
+    assert len(serials) - len(set(hashes)) <= 3
+    assert len({h & 0xFF for h in hashes}) == 256

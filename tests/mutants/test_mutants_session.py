@@ -10,7 +10,7 @@ contract's schemas."""
 import json
 
 import pytest
-from coreworld import Battery, Rig, insert_until_dispensing, stocked_rig
+from coreworld import Battery, Rig, insert_until_dispensing, rider_inserts, stocked_rig
 
 from tukar.clock import wrap_add, wrap_diff
 from tukar.core import Core
@@ -769,3 +769,29 @@ def test_sensor_mismatch_timers_fire_to_the_tick_across_the_end_of_a_swap_its_sl
             if e["type"] == "Fault":
                 faults[e["slot"]] = (e["code"], wrap_diff(rig.now, t2 if e["slot"] == 2 else t3))
     assert faults == {2: ("temp_mismatch", 1000), 3: ("temp_mismatch", 1000)}
+
+
+# -- a pack accepted where the inventory named another --------------------------------------------------
+def test_a_pack_found_in_place_of_another_after_a_cut_reports_that_one_missing_and_starts_its_own_wear():
+    rig = stocked_rig(slots=4, full=2, half=1)
+    journal = json.loads(json.dumps(rig.core.journal()))
+    journal["wear"] = [2, 3, 4 | 256, 0]  # BMS faults and overheats counted against each pack
+    rig.world.slots[1].battery = Battery("N-02", soc=95)  # exchanged while the power was out
+    rig.core = rig.world.core = Core("cab-1", 4, journal=journal, boot_reason="power_loss")
+    rig.core.now = rig.now
+    rig.events.clear()
+    rig.run(1500)
+    assert [(e["slot"], e["serial"]) for e in rig.of("BatteryMissing")] == [(2, "F-02")]
+    assert rig.core.slot_state(2)["battery"]["serial"] == "N-02"
+    assert rig.core.journal()["wear"] == [2, 0, 4 | 256, 0]  # the new pack's own count; no other's
+
+
+def test_a_new_pack_a_little_inside_the_charge_window_charges_at_once():
+    # Rule 2's hysteresis holds a pack that left the window until it is 3 degC inside; a pack just
+    # accepted has left nothing: at 1 degC (the window opens at 0) it charges.
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rider_inserts(rig, Battery("R-1", soc=40, temp=1), wait_ms=0)
+    rig.run(3000)
+    assert rig.core.slot_state(n)["state"] == "charging"
+    assert rig.core.slot_state(n)["battery"]["serial"] == "R-1"

@@ -83,10 +83,9 @@ def test_after_a_reboot_a_battery_read_before_its_serial_arrives_shows_the_inven
 
 # -- rule 1's window and rule 2's hysteresis, to the tenth of a degree -------------------------------
 def _charging_rig(profile, soc=60, temp=25):
-    import pathlib
-
     from tukar.profile import load_dir
-    shipped = load_dir(str(pathlib.Path(__file__).resolve().parents[2] / "firmware" / "profiles"))
+    from tukar_tools.hostenv import ROOT  # the checkout's, also where make mutate runs a copy of tests/
+    shipped = load_dir(str(ROOT / "firmware" / "profiles"))
     rig = Rig(Core("cab-1", 4, profiles=shipped))
     rig.world.place(1, Battery("W-1", soc=soc, temp=temp, profile=profile))
     rig.run(1000)
