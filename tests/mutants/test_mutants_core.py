@@ -553,3 +553,203 @@ def test_a_slot_left_in_a_session_phase_with_no_session_is_locked_and_looked_at_
     assert rig.core.slot_state(2)["lock"] == "locked"
     assert rig.core.slot_state(5)["state"] == "empty" and rig.core.slot_state(5)["lock"] == "locked"
     assert rig.core.lock_cmd[1] and rig.core.lock_cmd[4]
+
+
+# -- outputs, wear and retirement where two things happen in one tick ---------------------------------
+def test_two_charging_packs_gone_in_one_tick_both_switch_their_chargers_off():
+    # The shell drives only the slots the core flags (take_outputs): each charger that has to
+    # stop is flagged, not just the last one the tick looked at.
+    rig = settled(0, full=0, half=3)
+    assert [rig.core.charge_ma[i] > 0 for i in range(3)] == [True, True, True]
+    rig.core.take_outputs()
+    rig.world.slots[0].battery = None
+    rig.world.slots[2].battery = None
+    rig.tick()
+    assert rig.core.charge_ma[0] == 0 and rig.core.charge_ma[2] == 0 and rig.core.charge_ma[1] > 0
+    outs = rig.core.take_outputs()
+    assert outs & (1 << 1) and outs & (1 << 3)
+    assert sorted(e["slot"] for e in rig.of("ChargeStopped")) == [1, 3]
+
+
+def test_an_overheat_counts_once_against_the_pack_and_nothing_else():
+    # The wear ledger: BMS faults in the low byte, rule 4's overheats above it (tukar.packs).
+    rig = settled(0, full=1, half=1)
+    rig.world.slots[1].battery.temp_dc = 610
+    rig.run(500)
+    assert rig.core.slot_state(2)["reason"] == "overtemp"
+    assert rig.core.journal()["wear"][:2] == [0, 256]
+
+
+def test_an_overheat_while_the_slots_switches_are_unreadable_counts_once_against_the_pack():
+    rig = settled(0, full=1, half=1)
+    rig.world.slots[1].io_fault = True
+    rig.world.slots[1].battery.temp_dc = 610
+    rig.run(300)
+    assert rig.core.slots[1].quarantine == "overtemp"
+    assert rig.core.journal()["wear"][:2] == [0, 256]
+
+
+
+def test_a_swap_in_a_two_slot_cabinet_under_the_multi_rate_tick_hands_out_the_quiet_slots_pack():
+    # The shell's mask names only the rider's slot (the other is quiet: nothing sampled there);
+    # the session's dispense slot is taken into the tick's evaluation when it is chosen.
+    from tukar.clock import wrap_add
+    rig = stocked_rig(slots=2, full=0, half=0)
+    rig.world.place(2, Battery("F-02", soc=100))
+    rig.run(3000)
+    assert rig.core.slot_state(2)["state"] == "ready"
+    assert rig.cmd("start_swap", id_token="t")["ok"]
+    n = rig.core.session.slot_in
+
+    def step(mask):
+        rig.now = wrap_add(rig.now, rig.tick_ms)
+        rig.world.step(rig.now)
+        rig.core.step(rig.now, mask)
+        rig.events.extend(rig.core.events)
+        rig.core.events.clear()
+
+    for _ in range(6):
+        step(1 << n)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=20))
+    rig.world.close_door(n)
+    for _ in range(60):
+        step(1 << n)
+        if rig.core.session.slot_out:
+            break
+    assert rig.core.session.slot_out == 2 and not rig.core.lock_cmd[1]
+    for _ in range(6):
+        step(1 << n)
+    assert rig.world.open_door(2) and rig.world.take(2).serial == "F-02"
+    rig.world.close_door(2)
+    for _ in range(20):
+        step(1 << 2)
+    done = rig.of("SwapCompleted")
+    assert done and done[0]["battery_out"] == "F-02" and rig.core.session is None
+
+
+# -- a slot's own steps outside a session: identification, held packs, maintenance ------------------
+def test_a_pack_taken_out_while_it_is_being_identified_leaves_the_slot_empty_and_in_use():
+    rig = stocked_rig(slots=2, full=0, half=0)
+    rig.world.place(1, Battery("D-1"))
+    rig.world.slots[0].bms_dead = True  # no reading yet: identification waits up to 3 s
+    rig.run(1000)
+    assert rig.core.slot_state(1)["state"] == "identifying"
+    rig.world.slots[0].battery = None
+    rig.run(500)
+    assert rig.core.slot_state(1)["state"] == "empty"
+    assert not rig.of("Quarantined") and not rig.of("BatteryMissing")
+
+
+def _masked_step(rig, mask):
+    """One multi-rate tick in which the shell saw only the slots of `mask` change."""
+    from tukar.clock import wrap_add
+    rig.now = wrap_add(rig.now, rig.tick_ms)
+    rig.world.step(rig.now)
+    rig.core.step(rig.now, mask)
+    rig.events.extend(rig.core.events)
+    rig.core.events.clear()
+
+
+def test_a_refused_pack_held_behind_its_shut_door_and_then_stolen_is_missing():
+    # Refused at its identification behind a shut door, the pack is held under its BMS's serial;
+    # the slot then goes quiet (nothing sampled there) until its door is forced and it is taken.
+    rig = stocked_rig(slots=2, full=0, half=0)
+    rig.world.place(1, Battery("X-9", profile="other72v"))
+    for _ in range(100):
+        rig.tick()
+        if rig.of("Quarantined"):
+            break
+    assert rig.of("Quarantined")[0]["reason"] == "unknown_profile"
+    for _ in range(5):
+        _masked_step(rig, 0)
+    assert rig.world.open_door(1, force=True)
+    _masked_step(rig, 1 << 1)
+    rig.world.take(1)
+    _masked_step(rig, 1 << 1)
+    assert [(e["slot"], e["serial"]) for e in rig.of("BatteryMissing")] == [(1, "X-9")]
+
+
+def _rider_leaves_a_hot_pack_in_the_open_slot(rig):
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    assert rig.world.open_door(n) and rig.world.insert(n, Battery("R-1", soc=40, temp=65))
+    rig.run(300)
+    assert rig.core.slots[n - 1].quarantine == "overtemp" and rig.core.session is None
+    rig.run(500)  # the door still open
+    return n
+
+
+def test_a_hot_pack_the_rider_takes_back_before_the_door_shuts_simply_left():
+    rig = stocked_rig(slots=4, full=1, half=0)
+    n = _rider_leaves_a_hot_pack_in_the_open_slot(rig)
+    rig.world.take(n)
+    rig.world.close_door(n)
+    rig.run(500)
+    assert not rig.of("BatteryMissing")
+    assert rig.core.slot_state(n)["battery"] is None
+
+
+def test_a_hot_pack_left_behind_a_shut_door_and_then_stolen_is_missing():
+    rig = stocked_rig(slots=4, full=1, half=0)
+    n = _rider_leaves_a_hot_pack_in_the_open_slot(rig)
+    rig.world.close_door(n)
+    rig.run(1000)
+    assert rig.world.open_door(n, force=True)
+    rig.run(100)
+    rig.world.take(n)
+    rig.run(300)
+    assert [(e["slot"], e["serial"]) for e in rig.of("BatteryMissing")] == [(n, "R-1")]
+
+
+def test_a_retired_pack_taken_from_its_slot_releases_the_slot():
+    rig = stocked_rig(slots=2, full=1, half=0)
+    rig.cmd("retire", serial="F-01")
+    rig.run(500)
+    assert rig.core.slot_state(1)["reason"] == "retired"
+    assert rig.world.open_door(1, force=True)
+    rig.run(100)
+    rig.world.take(1)
+    rig.run(300)
+    assert [(e["slot"], e["reason"]) for e in rig.of("QuarantineReleased")] == [(1, "retired")]
+    assert rig.core.slots[0].quarantine is None
+
+
+@pytest.mark.parametrize("leave_a_pack", [False, True])
+def test_a_slot_shut_after_maintenance_is_published_as_what_it_holds_at_every_tick(leave_a_pack):
+    rig = stocked_rig(slots=2, full=0, half=0)
+    rig.cmd("set_mode", mode="maintenance")
+    assert rig.cmd("open_slot", slot=1)["ok"]
+    rig.run(300)
+    assert rig.world.open_door(1)
+    rig.run(100)
+    if leave_a_pack:
+        rig.world.insert(1, Battery("M-1"))
+    rig.world.close_door(1)
+    seen = set()
+    for _ in range(40):
+        rig.tick()
+        seen.add(rig.core.slot_state(1)["state"])
+    assert seen == ({"identifying", "charging"} if leave_a_pack else {"empty"}), seen
+
+
+def test_a_rider_slot_that_overheats_while_its_switches_are_unreadable_is_locked_and_supervised():
+    # Rule 4 needs no switch: the slot's own sensor reads 65 degC while its expander is silent.
+    # The swap ends, the lock is commanded shut at that tick, and once the switches read again the
+    # bolt is supervised from that command (rule 8), the cabinet's tick never failing.
+    rig = stocked_rig(slots=4, full=1, half=0)
+    rig.cmd("start_swap", id_token="t")
+    n = rig.core.session.slot_in
+    rig.run(300)
+    assert not rig.core.lock_cmd[n - 1]
+    ws = rig.world.slots[n - 1]
+    ws.io_fault = True
+    ws.jammed = True  # and the bolt, drawn back for the rider, will not go out again
+    ws.slot_temp_dc = 650
+    rig.run(200)
+    assert rig.core.slots[n - 1].quarantine == "overtemp"
+    assert rig.core.session is None and rig.core.lock_cmd[n - 1]
+    ws.io_fault = False
+    rig.run(2000)
+    assert ("Fault", n, "lock_jam") in [(e["type"], e.get("slot"), e.get("code")) for e in rig.events]
+    assert rig.core.slot_state(n)["state"] == "quarantined"
