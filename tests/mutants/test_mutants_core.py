@@ -546,7 +546,9 @@ def test_a_slot_left_in_a_session_phase_with_no_session_is_locked_and_looked_at_
         s = rig.core.slots[n - 1]
         s.phase = getattr(sl, phase)
         s.command_lock(False, rig.now)
-        rig.world.slots[n - 1].locked = False  # its bolt drawn back: it has to travel shut
+        ws = rig.world.slots[n - 1]
+        ws.locked = ws.lock_target = False  # its bolt drawn back: it has to travel shut
+        ws.lock_t = rig.now
     rig.run(1000)
     assert rig.core.session is None
     assert rig.core.slot_state(2)["state"] in ("identifying", "charging", "ready")

@@ -538,3 +538,19 @@ def test_the_soh_policy_retires_below_70_percent_and_not_a_pack_whose_bms_gives_
     rig.run(2000)
     assert bool(rig.of("BatteryRetired")) == retired
     assert rig.core.slot_state(1)["reason"] == ("retired" if retired else None)
+
+
+def test_a_pack_past_its_cycle_limit_that_an_operator_holds_is_judged_at_its_release_not_before():
+    # Its BMS's count went past retire_cycles_max while it charged; the operator quarantines the
+    # slot, which ends the charge: a pack the operator holds is judged when released, not sooner.
+    rig = stocked_rig(slots=4, full=0, half=2)
+    rig.world.slots[0].battery.cycles = 2001
+    rig.run(500)
+    assert rig.cmd("quarantine", slot=1, reason="inspection")["ok"]
+    rig.run(1000)
+    assert [e["reason"] for e in rig.of("ChargeStopped") if e["slot"] == 1] == ["quarantine"]
+    assert not rig.of("BatteryRetired")
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("release", slot=1)["ok"]
+    rig.run(1000)
+    assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(1, "cycles")]
