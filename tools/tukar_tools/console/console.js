@@ -48,7 +48,7 @@
   };
   const setText = (e, t) => { if (e.textContent !== t) e.textContent = t; };
 
-  // -- settings from the address: ?ws=ws://host:port/&prefix=tukar -----------------------------
+  // -- settings from the address: ?ws=<the broker's WebSocket URL>&prefix=tukar ---------------
   const query = new URLSearchParams(location.search);
   const conf = {
     ws: query.get("ws") || "ws://" + (location.hostname || "127.0.0.1") + ":9001/",
