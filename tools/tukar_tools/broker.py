@@ -14,6 +14,7 @@ import threading
 import time
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+CONSOLE_QUEUE = 50000  # messages a client may have queued: 1,000 cabinets of 24 slots, retained
 
 
 def free_port():
@@ -108,7 +109,11 @@ class Mosquitto(_Process):
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         conf = os.path.join(d, "mosquitto.conf")
         # Mosquitto 2.0.11 will not start with a WebSockets listener alone; the TCP one comes first.
-        ws = "" if self.ws_port is None else "listener %d 127.0.0.1\nprotocol websockets\n" % self.ws_port
+        # A console subscribing to a fleet gets every retained state at once (500 cabinets of 12
+        # slots: 7,500), and Mosquitto drops what is past max_queued_messages (1,000 by default).
+        ws = "" if self.ws_port is None else (
+            "listener %d 127.0.0.1\nprotocol websockets\nmax_queued_messages %d\n"
+            % (self.ws_port, CONSOLE_QUEUE))
         with open(conf, "w") as f:
             # started as root, Mosquitto would switch to its own user and lose our files
             f.write("listener %d 127.0.0.1\n%sallow_anonymous true\npersistence false\nuser %s\n%s"
