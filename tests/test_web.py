@@ -273,19 +273,22 @@ def test_a_quarantine_signed_in_the_page_is_acked_and_changes_the_slot(browser, 
     assert abs(body["ts"] - time.time()) < 5 and isinstance(body["ts"], int)
     assert re.fullmatch(r"web-[0-9a-f]{8}-\d+", body["req_id"])
     # The rest of the operator's actions, each with its ack.
-    a = act(browser, "open_slot", slot=4)
-    assert a["error"] == "wrong_mode" and "wrong mode: not allowed in the cabinet's current mode" in a["text"]
+    open_slot = "document.querySelector('[data-cmd=open_slot]').disabled"
+    assert browser.evaluate(open_slot) is True  # maintenance only
     assert act(browser, "set_mode", mode="maintenance")["cls"] == "ack ok"
     browser.wait("document.getElementById('cab-summary').innerText.includes('maintenance')", 10)
+    assert browser.evaluate(open_slot) is False
     assert act(browser, "release", slot=2)["cls"] == "ack ok"
     browser.wait("(() => { const t = document.querySelector('#slots [data-slot=\"2\"]');"
                  " return t && t.dataset.state !== 'quarantined'; })()", 15, "slot 2 released")
     assert act(browser, "open_slot", slot=4)["cls"] == "ack ok"
     wait_tile(browser, 4, "maintenance_open")
     assert act(browser, "rebirth")["cls"] == "ack ok"
-    a = act(browser, "reset_emergency")
-    assert a["error"] == "wrong_mode" and "refused: wrong mode" in a["text"], a
+    a = act(browser, "reset_emergency")  # no emergency: the cabinet's refusal, in words
+    assert a["error"] == "wrong_mode" and \
+        "refused: wrong mode: not allowed in the cabinet's current mode" in a["text"], a
     # The technician shuts the door again: the slot locks, and the cabinet can go back in service.
+    r.step({"do": "expect_slot", "slot": 4, "match": {"lock": "unlocked"}, "within_s": 5})
     r.step({"do": "world", "action": "open_door", "slot": 4})
     r.step({"do": "world", "action": "close_door", "slot": 4})
     browser.wait("(() => { const t = document.querySelector('#slots [data-slot=\"4\"]');"

@@ -372,6 +372,8 @@
       return;
     }
     const s = c.state || {};
+    // open_slot is for maintenance only: offered then, its reason shown beside it otherwise.
+    document.querySelector("[data-cmd=open_slot]").disabled = s.mode !== "maintenance";
     add("Status", c.status || "unknown", "badge st-" + (c.status === "online" ? "online" : "offline"));
     add("Mode", (s.mode || "unknown").replace(/_/g, " "));
     add("Alarms", Array.isArray(s.alarms) && s.alarms.length ? s.alarms.join(", ") : "none");
