@@ -129,14 +129,21 @@ def no_horizontal_overflow(browser):
 
 def test_the_fleet_view_shows_every_simulated_cabinet_with_its_retained_state(page, sim):
     page.wait("document.querySelectorAll('#fleet-rows tr').length === 2", 15, "two cabinets")
+
+    def counts_agree():  # the page against the retained state (a charge may finish meanwhile)
+        rows = {r[0]: r for r in page.evaluate(ROWS)}
+        return all([int(x) for x in rows[c][4:8]] == [sim[c].obs.state[k] for k in (
+            "ready", "charging", "empty", "faulted")] for c in rows)
+    deadline = time.monotonic() + 10
+    while not counts_agree() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counts_agree()
     rows = {r[0]: r for r in page.evaluate(ROWS)}
     assert sorted(rows) == ["sim-1", "sim-2"]
     for cid in rows:
-        state = sim[cid].obs.state
         cab, status, mode, alarms, ready, charging, empty, faulted, age = rows[cid]
         assert (status, mode, alarms) == ("online", "in service", "none")
-        assert [int(ready), int(charging), int(empty), int(faulted)] == [
-            state["ready"], state["charging"], state["empty"], state["faulted"]]
+        assert int(empty) + int(charging) <= SLOTS
         assert re.fullmatch(r"\d+ s", age), age
     assert page.evaluate("document.getElementById('fleet-count').textContent") == "(2 seen, 2 online)"
     shot(page, "fleet.png")
@@ -497,9 +504,8 @@ def test_amqtt_serves_the_console_over_websockets_too(browser, tmp_path):
         c.publish("tukar/amq-1/state", json.dumps({"mode": "maintenance", "ready": 4, "empty": 1,
                   "charging": 2, "faulted": 1, "session": None, "temp_c": 30, "alarms": ["smoke"],
                   "seq": 1}), qos=1, retain=True).wait_for_publish(5)
-        browser.wait("document.querySelectorAll('#fleet-rows tr').length === 1", 10)
-        row = browser.evaluate(ROWS)[0]
-        assert row[:8] == ["amq-1", "online", "maintenance", "smoke", "4", "2", "1", "1"]
+        browser.wait("(%s)[0]?.[2] === 'maintenance'" % ROWS, 10, "amq-1's state")
+        assert browser.evaluate(ROWS)[0][:8] == ["amq-1", "online", "maintenance", "smoke", "4", "2", "1", "1"]
         c.loop_stop()
         c.disconnect()
     finally:

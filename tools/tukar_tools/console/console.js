@@ -584,10 +584,13 @@
     });
     const p = conf.prefix;
     client.on("connect", () => {
-      status.textContent = "connected to " + conf.ws;
-      status.className = "st-online";
+      status.textContent = "subscribing on " + conf.ws + "…";
       client.subscribe([p + "/+/status", p + "/+/info", p + "/+/state", p + "/+/slot/+/state",
-                        p + "/+/event", p + "/+/telemetry", p + "/+/ack"], {qos: 1});
+                        p + "/+/event", p + "/+/telemetry", p + "/+/ack"], {qos: 1}, (err) => {
+        // Connected means subscribed: from here on nothing the fleet publishes is missed.
+        status.textContent = err ? "subscription refused: " + err.message : "connected to " + conf.ws;
+        status.className = err ? "st-offline" : "st-online";
+      });
     });
     client.on("close", () => { status.textContent = "disconnected, retrying…"; status.className = "st-offline"; });
     client.on("error", (e) => { status.textContent = "broker error: " + e.message; status.className = "st-offline"; });
