@@ -488,6 +488,31 @@ def test_the_broker_argument_names_the_websocket_url():
         web.ws_url(":1883")
 
 
+def test_a_broker_that_wants_a_password_gets_the_one_typed_in_the_page(browser, tmp_path):
+    require("mosquitto")
+    from tukar_tools import broker as loopback
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "operator", "s3cret pw"],
+                   check=True)
+    b = loopback.Mosquitto(workdir=tmp_path, ws_port=loopback.free_port(), extra=(
+        "allow_anonymous false\npassword_file %s\n" % (tmp_path / "passwd"))).start()
+    server = web.serve()
+    try:
+        url = web.console_url("127.0.0.1", server.server_port, "ws://127.0.0.1:%d/" % b.ws_port)
+        browser.reset_viewport()
+        browser.goto(url + "&load=%d" % next(_loads))
+        status = "document.getElementById('conn-status').textContent"
+        assert "not authorised" in browser.wait("(s => s.startsWith('the broker refused') && s)(%s)"
+                                               % status, 15, "the refusal")
+        browser.evaluate("document.getElementById('conn-user').value = 'operator';"
+                         "document.getElementById('conn-password').value = 's3cret pw';"
+                         "document.querySelector('#conn button').click()")
+        browser.wait("%s.startsWith('connected')" % status, 15, "the page to connect")
+        assert not any("s3cret" in u for u in browser.requested_urls())
+    finally:
+        server.shutdown()
+        b.stop()
+
+
 def test_amqtt_serves_the_console_over_websockets_too(browser, tmp_path):
     """amqtt's ws listener (the broker tukar sim falls back to) carries the page's MQTT as well."""
     from tukar_tools import broker as loopback

@@ -578,10 +578,17 @@
     dirty.cabinet = true;
     const status = $("conn-status");
     status.textContent = "connecting to " + conf.ws + "…";
-    client = mqtt.connect(conf.ws, {
+    const options = {
       protocolVersion: 4, clean: true, keepalive: 30, reconnectPeriod: 2000, connectTimeout: 10000,
       clientId: "tukar-web-" + Math.random().toString(16).slice(2, 10),
-    });
+    };
+    // The broker's credentials, if any, go to the broker only, from the form at each Connect.
+    const user = $("conn-user").value;
+    if (user) {
+      options.username = user;
+      options.password = $("conn-password").value;
+    }
+    client = mqtt.connect(conf.ws, options);
     const p = conf.prefix;
     client.on("connect", () => {
       status.textContent = "subscribing on " + conf.ws + "…";
@@ -592,8 +599,24 @@
         status.className = err ? "st-offline" : "st-online";
       });
     });
-    client.on("close", () => { status.textContent = "disconnected, retrying…"; status.className = "st-offline"; });
-    client.on("error", (e) => { status.textContent = "broker error: " + e.message; status.className = "st-offline"; });
+    let refused = false;
+    client.on("close", () => {
+      if (refused) return;
+      status.textContent = "disconnected, retrying…";
+      status.className = "st-offline";
+    });
+    const own = client;
+    client.on("error", (e) => {
+      status.textContent = "broker error: " + e.message;
+      status.className = "st-offline";
+      // Refused credentials (CONNACK 4 or 5) will not improve by retrying: wait for the form.
+      if (e.code === 4 || e.code === 5) {
+        refused = true;
+        own.end(true);
+        status.textContent = "the broker refused: " + (e.code === 4 ? "bad user name or password" :
+          "not authorised") + "; enter its user and password, then Connect";
+      }
+    });
     const decoder = new TextDecoder();
     client.on("message", (topic, payload) => {
       const t0 = performance.now();
