@@ -92,7 +92,12 @@
     else if (kind === "state") c.state = d;
     else if (slotTopic) {
       const n = d.slot;
-      if (Number.isInteger(n) && String(n) === parts[3]) c.slots.set(n, d);
+      if (Number.isInteger(n) && String(n) === parts[3]) {
+        const before = c.slots.get(n);
+        const serial = (x) => (x && x.battery ? x.battery.serial : null);
+        if (before && serial(before) !== serial(d)) c.history.delete(n);  // another pack, or none
+        c.slots.set(n, d);
+      }
     } else if (kind === "event") addEvent(c, d);
     else if (kind === "telemetry") addTelemetry(c, d);
     else if (kind === "ack") settle(c, d);
