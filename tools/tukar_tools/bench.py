@@ -7,6 +7,7 @@ own per-tick work (refreshing the BMS timestamps) is measured alone and subtract
 from `gc.mem_alloc()` around each tick, in a separate run, with the collector disabled."""
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -175,7 +176,14 @@ def run(args):
     cpu = None if args.no_cpu else bench_cpu.measure(
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
-    console = bench_web.measure(500, 500, args.web_seconds) if args.web_seconds > 0 else None
+    console = None
+    if args.web_seconds > 0:
+        from tukar_tools.browser import CHROMIUM
+        if os.path.exists(CHROMIUM):
+            console = bench_web.measure(500, 500, args.web_seconds)
+        else:
+            print("bench: no Chromium at %s: the web console is not measured" % CHROMIUM,
+                  file=sys.stderr)
     mpy = None if args.no_mpy else bench_mpy.measure(
         args.mpy_outage_s, args.mpy_bisect_outage_s,
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
