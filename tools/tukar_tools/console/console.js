@@ -406,7 +406,7 @@
         li.appendChild(el("strong", null, " " + STEP_WORDS[e.type]));
         const what = e.slot !== undefined ? " slot " + e.slot :
           e.type === "SwapCompleted" ? " slot " + e.slot_in + " in, slot " + e.slot_out + " out, " +
-            fmt(num(e.duration_ms) / 1000, " s") : e.reason ? " (" + e.reason + ")" : "";
+            fmt(num(e.duration_ms) === null ? null : e.duration_ms / 1000, " s") : e.reason ? " (" + e.reason + ")" : "";
         li.appendChild(document.createTextNode(what));
         tl.appendChild(li);
       });
