@@ -180,7 +180,7 @@ def run(args):
     if args.web_seconds > 0:
         from tukar_tools.browser import CHROMIUM
         if os.path.exists(CHROMIUM):
-            console = bench_web.measure(500, 500, args.web_seconds)
+            console = bench_web.measure(500, 600, args.web_seconds)
         else:
             print("bench: no Chromium at %s: the web console is not measured" % CHROMIUM,
                   file=sys.stderr)
