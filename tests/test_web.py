@@ -537,3 +537,16 @@ def test_amqtt_serves_the_console_over_websockets_too(browser, tmp_path):
         server.shutdown()
         b.stop()
 
+
+
+def test_the_benchmark_measures_the_page_under_a_publishing_fleet():
+    """A small run of bench_web (docs/web.md has the 500-cabinet figures): every cabinet shown,
+    frames and messages counted in both views. A check that it measures, not a timing."""
+    need_chromium()
+    from tukar_tools import bench_web
+    r = bench_web.measure(cabinets=20, rate=100, seconds=2)
+    assert r["retained_at_start"] == 20 * 15 and r["all_shown_s"] > 0
+    for view in ("fleet_view", "cabinet_view"):
+        v = r[view]
+        assert v["frames"] > 10 and v["messages_per_s"] > 20, (view, v)
+        assert v["frame_ms_p50"] > 0 and v["render_ms_max"] >= v["render_ms_p50"] > 0, (view, v)
