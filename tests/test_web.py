@@ -388,10 +388,13 @@ def test_the_console_is_usable_by_keyboard_alone(page):
     path = tab_to(page, "e.parentElement && e.parentElement.dataset.key === 'ready'")
     assert ["INPUT", "fleet-filter"] in path
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    ready = "[...document.querySelectorAll('#fleet-rows tr')].map(tr => +tr.cells[4].innerText)"
     page.key("Enter")
     assert page.evaluate("document.querySelector('th[data-key=ready]').getAttribute('aria-sort')") == "ascending"
+    assert page.evaluate(ready) == sorted(page.evaluate(ready))
     page.key("Enter")
     assert page.evaluate("document.querySelector('th[data-key=ready]').getAttribute('aria-sort')") == "descending"
+    assert page.evaluate(ready) == sorted(page.evaluate(ready), reverse=True)
     tab_to(page, "e.tagName === 'A' && e.textContent === 'sim-2'")
     page.key("Enter")
     page.wait("location.hash === '#/cabinet/sim-2' && !document.getElementById('cabinet').hidden", 5)
