@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test sim bench explore soak mutate check clean typings flash deploy micropython needs image crashpoints
+.PHONY: test sim bench explore soak mutate check clean typings flash deploy micropython needs image crashpoints web-assets
 
 ## micropython: the 32-bit unix port with the firmware frozen, as the production image freezes it.
 ## Source: MICROPYTHON_SRC (a pinned tarball, sha256 checked), else the v1.28.0 tag (commit checked).
@@ -49,6 +49,12 @@ test: needs $(STAMP) $(TYPINGS_STAMP) $(MICROPYTHON)
 RUNTIME ?= cpython
 sim: $(STAMP) $(if $(filter micropython,$(RUNTIME)),$(MICROPYTHON))
 	$(VENV)/bin/tukar sim --runtime $(RUNTIME) $(SIM_ARGS)
+
+## web-assets: the web console's MQTT client (mqtt.js, pinned in tools/web/package-lock.json) into
+## tools/tukar_tools/console/mqtt.min.js, which is committed: only whoever updates it needs npm
+web-assets:
+	cd tools/web && npm ci --no-audit --no-fund
+	cp tools/web/node_modules/mqtt/dist/mqtt.min.js tools/tukar_tools/console/mqtt.min.js
 
 ## bench: figures measured under the MicroPython VM (fuel, heap, allocations per tick)
 bench: $(STAMP) $(MICROPYTHON)

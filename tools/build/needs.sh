@@ -5,7 +5,7 @@
 # that installs it.
 set -u
 missing=()
-# Chromium: `tukar report`'s tests render its page headless.
+# Chromium: `tukar report`'s tests render its page headless; the web console's drive it (CDP).
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 printf 'int main(void){return 0;}\n' | ${CC:-cc} -m32 -x c - -o /dev/null 2>/dev/null || missing+=(gcc-multilib)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)

@@ -7,6 +7,7 @@ own per-tick work (refreshing the BMS timestamps) is measured alone and subtract
 from `gc.mem_alloc()` around each tick, in a separate run, with the collector disabled."""
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -149,6 +150,9 @@ def add_arguments(ap):
                     help="MicroPython section: the broker outage's length (default 600 s)")
     ap.add_argument("--mpy-bisect-outage-s", type=float, default=20.0,
                     help="MicroPython section: the outage's length in the heap-size bisection")
+    ap.add_argument("--web-seconds", type=float, default=20.0,
+                    help="how long the web console is measured under 500 cabinets (0: skip it; "
+                         "needs Chromium)")
     ap.add_argument("--no-mpy", action="store_true",
                     help="skip the MicroPython section (it takes about half an hour)")
     ap.add_argument("--no-cpu", action="store_true",
@@ -162,7 +166,7 @@ def main(argv=None):
 
 
 def run(args):
-    from tukar_tools import bench_bus, bench_cpu, bench_mpy, bench_sim
+    from tukar_tools import bench_bus, bench_cpu, bench_mpy, bench_sim, bench_web
 
     rows = [tick_cost(case, args.ticks if case != "identifying" else min(args.ticks, IDENTIFY_TICKS))
             for case in CASES]
@@ -172,13 +176,21 @@ def run(args):
     cpu = None if args.no_cpu else bench_cpu.measure(
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     scale = bench_sim.measure(50, args.sim_seconds) if args.sim_seconds > 0 else None
+    console = None
+    if args.web_seconds > 0:
+        from tukar_tools.browser import CHROMIUM
+        if os.path.exists(CHROMIUM):
+            console = bench_web.measure(500, 600, args.web_seconds)
+        else:
+            print("bench: no Chromium at %s: the web console is not measured" % CHROMIUM,
+                  file=sys.stderr)
     mpy = None if args.no_mpy else bench_mpy.measure(
         args.mpy_outage_s, args.mpy_bisect_outage_s,
         out=lambda line: print(line, file=sys.stderr) if not args.json else None)
     if args.json:
         print(json.dumps({"ticks": rows, "fuel_per_loop_iteration": ref, "calibration": cal,
                           "buses": buses, "control_tick": cpu, "simulator": scale,
-                          "micropython": mpy}, indent=2))
+                          "web_console": console, "micropython": mpy}, indent=2))
         return _exit(cpu, mpy)
     print("Core of a 12-slot cabinet, MicroPython 1.27 VM (32-bit), %d ticks per case" % args.ticks)
     print("  heap after importing the core:   %6d bytes" % rows[0]["heap_import"])
@@ -211,6 +223,9 @@ def run(args):
     if scale is not None:
         print()
         bench_sim.print_report(scale)
+    if console is not None:
+        print()
+        bench_web.print_report(console)
     if mpy is not None:
         print()
         bench_mpy.print_report(mpy)

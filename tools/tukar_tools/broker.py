@@ -1,7 +1,7 @@
 """MQTT brokers the host tools and the tests start on loopback: Mosquitto when it is installed
 (preferred: amqtt mis-delivers retained messages to wildcard subscribers), else amqtt, embedded on
 a thread or as its own process. All listen on 127.0.0.1 only, on a free port that a stop and a
-start again keep."""
+start again keep; given `ws_port`, also MQTT over WebSockets there (the web console's transport)."""
 import asyncio
 import getpass
 import os
@@ -14,6 +14,7 @@ import threading
 import time
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+CONSOLE_QUEUE = 50000  # messages a client may have queued: 1,000 cabinets of 24 slots, retained
 
 
 def free_port():
@@ -52,8 +53,9 @@ class _Process:
     temporary directory, removed on stop, when none is given)."""
     kind = "broker"
 
-    def __init__(self, port=None, workdir=None, extra=""):
+    def __init__(self, port=None, workdir=None, extra="", ws_port=None):
         self.port = port or free_port()
+        self.ws_port = ws_port  # MQTT over WebSockets on this port too (None: not served)
         self.workdir = str(workdir) if workdir is not None else None
         self.extra = extra  # more config lines (Mosquitto: a TLS listener)
         self.proc = None
@@ -77,7 +79,7 @@ class _Process:
                 code = self.proc.returncode
                 self.stop()
                 raise RuntimeError("%s exited with %s (log: %s)" % (self.kind, code, d))
-            if wait_port(self.port, 0.05):
+            if wait_port(self.port, 0.05) and (self.ws_port is None or wait_port(self.ws_port, 0.05)):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -106,10 +108,16 @@ class Mosquitto(_Process):
         if path is None:
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         conf = os.path.join(d, "mosquitto.conf")
+        # Mosquitto 2.0.11 will not start with a WebSockets listener alone; the TCP one comes first.
+        # A console subscribing to a fleet gets every retained state at once (500 cabinets of 12
+        # slots: 7,500), and Mosquitto drops what is past max_queued_messages (1,000 by default).
+        ws = "" if self.ws_port is None else (
+            "listener %d 127.0.0.1\nprotocol websockets\nmax_queued_messages %d\n"
+            % (self.ws_port, CONSOLE_QUEUE))
         with open(conf, "w") as f:
             # started as root, Mosquitto would switch to its own user and lose our files
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nuser %s\n%s"
-                    % (self.port, getpass.getuser(), self.extra))
+            f.write("listener %d 127.0.0.1\n%sallow_anonymous true\npersistence false\nuser %s\n%s"
+                    % (self.port, ws, getpass.getuser(), self.extra))
         return [path, "-c", conf]
 
 
@@ -124,10 +132,11 @@ class AmqttProcess(_Process):
         if self.extra:
             raise ValueError("extra config lines are for Mosquitto")
         conf = os.path.join(d, "amqtt.yaml")
+        ws = "" if self.ws_port is None else "  ws:\n    type: ws\n    bind: 127.0.0.1:%d\n" % self.ws_port
         with open(conf, "w") as f:
-            f.write("listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:%d\n"
+            f.write("listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:%d\n%s"
                     "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                    "    allow_anonymous: true\n" % self.port)
+                    "    allow_anonymous: true\n" % (self.port, ws))
         return [path, "-c", conf]
 
 
@@ -135,8 +144,9 @@ class Amqtt:
     """amqtt's broker on a thread with its own event loop."""
     kind = "amqtt"
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, ws_port=None):
         self.port = port or free_port()
+        self.ws_port = ws_port
         self.loop = None
         self.thread = None
         self.broker = None
@@ -148,7 +158,10 @@ class Amqtt:
 
         logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # it logs every probe connection
 
-        config = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:%d" % self.port}},
+        listeners = {"default": {"type": "tcp", "bind": "127.0.0.1:%d" % self.port}}
+        if self.ws_port is not None:
+            listeners["ws"] = {"type": "ws", "bind": "127.0.0.1:%d" % self.ws_port}
+        config = {"listeners": listeners,
                   "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
                               {"allow_anonymous": True}}}
         started = threading.Event()
@@ -172,8 +185,9 @@ class Amqtt:
         started.wait(15)
         if errors:
             raise RuntimeError("amqtt broker did not start: %r" % errors[0])
-        if not wait_port(self.port):
-            raise RuntimeError("amqtt broker did not listen on port %d" % self.port)
+        for port in (self.port, self.ws_port):
+            if port is not None and not wait_port(port):
+                raise RuntimeError("amqtt broker did not listen on port %d" % port)
         return self
 
     def stop(self):
@@ -189,8 +203,9 @@ class Amqtt:
         self.loop = None
 
 
-def start(prefer="mosquitto", port=None):
-    """Start a loopback broker: Mosquitto if installed (unless prefer='amqtt'), else amqtt."""
+def start(prefer="mosquitto", port=None, ws_port=None):
+    """Start a loopback broker: Mosquitto if installed (unless prefer='amqtt'), else amqtt; with
+    `ws_port`, MQTT over WebSockets on it as well."""
     if prefer != "amqtt" and mosquitto_path():
-        return Mosquitto(port).start()
-    return Amqtt(port).start()
+        return Mosquitto(port, ws_port=ws_port).start()
+    return Amqtt(port, ws_port=ws_port).start()

@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = (
     ("sim", "tukar_tools.sim", "run simulated cabinets: unmodified firmware, embedded broker, live view"),
     ("monitor", "tukar_tools.monitor", "live view of every cabinet on a broker"),
+    ("web", "tukar_tools.web", "serve the operator's web console (MQTT over WebSockets, straight to the broker)"),
     ("collect", "tukar_tools.collect", "store what the fleet publishes in the fleet database (SQLite or PostgreSQL)"),
     ("ha", "tukar_tools.ha", "announce every cabinet to Home Assistant (MQTT discovery), or --remove them"),
     ("ocpp", "tukar_tools.ocpp_bridge", "bridge cabinets to a CSMS as OCPP 2.1 charging stations (WebSocket)"),

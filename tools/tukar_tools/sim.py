@@ -614,6 +614,12 @@ def add_arguments(p):
                    help="where each cabinet's flash lives, reused by power_cycle and restarts "
                         "(default %s; a fresh one for --scenario)" % DEFAULT_STATE_DIR)
     p.add_argument("--key", help="HMAC key in hex (default: the documented simulator key)")
+    p.add_argument("--ws-port", type=int,
+                   help="MQTT-over-WebSockets port of the broker started here (default: a free "
+                        "one); with --broker, the external broker's, to print the console's URL")
+    p.add_argument("--web-port", type=int,
+                   help="HTTP port of the web console (tukar web) served beside the simulation "
+                        "(default: a free one)")
     p.add_argument("--speed", type=float,
                    help="simulated seconds per real second (default 1, or the scenario's)")
     p.add_argument("--seed", type=int, default=1, help="seed of the initial stock and the riders")
@@ -662,10 +668,17 @@ def run(args):
     own = None
     if args.broker:
         host, port = mqttc.parse_broker(args.broker)
+        ws_port = args.ws_port  # the external broker's, when the user names it
     else:
-        own = brokers.start()
+        ws_port = args.ws_port or brokers.free_port()
+        own = brokers.start(ws_port=ws_port)
         host, port = "127.0.0.1", own.port
-        print("tukar sim: %s broker on %s:%d" % (own.kind, host, port), file=sys.stderr)
+    console = start_console(host, ws_port, args.web_port, args.prefix) if ws_port else None
+    if own is not None:
+        print("tukar sim: %s broker on %s:%d, WebSocket %d; web console %s"
+              % (own.kind, host, port, ws_port, console[1]), file=sys.stderr, flush=True)
+    elif console is not None:
+        print("tukar sim: web console %s" % console[1], file=sys.stderr, flush=True)
     state_dir = args.state_dir
     fill = args.fill
     speed = args.speed
@@ -749,6 +762,8 @@ def run(args):
         pass
     finally:
         stop.set()
+        if console is not None:
+            console[0].shutdown()
         if own is not None:
             own.stop()
     if sim.riders is not None:
@@ -765,6 +780,14 @@ def run(args):
         print("tukar sim: the host could not keep up with --speed %g: %.0f simulated s dropped"
               % (speed, r["held_ms"] / 1000), file=sys.stderr)
     return result["code"]
+
+
+def start_console(host, ws_port, web_port, prefix):
+    """The web console served beside the simulation: (server, its URL for this broker)."""
+    from tukar_tools import web
+    server = web.serve("127.0.0.1", web_port or 0)
+    ws = web.ws_url("%s:1883" % host, ws_port)
+    return server, web.console_url("127.0.0.1", server.server_port, ws, prefix)
 
 
 def run_scenario(scenario, host, port, prefix, cabinet, key, speed):
