@@ -128,6 +128,8 @@ def test_a_stricter_policy_retires_the_pack_being_handed_out_behind_its_open_doo
     assert a["ok"], a
     assert [e["reason"] for e in rig.of("SwapAborted")] == ["fault"], rig.types()
     assert out in [e["slot"] for e in rig.of("BatteryRetired")]
+    rig.run(1000)  # its bolt travels out behind the open door, supervised from the command
+    assert rig.core.lock_cmd[out - 1] and rig.core.slot_state(out)["reason"] == "retired"
     for e in rig.events:
         schemas.validate("event", dict(e, seq=0))
 
