@@ -755,3 +755,9 @@ def test_a_rider_slot_that_overheats_while_its_switches_are_unreadable_is_locked
     rig.run(2000)
     assert ("Fault", n, "lock_jam") in [(e["type"], e.get("slot"), e.get("code")) for e in rig.events]
     assert rig.core.slot_state(n)["state"] == "quarantined"
+
+
+def test_a_core_made_without_a_reason_boots_as_powered_on():
+    rig = Rig(Core("cab-1", 2))
+    rig.tick()
+    assert [e["reason"] for e in rig.of("Boot")] == ["power_on"]

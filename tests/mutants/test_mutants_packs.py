@@ -2,6 +2,8 @@
 the command's refusal in words, a slot's new state published in the very next tick, a serial
 retired twice announced once, the journal asked for again after each 50 Wh drawn, and a pack
 retired behind the open dispense door."""
+import json
+
 import pytest
 from coreworld import Battery, insert_until_dispensing, rider_inserts, stocked_rig
 
@@ -556,3 +558,25 @@ def test_a_pack_past_its_cycle_limit_that_an_operator_holds_is_judged_at_its_rel
     assert rig.cmd("release", slot=1)["ok"]
     rig.run(1000)
     assert [(e["slot"], e["reason"]) for e in rig.of("BatteryRetired")] == [(1, "cycles")]
+
+
+def test_after_a_reboot_the_journal_is_asked_for_again_after_50_wh_more_not_at_once_nor_late():
+    # The totals restored from flash are what the journal already holds: the 50 Wh count starts
+    # from them, whatever they are.
+    from coreworld import Rig
+    from tukar.core import Core
+    first = Core("cab-1", 2)
+    journal = json.loads(json.dumps(first.journal()))
+    journal["energy_wh"] = [700, 300]
+    core = Core("cab-1", 2, journal=journal, boot_reason="power_loss")
+    rig = Rig(core, tick_ms=1000)
+    rig.world.place(1, _SteadyPack("S-1", soc=10, req_ma=10_000, capacity_mah=10**9))
+    rig.run(2000)
+    t, ask = _telemetry_until_energy(core)
+    assert t["energy_wh_total"] == 1000 and not ask
+    rig.run(300_000)  # 543.2 W for 300 s: 45 Wh
+    t, ask = _telemetry_until_energy(core)
+    assert t["energy_wh_total"] == 1045 and not ask
+    rig.run(40_000)  # 6 Wh more
+    t, ask = _telemetry_until_energy(core)
+    assert t["energy_wh_total"] == 1051 and ask
