@@ -761,3 +761,34 @@ def test_a_core_made_without_a_reason_boots_as_powered_on():
     rig = Rig(Core("cab-1", 2))
     rig.tick()
     assert [e["reason"] for e in rig.of("Boot")] == ["power_on"]
+
+def test_a_door_found_open_at_boot_behind_its_bolt_was_forced_while_the_power_was_out():
+    # Doors are shut and bolted whenever nothing opened them (rule 9 at every boot): one found open
+    # with its bolt out was opened past the bolt while the cabinet was dark. One whose bolt is in
+    # was unlocked when the power went (a swap's or a technician's door): no break-in.
+    rig = Rig(Core("cab-1", 3))
+    rig.world.slots[0].door_closed = False
+    ws = rig.world.slots[1]
+    ws.door_closed = False
+    ws.locked = ws.lock_target = False
+    ws.lock_t = rig.now
+    rig.run(1000)
+    assert [e["slot"] for e in rig.of("DoorForced")] == [1]
+    assert "door_forced" in rig.core.cabinet_state()["alarms"]
+    rig.world.close_door(1)
+    rig.run(200)
+    assert rig.core.slot_state(1)["state"] == "empty"
+    assert "door_forced" not in rig.core.cabinet_state()["alarms"]  # slot 2's door: still open
+
+
+def test_a_pack_at_1_degc_charges_again_after_a_power_cut():
+    # Rule 2's hold is the slot's memory of a pack that left the window; a power cut leaves none.
+    rig = stocked_rig(slots=2, full=0, half=0)
+    rig.world.place(1, Battery("C-1", soc=40, temp=1))
+    rig.run(2000)
+    assert rig.core.slot_state(1)["state"] == "charging"
+    journal = json.loads(json.dumps(rig.core.journal()))
+    rig.core = rig.world.core = Core("cab-1", 2, journal=journal, boot_reason="power_loss")
+    rig.core.now = rig.now
+    rig.run(3000)
+    assert rig.core.slot_state(1)["state"] == "charging"
