@@ -3,6 +3,8 @@ rule to the tick, with the ticks wrapping inside its interval; the rider's lock 
 any other door unlocks; rule 5 in both directions; BMS silence; quarantine while a slot's
 switches are unreadable; cold and hot batteries refused; `hold_swaps`. One behaviour per test,
 the spec's numbers in the assertions (docs/safety.md, "Mutation testing")."""
+import json
+
 import pytest
 from coreworld import Battery, Rig, rider_inserts, stocked_rig
 
