@@ -213,3 +213,12 @@ def test_a_battery_that_asks_for_a_single_milliamp_gets_it():
     s = _stored(_slot(), req_ma=1)
     assert _decide(s) == 1
     assert s.reason is None
+
+
+# -- rule 6: dispensable from the configured SoC up ---------------------------------------------------
+@pytest.mark.parametrize("soc_pm, ready", [(LIM.min_soc_pm - 1, False), (LIM.min_soc_pm, True),
+                                           (1000, True)])
+def test_a_stored_pack_is_dispensable_from_the_configured_soc_up(soc_pm, ready):
+    s = _stored(_slot(), soc_pm=soc_pm)
+    assert s.check_dispensable(T0, LIM) is ready
+    assert s.dispensable is ready
