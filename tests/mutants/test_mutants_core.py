@@ -597,7 +597,6 @@ def test_an_overheat_while_the_slots_switches_are_unreadable_counts_once_against
 def test_a_swap_in_a_two_slot_cabinet_under_the_multi_rate_tick_hands_out_the_quiet_slots_pack():
     # The shell's mask names only the rider's slot (the other is quiet: nothing sampled there);
     # the session's dispense slot is taken into the tick's evaluation when it is chosen.
-    from tukar.clock import wrap_add
     rig = stocked_rig(slots=2, full=0, half=0)
     rig.world.place(2, Battery("F-02", soc=100))
     rig.run(3000)
@@ -606,11 +605,7 @@ def test_a_swap_in_a_two_slot_cabinet_under_the_multi_rate_tick_hands_out_the_qu
     n = rig.core.session.slot_in
 
     def step(mask):
-        rig.now = wrap_add(rig.now, rig.tick_ms)
-        rig.world.step(rig.now)
-        rig.core.step(rig.now, mask)
-        rig.events.extend(rig.core.events)
-        rig.core.events.clear()
+        _masked_step(rig, mask)
 
     for _ in range(6):
         step(1 << n)
