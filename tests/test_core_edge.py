@@ -42,6 +42,42 @@ def test_take_events_hands_over_in_order_and_empties():
     assert core.events == []
 
 
+def test_take_events_lets_each_event_go_as_it_is_handed_over():
+    """The heap at a burst: the events already turned into the outbox's texts are no longer held
+    by the core while the rest are handed over."""
+    core = Core("c-1", 2)
+    for code in ("task_control", "flash_write", "task_link"):
+        core.report_fault(code, "error")
+    held = []
+
+    def sink(e):
+        held.append(sum(1 for x in core.events if x is not None))
+    core.take_events(sink)
+    assert held == [2, 1, 0]
+    assert core.events == []
+
+
+def test_take_events_keeps_what_the_sink_could_not_take_for_the_next_call():
+    core = Core("c-1", 2)
+    for code in ("task_control", "flash_write", "task_link"):
+        core.report_fault(code, "error")
+    got = []
+
+    def sink(e):
+        if e["code"] == "flash_write" and not got[1:]:
+            got.append(None)
+            raise MemoryError("memory allocation failed, allocating 152 bytes")
+        got.append(e["code"])
+    try:
+        core.take_events(sink)
+    except MemoryError:
+        pass
+    assert [e["code"] for e in core.events] == ["flash_write", "task_link"]
+    core.take_events(sink)
+    assert got == ["task_control", None, "flash_write", "task_link"]  # none twice, none lost
+    assert core.events == []
+
+
 def test_take_rebirth_is_true_once_after_the_command():
     core = Core("c-1", 2)
     assert core.take_rebirth() is False

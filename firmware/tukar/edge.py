@@ -13,11 +13,14 @@ class Edge:
         return self.up_s * 1000 + self.up_rem
 
     def _emit(self, etype, fields):
+        """`fields` (a dict of the caller's own, made for this event) becomes the event: not copied
+        into another, which a burst of events would hold twice on the heap."""
         self.event_n += 1
-        ev = {"id": "%s-%d-%d" % (self.id, self.boot, self.event_n), "type": etype,
-              "ts": self.wall, "up_ms": self.up_ms()}
-        for k in fields:
-            ev[k] = fields[k]
+        ev = fields
+        ev["id"] = "%s-%d-%d" % (self.id, self.boot, self.event_n)
+        ev["type"] = etype
+        ev["ts"] = self.wall
+        ev["up_ms"] = self.up_ms()
         self.events.append(ev)
         self.jdirty |= J_COUNTERS
         return ev
@@ -47,11 +50,25 @@ class Edge:
         return True
 
     def take_events(self, sink):
-        """Hand every event emitted since the last call to sink(event), oldest first."""
+        """Hand every event emitted since the last call to sink(event), oldest first. Each event
+        is let go as it is handed over, so a burst (ten ChargeStopped in one tick) is not held as
+        dicts and as the outbox's texts at once. If sink raises, the events it took are gone from
+        here and the rest stay, for the next call."""
         ev = self.events
-        for i in range(len(ev)):
-            sink(ev[i])
-        ev.clear()
+        i = 0
+        try:
+            while i < len(ev):
+                e = ev[i]
+                ev[i] = None
+                try:
+                    sink(e)
+                except BaseException:
+                    ev[i] = e
+                    raise
+                i += 1
+        finally:
+            if i:  # (a slice is an allocation: none in a tick without events)
+                del ev[:i]
 
     def take_dirty(self):
         """The states to publish (bit 0 the cabinet, bit n slot n) since the last call."""
