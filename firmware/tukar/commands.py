@@ -172,6 +172,9 @@ class Commands:
     def _cmd_reset_emergency(self, body):
         if self.mode != EMERGENCY:
             raise CommandError(E.WRONG_MODE, "the cabinet is not in emergency")
+        if self.restored_session is not None:  # restored in emergency, and not yet ticked
+            raise CommandError(E.BUSY, "the cabinet has not read its sensors since it started; "
+                               "send it again")
         still = self.present_causes
         if still:
             names = [ALARMS[i] for i in range(3) if still & (1 << i)]

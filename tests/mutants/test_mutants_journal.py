@@ -8,6 +8,7 @@ import json
 import pytest
 from coreworld import Battery, Rig, insert_until_dispensing, rider_inserts, stocked_rig
 
+from tukar.clock import wrap_diff
 from tukar.core import Core
 from tukar.states import J_COUNTERS, J_SESSION
 from tukar_tools import schemas
@@ -443,3 +444,63 @@ def test_a_restored_session_with_no_valid_rider_slot_moves_no_slot(slot_in):
     assert ab["reason"] == "power_loss"
     assert all(rig.core.lock_cmd) and rig.core.session is None
     assert rig.core.slot_state(1)["state"] in ("ready", "charging"), rig.core.slot_state(1)
+
+
+def test_the_boot_report_counts_the_journal_s_batteries_and_finds_only_unknown_packs_in_use():
+    """Boot.recovered, whole: `batteries` is what the journal held (a pack taken since counts: it
+    is the one missing); `found` is a pack nobody recorded in a slot in use, and neither a known
+    pack, an empty slot nor a pack in a slot an operator took out of use."""
+    rig = rig_with(6, {1: Battery("K-1"), 2: Battery("K-2")})
+    assert rig.cmd("quarantine", slot=4, reason="door seal")["ok"]
+    rig.run(200)
+    j = saved(rig)
+    rig.world.slots[1].battery = None  # taken while the cabinet had no power
+    rig.world.place(3, Battery("U-3"))
+    rig.world.place(4, Battery("U-4"))  # behind the quarantined door
+    reboot(rig, j)
+    rig.run(200)
+    assert boot_report(rig) == {"session": None, "session_phase": None, "batteries": 2,
+                                "missing": [2], "found": [3], "mode": "in_service"}
+
+
+def test_a_bolt_found_open_at_the_boot_is_driven_in_retried_at_500_ms_and_jammed_at_1000_ms():
+    """Rule 9 at the boot, with rule 8 after it: every lock is commanded in at the first tick,
+    and one whose bolt stays out is supervised from that tick: the driver pulsed again at 500 ms,
+    lock_jam at 1000 ms, never before."""
+    rig = rig_with(4, {1: Battery("K-1")})
+    reboot(rig)
+    ws = rig.world.slots[1]
+    ws.locked = False  # its bolt stuck out through the power cut
+    ws.jammed = True
+    s = rig.core.slots[1]
+    rig.tick()  # the boot tick: reconciled, every lock commanded in
+    t0 = rig.now
+    assert s.lock_cmd is True
+    while wrap_diff(rig.now, t0) < 450:
+        rig.tick()
+    assert s.lock_pulse == 0 and not rig.of("Fault")
+    while wrap_diff(rig.now, t0) < 500:
+        rig.tick()
+    assert s.lock_pulse == 1 and not rig.of("Fault")
+    while wrap_diff(rig.now, t0) < 950:
+        rig.tick()
+    assert not rig.of("Fault")
+    while wrap_diff(rig.now, t0) < 1000:
+        rig.tick()
+    assert [(f["slot"], f["code"]) for f in rig.of("Fault")] == [(2, "lock_jam")]
+
+
+def test_an_emergency_restored_from_the_journal_is_not_reset_before_the_cabinet_reads_its_sensors():
+    """Before its first tick the cabinet does not know whether the cause is still there: a
+    reset_emergency then is refused (busy); once it has looked, and the cause is gone, it is not."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    j = saved(rig)
+    j["mode"] = "emergency"
+    j["causes"] = 2  # the emergency stop, released while the cabinet had no power
+    core = reboot(rig, j)
+    a = rig.cmd("reset_emergency")
+    assert a["error"] == "busy" and "sensors" in a["detail"]
+    assert core.mode == "emergency"
+    rig.tick()
+    assert rig.cmd("reset_emergency")["ok"]
+    assert core.mode == "maintenance"
