@@ -789,3 +789,29 @@ def test_a_pack_at_1_degc_charges_again_after_a_power_cut():
     rig.core.now = rig.now
     rig.run(3000)
     assert rig.core.slot_state(1)["state"] == "charging"
+
+
+# -- the core's clock and its schedule -------------------------------------------------------------
+def test_a_core_made_without_a_time_counts_its_uptime_from_0():
+    """`now` defaults to 0, the start of ticks_ms: a first tick at 1000 ms is a second up."""
+    core = Core("cab-1", 2)
+    core.tick(1000)
+    boot = [e for e in core.events if e["type"] == "Boot"]
+    assert [e["up_ms"] for e in boot] == [1000]
+    assert core.up_s == 1
+
+
+def test_a_settled_cabinet_watches_nothing_and_may_stand_still_until_a_lock_moves():
+    """The multi-rate tick's rest (docs/core.md, the schedule): with its packs identified and
+    charging and no lock in motion, nothing is watched tick by tick, so the loop may stop for a
+    TLS handshake (ControlCycle.may_stand_still); a door commanded open is watched again."""
+    from tukar_tools.rig import Cabinet
+    c = Cabinet("tukar-12-wroom")
+    for n in (1, 2, 3):
+        c.insert_sbs(n, soc_pct=50)
+    c.run(3000)
+    assert c.core.watch == 0 and c.cycle.may_stand_still()
+    assert c.cmd("set_mode", mode="maintenance")["ok"]
+    assert c.cmd("open_slot", slot=5)["ok"]
+    c.run(50)
+    assert not c.cycle.may_stand_still()

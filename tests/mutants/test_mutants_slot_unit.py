@@ -222,3 +222,12 @@ def test_a_stored_pack_is_dispensable_from_the_configured_soc_up(soc_pm, ready):
     s = _stored(_slot(), soc_pm=soc_pm)
     assert s.check_dispensable(T0, LIM) is ready
     assert s.dispensable is ready
+
+
+def test_a_pack_that_asks_for_1_ma_is_charged_at_1_ma_and_its_slot_shows_charging():
+    """The smallest current a BMS can ask for (its SBS ChargingCurrent, in mA) is still a charge:
+    the slot is `charging`, not `ready` or `paused`."""
+    s = _stored(_slot(), req_ma=1)
+    s.charge_ma = _decide(s)
+    assert s.charge_ma == 1 and s.reason is None
+    assert s.derive_state() == sl.CHARGING
