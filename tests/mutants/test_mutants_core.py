@@ -801,17 +801,17 @@ def test_a_core_made_without_a_time_counts_its_uptime_from_0():
     assert core.up_s == 1
 
 
-def test_a_settled_cabinet_watches_nothing_and_may_stand_still_until_a_lock_moves():
+def test_a_settled_cabinet_watches_nothing_until_a_lock_moves():
     """The multi-rate tick's rest (docs/core.md, the schedule): with its packs identified and
-    charging and no lock in motion, nothing is watched tick by tick, so the loop may stop for a
-    TLS handshake (ControlCycle.may_stand_still); a door commanded open is watched again."""
-    from tukar_tools.rig import Cabinet
-    c = Cabinet("tukar-12-wroom")
-    for n in (1, 2, 3):
-        c.insert_sbs(n, soc_pct=50)
-    c.run(3000)
-    assert c.core.watch == 0 and c.cycle.may_stand_still()
-    assert c.cmd("set_mode", mode="maintenance")["ok"]
-    assert c.cmd("open_slot", slot=5)["ok"]
-    c.run(50)
-    assert not c.cycle.may_stand_still()
+    charging and no lock in motion, the core watches no slot tick by tick (Core.watch, which the
+    shell reads to let the loop stop for a TLS handshake: ControlCycle.may_stand_still); a door
+    commanded open is watched until its bolt has moved."""
+    rig = stocked_rig(slots=6, full=2, half=1)
+    rig.run(1000)
+    assert rig.core.watch == 0
+    assert rig.cmd("set_mode", mode="maintenance")["ok"]
+    assert rig.cmd("open_slot", slot=5)["ok"]
+    rig.tick()
+    assert rig.core.watch == 1 << 5
+    rig.run(1000)
+    assert rig.core.watch == 0
