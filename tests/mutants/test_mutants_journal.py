@@ -504,3 +504,30 @@ def test_an_emergency_restored_from_the_journal_is_not_reset_before_the_cabinet_
     rig.tick()
     assert rig.cmd("reset_emergency")["ok"]
     assert core.mode == "maintenance"
+
+
+def test_a_bolt_commanded_in_at_the_boot_is_timed_from_that_command_through_unreadable_switches():
+    """Rule 8 counts from the command, and the boot's relock is one: a slot whose switches cannot
+    be read for the first 2 s, and whose bolt is still out when they come back, is retried at
+    once (its 500 ms are long gone) and jammed 500 ms later, not given a fresh 500 ms."""
+    rig = rig_with(4, {1: Battery("K-1")})
+    reboot(rig)
+    ws = rig.world.slots[1]
+    ws.locked = False
+    ws.jammed = True
+    ws.io_fault = True
+    s = rig.core.slots[1]
+    rig.tick()  # the boot tick: every lock commanded in
+    rig.run(2000)
+    assert s.lock_pulse == 0
+    ws.io_fault = False
+    rig.tick()
+    t0 = rig.now
+    assert s.lock_pulse == 1
+    jams = lambda: [f for f in rig.of("Fault") if f["code"] == "lock_jam"]  # noqa: E731
+    while wrap_diff(rig.now, t0) < 450:
+        rig.tick()
+    assert not jams()
+    while wrap_diff(rig.now, t0) < 500:
+        rig.tick()
+    assert [f["slot"] for f in jams()] == [2]
