@@ -815,3 +815,26 @@ def test_a_settled_cabinet_watches_nothing_until_a_lock_moves():
     assert rig.core.watch == 1 << 5
     rig.run(1000)
     assert rig.core.watch == 0
+
+
+def _counted(core):
+    """The cabinet state's counts, worked out again from the slots' own published states."""
+    states = [core.slot_state(n) for n in range(1, core.n_slots + 1)]
+    return {"ready": sum(1 for s in states if s["dispensable"]),
+            "empty": sum(1 for s in states if s["state"] == "empty"),
+            "charging": sum(1 for s in states if s["charger"]["on"]),
+            "faulted": sum(1 for s in states if s["state"] == "fault")}
+
+
+def test_the_cabinet_s_counts_are_its_slots_counted_from_the_boot_on():
+    """mqtt.md's cabinet state: ready, empty, charging and faulted are what the slots' own states
+    say, each from 0 at the boot (the counts are kept by difference, slot by slot)."""
+    rig = stocked_rig(slots=8, full=2, half=2)
+    cab = rig.core.cabinet_state()
+    assert {k: cab[k] for k in ("ready", "empty", "charging", "faulted")} == _counted(rig.core)
+    assert (cab["empty"], cab["faulted"]) == (4, 0) and cab["charging"] >= 2
+    rig.world.slots[7].io_fault = True  # an empty slot's switches stop answering: a slot fault
+    rig.run(1000)
+    cab = rig.core.cabinet_state()
+    assert {k: cab[k] for k in ("ready", "empty", "charging", "faulted")} == _counted(rig.core)
+    assert (cab["empty"], cab["faulted"]) == (3, 1)
