@@ -498,6 +498,14 @@ def check_tick(rig):
         assert core.lock_cmd.count(False) <= 1
     if core.mode == "emergency":
         assert core.charge_ma == [0] * core.n_slots and all(core.lock_cmd)
+    # mqtt.md's cabinet state: its counts are the slots' own published states, counted.
+    counts = [0, 0, 0, 0]
+    for s in core.slots:
+        counts[0] += 1 if s.dispensable else 0
+        counts[1] += 1 if s.state == sl.EMPTY else 0
+        counts[2] += 1 if s.charge_ma > 0 else 0
+        counts[3] += 1 if s.state == sl.FAULT else 0
+    assert core.counts[:4] == counts, (core.counts, counts)
 
 
 def check_history(rig):
