@@ -7,6 +7,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -275,6 +276,31 @@ def test_shipped_scenario_passes(path, runtime, mqtt_broker, tmp_path):
     time.sleep(0.5)  # the last messages on their way to the observer
     obs.close()
     every_payload_valid(obs, {"status", "info", "state", "slot/N/state", "event"})
+
+
+def test_a_scenario_s_windows_run_on_the_simulation_s_clock_when_it_has_one(mqtt_broker):
+    """A host that cannot keep up slows a sped-up simulation down rather than skipping (the
+    timeouts scenario failed so in a loaded CI run): the runner beside it measures its windows
+    and waits in simulated time, bounded on the wall only against a simulation that stopped."""
+    sim = {"ms": 0}
+    r = Runner("127.0.0.1", mqtt_broker.port, "sc-clock", "sim-1", parse_key(SIM_KEY_HEX), 5.0,
+               out=lambda line: None, sim_ms=lambda: sim["ms"])
+    try:
+        def check():  # the simulation crawls: 100 simulated ms per poll
+            sim["ms"] += 100
+            return True if sim["ms"] >= 3000 else None
+        assert r.wait_for(check, 4, "the sim at 3 s") is True  # 0.8 s on the wall at speed 5
+        sim["ms"] = 0
+        with pytest.raises(ScenarioFailed):
+            r.wait_for(lambda: sim.__setitem__("ms", sim["ms"] + 100), 2, "never")
+        assert 2000 <= sim["ms"] <= 2200  # ended by the simulated window, not the wall's 0.4 s
+        sim["ms"] = 0
+        threading.Timer(0.6, lambda: sim.__setitem__("ms", 1000)).start()
+        t0 = time.monotonic()
+        r.step({"do": "wait", "s": 1})  # 0.2 s on the wall at speed 5; the simulation took 0.6
+        assert time.monotonic() - t0 >= 0.55
+    finally:
+        r.obs.close()
 
 
 def test_a_failing_scenario_exits_non_zero(mqtt_broker, tmp_path):

@@ -124,11 +124,16 @@ class Observer:
 
 
 class Runner:
-    def __init__(self, host, port, prefix, cabinet, key, speed=1.0, out=print, wall=time.time):
+    def __init__(self, host, port, prefix, cabinet, key, speed=1.0, out=print, wall=time.time,
+                 sim_ms=None):
         self.obs = Observer(host, port, prefix, cabinet)
         self.key = key
         self.speed = speed
         self.wall = wall  # the cabinet's clock, for the commands' ts (a sped-up one runs ahead)
+        # The simulation's own clock (ms), when the runner runs beside it (tukar sim --scenario):
+        # a host that cannot keep up slows a sped-up simulation down (hosttime.SimClock.lead),
+        # so windows measured on the wall would end before the simulation got there.
+        self.sim_ms = sim_ms
         self.env = {}
         self.cursor = 0  # events before this index are consumed by earlier expectations
         self.out = out
@@ -136,13 +141,33 @@ class Runner:
     def real(self, sim_s):
         return sim_s / self.speed
 
+    def _window(self, sim_s):
+        """The end of a window of sim_s simulated seconds: on the simulation's clock when the
+        runner has it, else on the wall clock scaled by the speed. The wall end also bounds a
+        simulation that has stopped altogether."""
+        wall_end = time.monotonic() + self.real(sim_s)
+        if self.sim_ms is None:
+            return None, wall_end
+        return self.sim_ms() + sim_s * 1000, wall_end + max(30.0, 10 * self.real(sim_s))
+
+    def _over(self, window):
+        sim_end, wall_end = window
+        if sim_end is not None and self.sim_ms() >= sim_end:
+            return True
+        return time.monotonic() > wall_end
+
+    def _sleep(self, sim_s):
+        w = self._window(sim_s)
+        while not self._over(w):
+            time.sleep(0.01)
+
     def wait_for(self, check, within_s, what):
-        end = time.monotonic() + self.real(within_s)
+        w = self._window(within_s)
         while True:
             r = check()
             if r is not None:
                 return r
-            if time.monotonic() > end:
+            if self._over(w):
                 raise ScenarioFailed("%s not seen within %.1f s" % (what, within_s))
             time.sleep(0.02)
 
@@ -194,7 +219,7 @@ class Runner:
             return ev
         if do == "expect_no_event":
             start = len(obs.events)
-            time.sleep(self.real(st.get("for_s", 2)))
+            self._sleep(st.get("for_s", 2))
             bad = [e for e in obs.events[start:] if e.get("type") == st["type"]]
             if bad:
                 raise ScenarioFailed("unexpected %s: %s" % (st["type"], bad[0]))
@@ -221,7 +246,7 @@ class Runner:
             return self.wait_for(lambda: obs.status if obs.status == st["value"] else None,
                                  st.get("within_s", 10), "status %s" % st["value"])
         if do == "wait":
-            time.sleep(self.real(st.get("s", 1)))
+            self._sleep(st.get("s", 1))
             return None
         raise ScenarioFailed("unknown step %r" % do)
 

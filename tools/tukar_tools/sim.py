@@ -794,7 +794,8 @@ def run_scenario(scenario, host, port, prefix, cabinet, key, speed):
     from tukar_tools import scenario as sc
     time.sleep(0.5)
     runner = sc.Runner(host, port, prefix, cabinet, key, speed,
-                       out=lambda line: print(line, file=sys.stderr), wall=hosttime.wall_s)
+                       out=lambda line: print(line, file=sys.stderr), wall=hosttime.wall_s,
+                       sim_ms=lambda: hosttime.current().now_ms())
     try:
         runner.run(scenario)
         print("PASS %s" % scenario.get("name", "scenario"), file=sys.stderr)
